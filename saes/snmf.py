@@ -106,6 +106,32 @@ class SNMFResult:
         atomic_save_tensors(out / "snmf.safetensors", {"features": self.features, "coefficients": self.coefficients})
         atomic_write_text(out / "snmf.json", json.dumps(meta, indent=2))
 
+    @torch.no_grad()
+    def encode(self, acts: torch.Tensor, n_iter: int = 100, eps: float = 1e-8) -> torch.Tensor:
+        """Non-negative coefficients ``[n, rank]`` of new tokens ``acts`` [n, d_mlp] on these features.
+
+        ``coefficients`` only covers the tokens the factors were fitted on. For held-out
+        tokens the features stay fixed and the fit's own coefficient update (the
+        multiplicative semi-NMF step, which never raises ``‖A − ZY‖``) runs ``n_iter`` times
+        from the least-squares solution clamped at zero: clamping alone is not the best
+        non-negative fit, and a multiplicative update cannot move a coefficient off an exact
+        zero, so the start is lifted slightly above it.
+        """
+        A = torch.as_tensor(acts).to(self.features.device, torch.float32)
+        if A.ndim != 2 or A.shape[1] != self.features.shape[1]:
+            raise ValueError(f"acts must be [n_tokens, {self.features.shape[1]}] (the features' d_mlp); "
+                             f"got shape {tuple(A.shape)}")
+        Z = self.features.T.float()  # [d, r]
+        Yt = torch.linalg.lstsq(Z, A.T).solution.T.clamp_min(0)  # [n, r]
+        Yt = Yt + 1e-3 * Yt.mean().clamp_min(eps)
+        for _ in range(n_iter):
+            Yt = semi_nmf_coefficient_step(A.T, Z, Yt, eps)
+        return Yt
+
+    def decode(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Reconstructed activations ``[n, d_mlp]`` from coefficients ``[n, rank]``."""
+        return coefficients.to(self.features.dtype) @ self.features
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SNMFResult:
         d = Path(directory)

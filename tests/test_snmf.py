@@ -95,3 +95,34 @@ def test_round_trip_and_bad_input(tmp_path):
         SNMF(rank=4).fit(bad)
     with pytest.raises(ValueError, match="empty"):
         SNMF(rank=4).fit(torch.zeros(0, 64))
+
+
+def test_encode_gives_held_out_tokens_the_best_non_negative_coefficients():
+    acts, _ = planted(n_tokens=900, seed=4)
+    fit_acts, held_out = acts[:600], acts[600:]
+    result = SNMF(rank=6, sparsity=0.125, max_iter=200, patience=30, seed=0, n_init=2).fit(fit_acts)
+    F = result.features
+
+    def error(x, codes):
+        return float((x - result.decode(codes)).pow(2).sum())
+
+    # On the fitted tokens, encode does at least as well as the fit's own coefficients.
+    assert error(fit_acts, result.encode(fit_acts)) <= 1.01 * error(fit_acts, result.coefficients)
+    # Held-out tokens of the same kind are reconstructed well, with non-negative codes.
+    codes = result.encode(held_out)
+    assert codes.shape == (300, 6) and (codes >= 0).all()
+    assert error(held_out, codes) < 0.2 * float((held_out - held_out.mean(0)).pow(2).sum())
+    # Tokens the features do not fit (mixed-sign noise): the least-squares solution has many
+    # negative coefficients, and clamping them is not the best non-negative fit. encode
+    # reaches what projected gradient run to convergence reaches.
+    noise = torch.randn(300, 64, generator=torch.Generator().manual_seed(1))
+    best = torch.zeros(300, 6)
+    step = 1 / float(torch.linalg.eigvalsh(F @ F.T).max())
+    for _ in range(5000):
+        best = (best - step * (best @ F @ F.T - noise @ F.T)).clamp_min(0)
+    clamped = torch.linalg.lstsq(F.T, noise.T).solution.T.clamp_min(0)
+    excess_clamped = error(noise, clamped) - error(noise, best)
+    assert excess_clamped > 0
+    assert error(noise, result.encode(noise)) - error(noise, best) <= 0.01 * excess_clamped
+    with pytest.raises(ValueError, match=r"\[n_tokens, 64\]"):
+        result.encode(held_out[:, :10])
