@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "interp.cli_harvest",
     "interp.cli_train",
     "interp.cli_interventions",
+    "interp.cli_dashboard",
     "interp.world.cli",
 ]
 

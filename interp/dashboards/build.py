@@ -1,0 +1,223 @@
+"""`build_dashboard`: two streaming passes over a store, then the few rows the examples show."""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InterpError
+from ..features import mlp_output_direction, unembed_tokens, _unembedding
+from .data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
+from .labels import resolve_labels
+from .sources import code_source
+from .stream import FirstPass, SecondPass, draw_from_bins, quantile_groups
+
+# Hooks whose activations live in the residual stream's space, so a decoder row can be read
+# through the unembedding as it is.
+RESIDUAL_HOOK = re.compile(r"(^hook_(pos_)?embed$|hook_resid_(pre|mid|post)$|hook_(attn|mlp)_out$|^ln_final\.)")
+MLP_POST_HOOK = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
+MIN_POSITIVES = 5  # a concept seen on fewer rows gives AUROCs too noisy to name a latent by
+
+
+def build_dashboard(
+    model: Any,
+    dictionary: Any,
+    store: Any,
+    latents: list[int],
+    n_examples: int = 10,
+    n_quantile_examples: int = 5,
+    labels: dict[str, Any] | None = None,
+    *,
+    n_quantiles: int = 4,
+    n_bins: int = 40,
+    context: tuple[int, int] = (12, 4),
+    n_logits: int = 10,
+    chunk_rows: int = 4096,
+    seed: int = 0,
+    progress: bool = True,
+) -> Dashboard:
+    """Feature dashboards of ``latents`` of an SAE or SNMF result, from an ActivationStore.
+
+    Args:
+        model: the HookedModel the store was harvested from (tokenizer and unembedding).
+        dictionary: a ``saes.SAE`` trained at ``store.hook``, or a ``saes.SNMFResult`` fit on
+            this store's rows.
+        store: an ``ActivationStore`` read at the dictionary's hook.
+        latents: latent (feature) indices to show.
+        n_examples: top-activating examples per latent.
+        n_quantile_examples: examples drawn from each of ``n_quantiles`` groups of the firing
+            values (group edges are histogram-bin edges near the quantiles).
+        labels: ``{concept: [n_rows] 0/1 tensor}`` aligned with the store; on a store of the
+            world model, None means the world's planted lexical labels.
+        n_bins: bins of the activation histogram (firing values only).
+        context: tokens shown before and after an example's token.
+        n_logits: promoted and suppressed tokens listed per latent.
+        chunk_rows: rows encoded at a time (memory is bounded by this, not the store).
+
+    Two streaming passes read the store (ranges, then histograms, samples and label
+    counts); no pass holds more than one chunk of codes.
+    """
+    started = time.perf_counter()
+    latents = _check_latents(latents)
+    for name, value, least in (("n_examples", n_examples, 0), ("n_quantile_examples", n_quantile_examples, 0),
+                               ("n_quantiles", n_quantiles, 1), ("n_bins", n_bins, 1), ("chunk_rows", chunk_rows, 1)):
+        if value < least:
+            raise InterpError(f"{name} must be at least {least}, got {value}")
+    source = code_source(dictionary, store, latents)
+    concepts = resolve_labels(model, store, labels)
+    n_rows = len(store)
+    ranges = [(a, min(a + chunk_rows, n_rows)) for a in range(0, n_rows, chunk_rows)]
+
+    first = FirstPass(len(latents), max(n_examples, 1))
+    for a, b in tqdm(ranges, desc="dashboard pass 1/2", disable=not progress, leave=False):
+        first.update(source.codes(a, b), a)
+    stats = first.result()
+    second = SecondPass(stats, n_bins, max(n_quantile_examples, 1),
+                        len(concepts.names) if concepts else 0, seed=seed)
+    for a, b in tqdm(ranges, desc="dashboard pass 2/2", disable=not progress, leave=False):
+        second.update(source.codes(a, b), a, concepts.chunk(store, a, b) if concepts else None)
+    hist = second.result()
+
+    gen = torch.Generator().manual_seed(seed)
+    picks: list[tuple[list[tuple[int, float]], list[tuple[QuantileGroup, list[tuple[int, float]]]]]] = []
+    for j in range(len(latents)):
+        top = [(int(r), float(v)) for r, v in zip(stats.top_rows[j].tolist(), stats.top_values[j].tolist())
+               if r >= 0][:n_examples]
+        groups = []
+        fired = max(int(stats.n_fire[j]), 1)
+        for bins in quantile_groups(hist.counts[j], n_quantiles) if n_quantile_examples else []:
+            drawn = draw_from_bins(hist.counts[j], hist.sample_rows[j], hist.sample_values[j], bins,
+                                   n_quantile_examples, gen)
+            edges = hist.edges[j]
+            group = QuantileGroup(float(edges[bins[0]]), float(edges[bins[-1] + 1]),
+                                  float(hist.counts[j][bins].sum()) / fired, [])
+            groups.append((group, drawn))
+        picks.append((top, groups))
+
+    contexts = _Contexts(model, store, source, context)
+    contexts.fetch([r for top, groups in picks for r, _ in top + [x for _, d in groups for x in d]])
+
+    residual = _residual_directions(model, store.hook, source.directions())
+    cards = []
+    for j, latent in enumerate(latents):
+        top, groups = picks[j]
+        for group, drawn in groups:
+            group.examples = [contexts.example(r, v, j, "quantile") for r, v in drawn]
+        card = LatentCard(
+            latent=latent,
+            n_rows=stats.n_rows,
+            n_fire=int(stats.n_fire[j]),
+            max_value=float(stats.max_fire[j]) if stats.n_fire[j] > 0 else 0.0,
+            min_value=float(stats.min_fire[j]) if stats.n_fire[j] > 0 else 0.0,
+            hist_edges=hist.edges[j].tolist(),
+            hist_counts=hist.counts[j].tolist(),
+            top=[contexts.example(r, v, j, "top") for r, v in top],
+            quantiles=[g for g, _ in groups],
+        )
+        if residual is not None:
+            _add_logits(card, model, residual[j], n_logits)
+        else:
+            card.logits_note = (f"no logit effects: {store.hook!r} is neither in the residual stream nor an "
+                                "mlp.hook_post, so its decoder rows have no single path to the unembedding")
+        if concepts is not None and hist.auroc is not None:
+            card.label_matches = _matches(concepts.names, hist.auroc[j], hist.positives)
+        cards.append(card)
+    return Dashboard(
+        model_name=getattr(model, "name", None) or store.model_name,
+        hook=store.hook,
+        dictionary=source.describe(),
+        n_rows=n_rows,
+        cards=cards,
+        labels_source=None if concepts is None else ("caller" if labels is not None else "world lexical labels"),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _check_latents(latents: Any) -> list[int]:
+    out = [int(i) for i in (latents.tolist() if isinstance(latents, torch.Tensor) else latents)]
+    if not out:
+        raise InterpError("give at least one latent, e.g. latents=[0, 1, 2]")
+    if len(set(out)) != len(out):
+        raise InterpError(f"latents repeat: {out}; give each latent once")
+    return out
+
+
+class _Contexts:
+    """Tokens around example rows and the latents' codes on them, fetched in one batch."""
+
+    def __init__(self, model: Any, store: Any, source: Any, context: tuple[int, int]) -> None:
+        self.model, self.store, self.source = model, store, source
+        self.before, self.after = context
+        self.windows: dict[int, tuple[int, int, torch.Tensor]] = {}  # row -> (seq, pos, window tokens)
+        self.codes: dict[int, torch.Tensor] = {}  # row -> [L] codes
+        self.where: dict[int, tuple[int, int]] = {}  # row -> (seq, pos), for the rows fetched
+        self._names: dict[int, str] = {}
+
+    def fetch(self, rows: list[int]) -> None:
+        rows = sorted(set(rows))
+        if not rows:
+            return
+        n = len(self.store)
+        for r in rows:
+            ctx = self.store.tokens_for(r)
+            self.windows[r] = (ctx.sequence, ctx.position, ctx.tokens)
+        # Neighbours of a row in the same window are the rows next to it (harvests store a
+        # window's positions in order); locate() confirms each before it is used.
+        wanted = sorted({r + d for r in rows for d in range(-self.before, self.after + 1) if 0 <= r + d < n})
+        seq, pos = self.store.locate(torch.tensor(wanted))
+        self.where = {r: (s, p) for r, s, p in zip(wanted, seq.tolist(), pos.tolist())}
+        codes = self.source.codes_at(torch.tensor(wanted))
+        self.codes = dict(zip(wanted, codes))
+
+    def _token(self, token_id: int) -> str:
+        if token_id not in self._names:
+            self._names[token_id] = self.model.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+        return self._names[token_id]
+
+    def example(self, row: int, value: float, j: int, group: str) -> Example:
+        seq, pos, window = self.windows[row]
+        tokens, ids, values, own = [], [], [], 0
+        for q in range(max(0, pos - self.before), pos + self.after + 1):
+            r = row + q - pos
+            stored = self.where.get(r) == (seq, q)
+            if q > pos and not stored:
+                break  # past the stored rows: the end of the text (or padding)
+            if q == pos:
+                own = len(tokens)
+            ids.append(int(window[q]))
+            tokens.append(self._token(int(window[q])))
+            values.append(float(self.codes[r][j]) if stored else 0.0)  # unstored prefix: BOS
+        return Example(row=row, value=value, tokens=tokens, token_ids=ids, values=values, token_index=own, group=group)
+
+
+def _residual_directions(model: Any, hook: str, directions: torch.Tensor) -> torch.Tensor | None:
+    """Decoder rows ``[L, d]`` as residual-stream directions ``[L, d_model]``, or None."""
+    if RESIDUAL_HOOK.search(hook):
+        return directions
+    match = MLP_POST_HOOK.match(hook)
+    if match:
+        with torch.no_grad():
+            return mlp_output_direction(model, int(match.group(1)), directions).float().cpu()
+    return None
+
+
+@torch.no_grad()
+def _add_logits(card: LatentCard, model: Any, direction: torch.Tensor, k: int) -> None:
+    table = unembed_tokens(model, direction, k)
+    card.promoted, card.suppressed = table["promoted"], table["suppressed"]
+    W_U = _unembedding(model)
+    logits = (W_U @ direction.to(W_U.device, W_U.dtype)).float().cpu()
+    counts = torch.histc(logits, bins=40, min=float(logits.min()), max=float(logits.max()) + 1e-6)
+    edges = torch.linspace(float(logits.min()), float(logits.max()) + 1e-6, 41)
+    card.logit_hist_counts = counts.long().tolist()
+    card.logit_hist_centres = ((edges[:-1] + edges[1:]) / 2).tolist()
+
+
+def _matches(names: list[str], auroc: torch.Tensor, positives: torch.Tensor, top: int = 3) -> list[LabelMatch]:
+    ok = (positives >= MIN_POSITIVES) & torch.isfinite(auroc)
+    score = torch.where(ok, auroc, torch.full_like(auroc, -1.0))
+    order = score.argsort(descending=True)[:top]
+    return [LabelMatch(names[i], float(auroc[i]), int(positives[i])) for i in order.tolist() if ok[i]]

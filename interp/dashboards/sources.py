@@ -1,0 +1,111 @@
+"""Where a dashboard's codes come from: an SAE run over store rows, or an SNMF's coefficients.
+
+Both give, for a range of store rows, the codes of the chosen latents only ``[rows, L]``,
+and each latent's decoder direction in the hook's space ``[L, d]``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import InterpError
+
+
+class SAECodes:
+    """Codes of ``latents`` from ``sae.encode`` on store rows (the whole code row is computed,
+    since TopK-style selection depends on every latent, then cut to the chosen ones)."""
+
+    kind = "sae"
+
+    def __init__(self, sae: Any, store: Any, latents: list[int]) -> None:
+        hook = (getattr(sae, "metadata", None) or {}).get("hook_name")
+        if hook is not None and hook != store.hook:
+            raise InterpError(
+                f"the SAE was trained at {hook!r} but the store is read at {store.hook!r}; open the store "
+                f"with ActivationStore.open(dir, hook={hook!r}) or store.select({hook!r})"
+            )
+        if sae.d_in != store.d:
+            raise InterpError(f"the SAE takes d_in={sae.d_in} but the store's hook {store.hook!r} has d={store.d}; "
+                              "use the store the SAE was trained on")
+        self.sae, self.store, self.latents = sae, store, torch.tensor(latents)
+        self.n_latents = sae.d_sae
+
+    @torch.no_grad()
+    def codes(self, start: int, stop: int) -> torch.Tensor:
+        x = self.store[start:stop].to(self.sae.device, self.sae.dtype)
+        return self.sae.encode(x)[:, self.latents.to(self.sae.device)].float().cpu()
+
+    @torch.no_grad()
+    def codes_at(self, rows: torch.Tensor) -> torch.Tensor:
+        x = self.store[rows].to(self.sae.device, self.sae.dtype)
+        return self.sae.encode(x)[:, self.latents.to(self.sae.device)].float().cpu()
+
+    def directions(self) -> torch.Tensor:
+        return self.sae.W_dec.detach()[self.latents.to(self.sae.W_dec.device)].float().cpu()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "sae", "architecture": getattr(self.sae, "architecture", type(self.sae).__name__),
+                "d_in": self.sae.d_in, "d_sae": self.sae.d_sae}
+
+
+class SNMFCodes:
+    """SNMF coefficients of ``latents``; the factorisation must have been fit on this store's rows."""
+
+    kind = "snmf"
+
+    def __init__(self, result: Any, store: Any, latents: list[int]) -> None:
+        n_rows, rank = result.coefficients.shape
+        if n_rows != len(store):
+            raise InterpError(
+                f"the SNMF was fit on {n_rows} rows but the store has {len(store)}; an SNMF's coefficients "
+                "belong to the rows it was fit on, so build its dashboard from that store"
+            )
+        if result.features.shape[1] != store.d:
+            raise InterpError(f"the SNMF features have width {result.features.shape[1]} but the store's hook "
+                              f"{store.hook!r} has d={store.d}; use the store it was fit on (an mlp.hook_post)")
+        self.result, self.latents = result, torch.tensor(latents)
+        self.n_latents = rank
+
+    def codes(self, start: int, stop: int) -> torch.Tensor:
+        return self.result.coefficients[start:stop][:, self.latents].float()
+
+    def codes_at(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.result.coefficients[rows][:, self.latents].float()
+
+    def directions(self) -> torch.Tensor:
+        return self.result.features[self.latents].float()
+
+    def describe(self) -> dict[str, Any]:
+        rank, d = self.result.features.shape
+        return {"kind": "snmf", "architecture": "snmf", "d_in": d, "d_sae": rank}
+
+
+def code_source(dictionary: Any, store: Any, latents: list[int]) -> SAECodes | SNMFCodes:
+    """The code source for an SAE (``encode`` + ``W_dec``) or an SNMF result (``coefficients``)."""
+    if hasattr(dictionary, "coefficients") and hasattr(dictionary, "features"):
+        source: SAECodes | SNMFCodes = SNMFCodes(dictionary, store, latents)
+    elif hasattr(dictionary, "encode") and hasattr(dictionary, "W_dec"):
+        source = SAECodes(dictionary, store, latents)
+    else:
+        raise InterpError(f"a dashboard needs an SAE (saes.SAE) or an SNMF result (saes.SNMFResult), "
+                          f"got {type(dictionary).__name__}")
+    bad = [i for i in latents if not 0 <= i < source.n_latents]
+    if bad:
+        raise InterpError(f"latents {bad} are out of range: the dictionary has {source.n_latents} latents "
+                          f"(0..{source.n_latents - 1})")
+    return source
+
+
+def row_tokens(store: Any, start: int, stop: int) -> torch.Tensor:
+    """Token id at each store row in ``[start, stop)``, one window read per window touched."""
+    seq, pos = store.locate(torch.arange(start, stop))
+    out = torch.empty(stop - start, dtype=torch.int64)
+    first_of_seq: dict[int, int] = {}
+    for i, s in enumerate(seq.tolist()):
+        first_of_seq.setdefault(s, i)
+    for s, i in first_of_seq.items():
+        window = store.tokens_for(start + i).tokens
+        sel = seq == s
+        out[sel] = window[pos[sel]]
+    return out

@@ -1,0 +1,327 @@
+"""Feature dashboards: streaming statistics equal brute force; labels; HTML, JSON, CLI, browser."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import interp
+import saes
+from interp.dashboards import Dashboard, build_dashboard
+from interp.errors import InterpError
+from interp.tiny import tiny_model
+from saes.metrics import auroc as exact_auroc
+
+WORDS = "the a cat dog bird sat ran flew on under over mat tree sky red blue big small happy sad and then it was".split()
+HOOK = "blocks.0.hook_resid_post"
+LATENTS = [1, 5, 9, 30]
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(5, 30))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny GPT-2, a ~1,400-row store in several shards, and a random TopK SAE at its hook."""
+    torch.set_num_threads(1)
+    model = tiny_model("gpt2")
+    out = tmp_path_factory.mktemp("dash") / "store"
+    store = interp.harvest(model, _texts(80), hooks=[HOOK, "blocks.0.mlp.hook_post"], out=out,
+                           context_length=32, shard_tokens=256, progress=False)
+    torch.manual_seed(0)
+    sae = saes.TopKSAE(store.d, 64, k=4)
+    sae.metadata.update(hook_name=HOOK, model_name=model.name)
+    return model, store, sae
+
+
+@pytest.fixture(scope="module")
+def dash(tiny):
+    model, store, sae = tiny
+    tokens = torch.tensor([store.tokens_for(i).token for i in range(len(store))])
+    cat = model.tokenizer.convert_tokens_to_ids("cat")
+    labels = {"cat": tokens == cat, "the": tokens == model.tokenizer.convert_tokens_to_ids("the")}
+    # Small chunks, so streaming crosses chunk and shard boundaries many times.
+    return build_dashboard(model, sae, store, LATENTS, n_examples=6, n_quantile_examples=3, labels=labels,
+                           n_bins=20, chunk_rows=97, progress=False)
+
+
+def _brute_codes(store, sae) -> torch.Tensor:
+    with torch.no_grad():
+        return sae.encode(store[:])[:, LATENTS].double()
+
+
+def test_streaming_density_histogram_and_top_examples_equal_brute_force(tiny, dash):
+    model, store, sae = tiny
+    codes = _brute_codes(store, sae)
+    assert store.n_shards > 3 and len(store) > 1000
+    for j, latent in enumerate(LATENTS):
+        card = dash.card(latent)
+        col = codes[:, j]
+        fire = col[col != 0]
+        assert card.n_rows == len(store)
+        assert card.n_fire == fire.numel() > 0
+        assert card.density == pytest.approx(fire.numel() / len(store))
+        assert card.max_value == pytest.approx(float(fire.max()), rel=1e-6)
+        counts, edges = np.histogram(fire.numpy(), bins=20, range=(float(fire.min()), float(fire.max())))
+        assert card.hist_counts == counts.tolist()
+        np.testing.assert_allclose(card.hist_edges, edges, rtol=1e-12)
+        values, rows = col.topk(6)
+        assert [e.value for e in card.top] == pytest.approx(values.tolist(), rel=1e-6)
+        # Rows agree wherever the value is not tied with another.
+        distinct = [i for i, v in enumerate(values.tolist()) if (col == v).sum() == 1]
+        assert [card.top[i].row for i in distinct] == [rows[i].item() for i in distinct]
+
+
+def test_examples_shade_every_context_token_with_its_own_activation(tiny, dash):
+    model, store, sae = tiny
+    codes = _brute_codes(store, sae)
+    for j, latent in enumerate(LATENTS):
+        card = dash.card(latent)
+        for e in card.top + [x for g in card.quantiles for x in g.examples]:
+            assert e.values[e.token_index] == pytest.approx(float(codes[e.row, j]), rel=1e-5)
+            assert e.values[e.token_index] == pytest.approx(e.value, rel=1e-5)
+            ctx = store.tokens_for(e.row)
+            assert e.token_ids[e.token_index] == ctx.token
+            assert e.tokens[e.token_index] == model.tokenizer.decode([ctx.token])
+            # Tokens before it in the same window are the rows before it (BOS is not stored).
+            for i in range(e.token_index):
+                row = e.row - (e.token_index - i)
+                if store.locate(row)[0].item() == ctx.sequence and e.token_ids[i] != model.bos_token_id:
+                    assert e.values[i] == pytest.approx(float(codes[row, j]), rel=1e-5, abs=1e-6)
+
+
+def test_quantile_examples_come_from_their_group_and_groups_cover_all_firing_tokens(tiny, dash):
+    model, store, sae = tiny
+    codes = _brute_codes(store, sae)
+    for j, latent in enumerate(LATENTS):
+        card = dash.card(latent)
+        col = codes[:, j]
+        assert 2 <= len(card.quantiles) <= 4
+        assert sum(g.contains for g in card.quantiles) == pytest.approx(1.0)
+        for g in card.quantiles:
+            inside = ((col >= g.lo - 1e-9) & (col <= g.hi + 1e-9) & (col != 0)).sum().item()
+            assert g.contains == pytest.approx(inside / card.n_fire, abs=1e-9)
+            rows = [e.row for e in g.examples]
+            assert len(rows) == min(3, inside) and len(set(rows)) == len(rows)
+            for e in g.examples:
+                assert g.lo - 1e-9 <= e.value <= g.hi + 1e-9
+
+
+def test_quantile_draws_are_spread_over_the_group_not_its_top(tiny):
+    model, store, sae = tiny
+    # Over many seeds, the draws from the lowest group must not all be its largest values.
+    draws = set()
+    for seed in range(4):
+        d = build_dashboard(model, sae, store, [LATENTS[0]], n_examples=1, n_quantile_examples=3, seed=seed,
+                            progress=False)
+        draws |= {e.row for e in d.cards[0].quantiles[0].examples}
+    assert len(draws) > 3
+
+
+def test_label_auroc_matches_the_exact_auroc(tiny, dash):
+    model, store, sae = tiny
+    codes = _brute_codes(store, sae)
+    tokens = torch.tensor([store.tokens_for(i).token for i in range(len(store))])
+    cat = tokens == model.tokenizer.convert_tokens_to_ids("cat")
+    for j, latent in enumerate(LATENTS):
+        matches = {m.label: m for m in dash.card(latent).label_matches}
+        exact = float(exact_auroc(codes[:, j:j + 1], cat)[0])
+        # Binned: ties within one of 128 bins per sign count half, so a small error is allowed.
+        assert matches["cat"].auroc == pytest.approx(exact, abs=0.02)
+        assert matches["cat"].n_positive == int(cat.sum())
+
+
+def test_label_matching_finds_a_planted_concept(tiny):
+    model, store, _ = tiny
+    # A ReLU latent reading the "cat" direction of the token embedding fires on "cat" only.
+    store_embed = interp.harvest(model, _texts(30, seed=1), hooks=["hook_embed"], out=store.directory.parent / "e",
+                                 context_length=32, progress=False)
+    emb = model.model.get_output_embeddings().weight.detach()
+    cat, dog = (model.tokenizer.convert_tokens_to_ids(w) for w in ("cat", "dog"))
+    sae = saes.ReLUSAE(store_embed.d, 4)
+    with torch.no_grad():
+        sae.W_enc.zero_(), sae.b_enc.fill_(-0.9), sae.b_dec.zero_()
+        sae.W_enc[:, 2] = emb[cat] / emb[cat].pow(2).sum()
+    tokens = torch.tensor([store_embed.tokens_for(i).token for i in range(len(store_embed))])
+    labels = {"dog": tokens == dog, "cat": tokens == cat, "a or the": (tokens == 4) | (tokens == 5)}
+    d = build_dashboard(model, sae, store_embed, [2], labels=labels, progress=False)
+    best = d.cards[0].label_matches[0]
+    assert best.label == "cat" and best.auroc == pytest.approx(1.0)
+    assert d.cards[0].top[0].tokens[d.cards[0].top[0].token_index] == "cat"
+
+
+def test_snmf_dashboard_reads_coefficients_and_mlp_logit_effects(tiny):
+    model, store, _ = tiny
+    mlp = store.select("blocks.0.mlp.hook_post")
+    result = saes.SNMF(rank=4, sparsity=0.1, max_iter=15, device="cpu").fit(mlp)
+    d = build_dashboard(model, result, mlp, [0, 3], n_examples=3, progress=False)
+    for j, latent in enumerate([0, 3]):
+        col = result.coefficients[:, latent].double()
+        assert d.card(latent).max_value == pytest.approx(float(col.max()), rel=1e-6)
+        assert d.card(latent).top[0].row == int(col.argmax())
+        assert len(d.card(latent).promoted) == 10  # W_out · feature, then the unembedding
+    cut = saes.SNMFResult(result.features, result.coefficients[:100], [0.0], 0)
+    with pytest.raises(InterpError, match="fit on 100 rows but the store has"):
+        build_dashboard(model, cut, mlp, [0], progress=False)
+
+
+def test_errors_name_the_problem_and_the_fix(tiny):
+    model, store, sae = tiny
+    with pytest.raises(InterpError, match=r"latents \[64\] are out of range.*64 latents"):
+        build_dashboard(model, sae, store, [1, 64], progress=False)
+    with pytest.raises(InterpError, match="trained at 'blocks.0.hook_resid_post'.*store.select"):
+        build_dashboard(model, sae, store.select("blocks.0.mlp.hook_post"), [1], progress=False)
+    with pytest.raises(InterpError, match="label 'x' has 3 rows but the store has"):
+        build_dashboard(model, sae, store, [1], labels={"x": torch.zeros(3)}, progress=False)
+    with pytest.raises(InterpError, match="latents repeat"):
+        build_dashboard(model, sae, store, [1, 1], progress=False)
+
+
+def test_html_is_one_self_contained_file(dash, tmp_path):
+    path = tmp_path / "features.html"
+    dash.save_html(path)
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.I)  # everything inline
+    assert not re.search(r"<link[^>]*href\s*=\s*[\"']?https?:", text, re.I)
+    assert "Plotly.newPlot" in text and len(text) > 1_000_000  # plotly.js itself is inlined
+    assert text.count('class="feature-panel"') == len(LATENTS)
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary behind
+
+
+def test_json_export_has_neuronpedia_fields(dash, tmp_path):
+    dash.save_json(tmp_path / "f.json")
+    data = json.loads((tmp_path / "f.json").read_text())
+    assert data["format"] == "interp-feature-dashboard" and data["layer"] == "0-resid_post"
+    assert [f["index"] for f in data["features"]] == [str(i) for i in LATENTS]
+    for f, latent in zip(data["features"], LATENTS):
+        card = dash.card(latent)
+        assert f["modelId"] == "tiny-gpt2-seed0" and f["layer"] == "0-resid_post"
+        assert f["frac_nonzero"] == pytest.approx(card.density, abs=1e-6)
+        assert sum(f["freq_hist_data_bar_heights"]) == card.n_fire
+        assert len(f["freq_hist_data_bar_values"]) == len(f["freq_hist_data_bar_heights"]) == 20
+        assert len(f["pos_str"]) == len(f["pos_values"]) == len(f["neg_str"]) == len(f["neg_values"]) == 10
+        assert f["pos_values"] == sorted(f["pos_values"], reverse=True)
+        assert len(f["activations"]) == len(card.top) + sum(len(g.examples) for g in card.quantiles)
+        for a in f["activations"]:
+            assert len(a["tokens"]) == len(a["values"])
+            assert a["maxValue"] == max(a["values"]) == a["values"][a["maxValueTokenIndex"]]
+            assert {"binMin", "binMax", "binContains", "qualifyingTokenIndex"} <= set(a)
+        assert f["activations"][0]["binMin"] is None and f["activations"][-1]["binMin"] is not None
+        assert f["label_matches"][0]["label"] in ("cat", "the")
+
+
+def test_notebook_views(dash):
+    figures = dash.figures(LATENTS[0])
+    assert {"histogram", "logits", "logit_histogram"} <= set(figures)
+    assert list(figures["histogram"].data[0].y) == dash.card(LATENTS[0]).hist_counts
+    html = dash.examples_html(LATENTS[0])
+    assert html.count('class="example"') == len(dash.card(LATENTS[0]).top) + sum(
+        len(g.examples) for g in dash.card(LATENTS[0]).quantiles)
+    assert "rgba(255, 110, 0, 1.000)" in html  # the top token is shaded at full strength
+    assert dash._repr_html_().count("Latent ") == len(LATENTS)
+    with pytest.raises(KeyError, match="shows"):
+        dash.card(999)
+
+
+def test_cli_writes_html_and_json(tiny_gpt2_dir, tmp_path, capsys):
+    from interp.cli import main
+
+    model = interp.load(str(tiny_gpt2_dir))
+    interp.harvest(model, _texts(10), hooks=[HOOK], out=tmp_path / "s", context_length=32, progress=False)
+    sae = saes.TopKSAE(32, 16, k=2)
+    sae.metadata.update(hook_name=HOOK)
+    sae.save(tmp_path / "sae")
+    code = main(["dashboard", "--model", str(tiny_gpt2_dir), "--sae", str(tmp_path / "sae"), "--store",
+                 str(tmp_path / "s"), "--latents", "0,2-3", "--out", str(tmp_path / "f.html"),
+                 "--json", str(tmp_path / "f.json")])
+    assert code == 0 and "3 latent(s)" in capsys.readouterr().out
+    assert (tmp_path / "f.html").read_text().count('class="feature-panel"') == 3
+    assert [f["index"] for f in json.loads((tmp_path / "f.json").read_text())["features"]] == ["0", "2", "3"]
+    assert main(["dashboard", "--model", str(tiny_gpt2_dir), "--sae", str(tmp_path / "sae"), "--store",
+                 str(tmp_path / "s"), "--latents", "0,x"]) == 1
+    assert "not a list of integers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- world model
+
+
+def _world_available() -> bool:
+    from interp.world import default_model_path
+
+    return (default_model_path() / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not _world_available(), reason="the default world model is not built: run `interp world train`")
+def test_world_store_gets_planted_labels_automatically(tmp_path):
+    from interp.quickstart import world_texts
+
+    model = interp.load("world", device="cpu")
+    store = interp.harvest(model, world_texts(60, seed=3), hooks=["hook_embed"], out=tmp_path / "w",
+                           context_length=64, progress=False)
+    tokens = torch.tensor([store.tokens_for(i).token for i in range(len(store))])
+    # A planted "dictionary": latent 1's coefficient is 1 on the relation word "capital" only.
+    capital = model.tokenizer.convert_tokens_to_ids("capital")
+    assert (tokens == capital).sum() >= 5
+    coefficients = torch.rand(len(store), 3) * 0.01
+    coefficients[:, 1] = (tokens == capital).float()
+    result = saes.SNMFResult(torch.randn(3, store.d), coefficients, [0.0], 0)
+    d = build_dashboard(model, result, store, [1], progress=False)
+    assert d.labels_source == "world lexical labels"
+    best = d.cards[0].label_matches[0]
+    assert best.label == "relation:capital" and best.auroc == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- browser
+
+
+def _browser() -> tuple[str, str] | None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (chromium, driver) if chromium and driver else None
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium with chromedriver on this machine: .ci/run installs "
+                                               "them (apt-get install chromium chromium-driver)")
+def test_html_renders_in_headless_chromium_without_console_errors(dash, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e .[test]")
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = tmp_path / "features.html"
+    dash.save_html(path)
+    chromium, chromedriver = _browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        driver.get(path.as_uri())
+        try:  # the page sets data-rendered once every figure is drawn; a script error never gets there
+            WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.rendered"))
+        except TimeoutException:
+            pass
+        n_figures = int(driver.execute_script("return document.body.dataset.rendered || 0"))
+        panels = driver.execute_script("return document.querySelectorAll('section.feature-panel').length")
+        drawn = driver.execute_script(
+            "return Array.from(document.querySelectorAll('section.feature-panel')).map("
+            "p => p.querySelectorAll('.js-plotly-plot .main-svg').length > 0 ? 1 : 0)")
+        examples = driver.execute_script("return document.querySelectorAll('.example .tok.own').length")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    finally:
+        driver.quit()
+    assert errors == []
+    assert panels == len(LATENTS) and drawn == [1] * len(LATENTS)
+    assert n_figures == 3 * len(LATENTS)
+    assert examples == sum(len(dash.card(i).top) + sum(len(g.examples) for g in dash.card(i).quantiles)
+                           for i in LATENTS)
