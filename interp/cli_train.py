@@ -83,6 +83,10 @@ def register(subparsers: Any) -> None:
     t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
     t.add_argument("--log-every", type=int, default=50, help="steps between metric records (default 50)")
     t.add_argument("--device", default=None, help="e.g. cpu or cuda (default: the model's / cuda when available)")
+    t.add_argument("--hook-device", action="append", dest="hook_devices", default=None, metavar="HOOK=DEVICE",
+                   help="live: train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
+    t.add_argument("--on-nonfinite", choices=("raise", "skip"), default="raise",
+                   help="NaN/inf activations: stop with an error naming them (default) or drop those rows")
     t.add_argument("--context-length", type=int, default=128, help="live: tokens per window (default 128)")
     t.add_argument("--model-batch-size", type=int, default=8, help="live: windows per forward pass (default 8)")
     t.add_argument("--buffer-tokens", type=int, default=1 << 16, help="live: shuffle buffer rows (default 65536)")
@@ -143,7 +147,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size, total_tokens=args.tokens, lr=args.lr, seed=args.seed,
         dead_tokens=args.dead_tokens, k_aux=args.k_aux, auxk=not args.no_auxk,
         normalize_input=args.normalize_input, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, device=args.device,
+        log_every=args.log_every, device=args.device, on_nonfinite=args.on_nonfinite,
     )
 
 
@@ -172,6 +176,8 @@ def _train_from_store(args: argparse.Namespace) -> int:
         raise InterpError("--data is for live training (--model); a store already holds its activations")
     if args.hooks and len(args.hooks) > 1:
         raise InterpError("with --store give at most one --hook (the stored hook to train on)")
+    if args.hook_devices:
+        raise InterpError("--hook-device is for live training with several hooks; with --store use --device")
     store = ActivationStore.open(args.store, hook=args.hooks[0] if args.hooks else None)
     sae = build_sae(args.arch, store.d, args.d_sae, args.k, args.groups, not args.per_token_topk)
     sae.metadata.update(model_name=store.model_name, hook_name=store.hook, context_size=store.context_length,
@@ -179,9 +185,16 @@ def _train_from_store(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = saes.train(sae, store, _train_config(args), checkpoint_dir=out / "checkpoint", resume=args.resume,
                         log_path=out / "train_log.jsonl", progress=not args.no_progress)
-    sae.save(out)
-    print(json.dumps({"sae": str(out), "hook": store.hook, **_summary(result)}))
+    if _main_process():  # under torchrun every rank trained; rank 0 saves and reports
+        sae.save(out)
+        print(json.dumps({"sae": str(out), "hook": store.hook, **_summary(result)}))
     return 0
+
+
+def _main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _train_live(args: argparse.Namespace) -> int:
@@ -206,8 +219,9 @@ def _train_live(args: argparse.Namespace) -> int:
     cfg.device = cfg.device or str(model.device)
     # One hook: DIR is the SAE directory (as for store training); several: DIR/<hook>/.
     dirs = {hook: out / hook_dir_name(hook) if several else out for hook in args.hooks}
+    devices = _hook_devices(args.hook_devices, args.hooks)
     results = train_live(
-        model, args.data, saes_by_hook, cfg, live=live,
+        model, args.data, saes_by_hook, cfg, live=live, devices=devices,
         checkpoint_dir={h: d / "checkpoint" for h, d in dirs.items()}, resume=args.resume,
         log_dir={h: d / "train_log.jsonl" for h, d in dirs.items()}, progress=not args.no_progress,
     )
@@ -215,6 +229,21 @@ def _train_live(args: argparse.Namespace) -> int:
         result.sae.save(dirs[hook])
         print(json.dumps({"sae": str(dirs[hook]), "hook": hook, **_summary(result)}))
     return 0
+
+
+def _hook_devices(specs: list[str] | None, hooks: list[str]) -> dict[str, str] | None:
+    """``["HOOK=DEVICE", ...]`` as a mapping, each hook one of the trained ones."""
+    if not specs:
+        return None
+    out: dict[str, str] = {}
+    for spec in specs:
+        hook, sep, device = spec.partition("=")
+        if not sep or not hook or not device:
+            raise InterpError(f"--hook-device takes HOOK=DEVICE (e.g. blocks.6.hook_resid_post=cuda:1), got {spec!r}")
+        if hook not in hooks:
+            raise InterpError(f"--hook-device names {hook!r}, which is not one of the --hook values {hooks}")
+        out[hook] = device
+    return out
 
 
 # ------------------------------------------------------------------------- eval-sae

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,24 @@ def _as_list(x: SAE | Sequence[SAE]) -> list[SAE]:
     return [x] if isinstance(x, SAE) else list(x)
 
 
+def _check_devices(devices: Mapping[str, str | torch.device] | None, hooks: list[str]) -> dict[str, str]:
+    """``devices`` as hook -> device name, every hook trained and every device usable."""
+    out: dict[str, str] = {}
+    for hook, device in (devices or {}).items():
+        if hook not in hooks:
+            raise InterpError(f"devices names hook {hook!r}, which is not trained here; trained hooks: {hooks}")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise InterpError(f"devices[{hook!r}]={device!r} is not a device name (e.g. 'cpu', 'cuda:1'): {err}") from None
+        if dev.type == "cuda":
+            n = torch.cuda.device_count()
+            if dev.index is not None and dev.index >= n or n == 0:
+                raise InterpError(f"devices[{hook!r}]={device!r}: this machine has {n} CUDA device(s)")
+        out[hook] = str(dev)
+    return out
+
+
 def hook_dir_name(hook: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in hook)
 
@@ -157,6 +175,7 @@ def train_live(
     resume: bool = False,
     log_dir: PathOrPerHook = None,
     progress: bool = True,
+    devices: Mapping[str, str | torch.device] | None = None,
 ) -> dict[str, TrainResult | list[TrainResult]]:
     """Train SAEs on several hooks of ``model`` at once, from one forward pass per batch.
 
@@ -172,6 +191,9 @@ def train_live(
         resume: continue those checkpoints.
         log_dir: JSONL metrics go to ``log_dir/<hook>.jsonl`` (or a mapping hook -> file).
         progress: one tqdm bar for the run.
+        devices: hook -> device for that hook's SAEs (e.g. one GPU per layer); hooks not
+            named use ``config.device``. Activations leave the model on the CPU and each
+            hook's batch goes to its own device, so the model may sit elsewhere too.
 
     Returns:
         hook -> :class:`saes.TrainResult` (or a list of them for a sweep). Each SAE's
@@ -185,6 +207,7 @@ def train_live(
     if not hooks:
         raise InterpError("train_live needs at least one hook with its SAE(s)")
     model.check_hooks(hooks)
+    placed = _check_devices(devices, hooks)
     source = describe_source(data, lc.text_field)
     prepend = (model.bos_token_id is not None) if lc.prepend_bos is None else lc.prepend_bos
     trainers: dict[str, Trainer] = {}
@@ -202,8 +225,9 @@ def train_live(
                                     prepend_bos=prepend)
             fingerprint = {"kind": "live", "d": d, "rows": None, "model": model.name, "hook": hook,
                            "source": source, "live": lc.__dict__}
+            hook_cfg = replace(cfg, device=placed[hook]) if hook in placed else cfg
             trainers[hook] = Trainer(
-                _as_list(saes_by_hook[hook]), cfg, data=fingerprint,
+                _as_list(saes_by_hook[hook]), hook_cfg, data=fingerprint,
                 checkpoint_dir=_per_hook(checkpoint_dir, hook, ""), resume=resume,
                 log_path=_per_hook(log_dir, hook, ".jsonl"), log_extra={"hook": hook},
             )

@@ -90,6 +90,10 @@ def _from_pretrained(source: str, dtype: torch.dtype | None, trust_remote_code: 
 
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ModelLoadError(_remote_code_refused(source)) from None
     except OSError as err:
         if Path(source).exists():
             raise ModelLoadError(f"could not load the model in {source}: {err}") from err
@@ -106,7 +110,21 @@ def _tokenizer(source: str, trust_remote_code: bool) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise ModelLoadError(_remote_code_refused(source)) from None
         raise ModelLoadError(
             f"could not load a tokenizer for {source!r} ({err}); pass one with interp.load(..., tokenizer=...)"
         ) from err
+    except OSError as err:
+        raise ModelLoadError(
+            f"could not load a tokenizer for {source!r} ({err}); pass one with interp.load(..., tokenizer=...)"
+        ) from err
+
+
+def _remote_code_refused(source: str) -> str:
+    return (
+        f"{source!r} needs its own Python code to load (custom modelling files), and running code that "
+        "comes with a model is off by default. Read that code first; if you trust it, pass "
+        "interp.load(..., trust_remote_code=True)"
+    )

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from saes.io import atomic_write_text, fsync_dir  # noqa: F401  (atomic_write_text re-exported)
 
 from .errors import StoreError, close_matches
+from .manifest_check import checked_manifest
 
 MANIFEST = "manifest.json"
 FORMAT = "interp-activation-store"
@@ -157,12 +158,15 @@ class Manifest:
     def from_json(cls, text: str, where: str = "manifest") -> Manifest:
         try:
             d = json.loads(text)
+            if not isinstance(d, dict):
+                raise StoreError(f"{where} must hold a JSON object, got {type(d).__name__}")
             if d.get("format") != FORMAT:
                 raise StoreError(f"{where} is not an activation-store manifest (format={d.get('format')!r})")
             if d.get("version") != VERSION:
                 raise StoreError(
                     f"{where} has store format version {d.get('version')}, this toolkit reads version {VERSION}"
                 )
+            d = checked_manifest(d, where)  # types, unknown keys, shard names inside the directory
             d.pop("format"), d.pop("version")
             d["hooks"] = [HookInfo(h["name"], tuple(h["shape"])) for h in d["hooks"]]
             d["shards"] = [ShardInfo(**s) for s in d["shards"]]
@@ -251,9 +255,16 @@ def remove_stray_files(directory: Path, manifest: Manifest) -> None:
 
 
 def check_shard_sizes(directory: Path, manifest: Manifest) -> None:
-    """Raise StoreError for a missing or truncated shard (cheap: no data is read)."""
+    """Raise StoreError for a missing or truncated shard, or one that resolves (through a
+    link) outside the store's directory (cheap: no data is read)."""
+    root = directory.resolve()
     for s in manifest.shards:
         p = directory / s.file
+        if p.resolve().parent != root:
+            raise StoreError(
+                f"shard {p} resolves to {p.resolve()}, outside the store's directory {root}; a store reads "
+                "only its own files (replace the link by the file itself)"
+            )
         if not p.is_file():
             raise StoreError(f"shard {p} listed in the manifest is missing; the store is incomplete")
         size = p.stat().st_size

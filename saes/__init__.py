@@ -15,7 +15,7 @@ Architectures: :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`MatryoshkaSAE`,
 libraries' files). One trainer (:func:`train`, :class:`TrainConfig`), files in the SAELens
 layout (:meth:`SAE.save`, :func:`load`), :mod:`saes.metrics` and :mod:`saes.synthetic`.
 """
-from . import metrics, synthetic
+from . import metrics, stats, synthetic
 from .base import SAE
 from .batchtopk import BatchTopKSAE
 from .config import TrainConfig
@@ -28,6 +28,7 @@ from .errors import (
     NonFiniteError,
     SAEError,
     ShapeMismatchError,
+    WriteError,
 )
 from .inference import JumpReLUSAE, ReLUSAE
 from .io import load
@@ -39,7 +40,7 @@ from .trainer import TrainResult, train
 
 __all__ = [
     "SAE", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "MPSAE", "ReLUSAE", "JumpReLUSAE",
-    "SNMF", "SNMFResult", "TrainConfig", "TrainResult", "train", "load", "metrics", "synthetic",
+    "SNMF", "SNMFResult", "TrainConfig", "TrainResult", "train", "load", "metrics", "stats", "synthetic",
     "SAEError", "ConfigError", "DataError", "ShapeMismatchError", "NonFiniteError", "EmptyDataError",
-    "CheckpointError", "FormatError",
+    "CheckpointError", "FormatError", "WriteError",
 ]

@@ -20,6 +20,7 @@ leading shape.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -179,7 +180,7 @@ class SAE(nn.Module):
         metadata: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if int(d_in) < 1 or int(d_sae) < 1:
+        if as_count(d_in, "d_in") < 1 or as_count(d_sae, "d_sae") < 1:
             raise ConfigError(f"d_in and d_sae must be positive, got d_in={d_in}, d_sae={d_sae}")
         self.d_in = int(d_in)
         self.d_sae = int(d_sae)
@@ -187,9 +188,17 @@ class SAE(nn.Module):
         self.metadata: dict[str, Any] = {k: None for k in METADATA_KEYS}
         self.metadata.update(metadata or {})
         dt = parse_dtype(dtype)
-        self.W_dec = nn.Parameter(torch.empty(self.d_sae, self.d_in, dtype=dt, device=device))
-        self.b_dec = nn.Parameter(torch.zeros(self.d_in, dtype=dt, device=device))
-        self._build_encoder(dt, torch.device(device))
+        try:
+            self.W_dec = nn.Parameter(torch.empty(self.d_sae, self.d_in, dtype=dt, device=device))
+            self.b_dec = nn.Parameter(torch.zeros(self.d_in, dtype=dt, device=device))
+            self._build_encoder(dt, torch.device(device))
+        except (RuntimeError, MemoryError) as err:  # out of memory, or a device that does not exist
+            gib = self.d_in * self.d_sae * (dt.itemsize if hasattr(dt, "itemsize") else 4) / 2**30
+            raise ConfigError(
+                f"cannot create an SAE with d_in={self.d_in}, d_sae={self.d_sae} on {device!r} "
+                f"({gib:,.1f} GiB per weight matrix in {dt}): {str(err).splitlines()[0][:200]}; "
+                "use a smaller d_sae, another dtype or another device"
+            ) from None
         self.reset_parameters()
 
     # ------------------------------------------------------------ parameters
@@ -342,8 +351,19 @@ class SAE(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in cfg.items())
 
 
+def as_count(value: Any, what: str) -> int:
+    """``value`` as an int, or a ConfigError: sizes and counts must be integers, not 3.5,
+    "8" or True (which Python would otherwise turn into 3, a crash, or 1)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}={value!r} must be an integer, not a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{what}={value!r} ({type(value).__name__}) must be an integer") from None
+
+
 def check_k(k: int, d_sae: int, what: str = "k") -> int:
-    k = int(k)
+    k = as_count(k, what)
     if k < 1:
         raise ConfigError(f"{what}={k} must be at least 1")
     if k >= d_sae:

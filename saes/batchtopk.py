@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import kernels
-from .base import SAE, check_k, jump_codes
+from .base import SAE, as_count, check_k, jump_codes
 
 
 def batch_topk_codes(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +50,7 @@ class BatchTopKSAE(SAE):
     saelens_architecture = "jumprelu"
 
     def __init__(self, d_in: int, d_sae: int, k: int, *, threshold_momentum: float = 0.99, **kwargs: Any):
-        self.k = check_k(k, int(d_sae))
+        self.k = check_k(k, as_count(d_sae, "d_sae"))
         self.threshold_momentum = float(threshold_momentum)
         super().__init__(d_in, d_sae, **kwargs)
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32, device=self.device))

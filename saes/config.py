@@ -9,6 +9,7 @@ from .errors import ConfigError
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros", "keep")
 AUTOCASTS = ("auto", "bfloat16", "none")
+ON_NONFINITE = ("raise", "skip")
 
 # Settings that only change how a run is observed or saved, not the weights it produces:
 # a resumed run may change them freely.
@@ -40,7 +41,8 @@ class TrainConfig:
             keeps the SAE's current weights.
         b_dec_init: "geometric_median" (default), "mean", "zeros" or "keep", computed on
             the first ``init_rows`` training rows.
-        init_rows: rows used for the b_dec and normalisation estimates.
+        init_rows: rows used for the b_dec and normalisation estimates (at most one pass
+            over a tensor or store that holds fewer).
         normalize_input: scale inputs by one constant so that ``E||x||^2 = d_in``; the
             constant is folded into the weights when training ends, so the returned and
             saved SAE act on raw activations.
@@ -50,6 +52,9 @@ class TrainConfig:
         log_every: steps between JSONL records and progress-bar updates.
         checkpoint_every: steps between checkpoints (needs a checkpoint directory);
             None: only at the end.
+        on_nonfinite: what a NaN or inf activation does: "raise" stops the run with a
+            :class:`NonFiniteError` naming the step, hook, batch row and stream token;
+            "skip" drops the bad rows (warning with the same details) and trains on the rest.
 
     Example:
         >>> from saes import TrainConfig
@@ -78,8 +83,10 @@ class TrainConfig:
     device: str | None = None
     log_every: int = 50
     checkpoint_every: int | None = None
+    on_nonfinite: str = "raise"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
         if self.batch_size < 2:
             raise ConfigError(f"batch_size={self.batch_size}: use at least 2 (the loss normalises by batch variance)")
@@ -106,6 +113,20 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every={self.checkpoint_every} must be at least 1 (or None)")
         if self.k_aux is not None and self.k_aux < 1:
             raise ConfigError(f"k_aux={self.k_aux} must be at least 1 (or None for d_in / 2)")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ConfigError(f"on_nonfinite={self.on_nonfinite!r} is unknown; use one of {ON_NONFINITE}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ConfigError(f"adam_eps={self.adam_eps} must be a positive number")
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas={list(self.adam_betas)}: each beta must be in [0, 1)")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ConfigError(f"grad_clip={self.grad_clip} must be positive (or None for no clipping)")
+        if not (math.isfinite(self.auxk_alpha) and self.auxk_alpha >= 0):
+            raise ConfigError(f"auxk_alpha={self.auxk_alpha} must be a non-negative number")
+        if self.init_rows < 1:
+            raise ConfigError(f"init_rows={self.init_rows} must be at least 1")
+        if self.lr is not None and not math.isfinite(self.lr):
+            raise ConfigError(f"lr={self.lr} must be a finite positive number")
 
     @property
     def steps(self) -> int:
@@ -144,3 +165,51 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
         return cls(**d)
+
+
+# Field -> (accepted types, what to write). Checked before any arithmetic on the values, so
+# a wrong type is a ConfigError naming the field, never a TypeError from a comparison.
+_INT, _REAL = (int,), (int, float)
+_TYPES: dict[str, tuple[tuple[type, ...], bool, str]] = {
+    "batch_size": (_INT, False, "an integer"),
+    "total_tokens": (_INT, False, "an integer"),
+    "lr": (_REAL, True, "a number or None"),
+    "adam_eps": (_REAL, False, "a number"),
+    "warmup_frac": (_REAL, False, "a number in [0, 1]"),
+    "decay_frac": (_REAL, False, "a number in [0, 1]"),
+    "grad_clip": (_REAL, True, "a number or None"),
+    "seed": (_INT, False, "an integer"),
+    "dead_tokens": (_INT, False, "an integer"),
+    "auxk": ((bool,), False, "True or False"),
+    "auxk_alpha": (_REAL, False, "a number"),
+    "k_aux": (_INT, True, "an integer or None"),
+    "init_weights": ((bool,), False, "True or False"),
+    "b_dec_init": ((str,), False, f"one of {B_DEC_INITS}"),
+    "init_rows": (_INT, False, "an integer"),
+    "normalize_input": ((bool,), False, "True or False"),
+    "autocast": ((str,), False, f"one of {AUTOCASTS}"),
+    "device": ((str,), True, "a device name like 'cpu' or 'cuda:0', or None"),
+    "log_every": (_INT, False, "an integer"),
+    "checkpoint_every": (_INT, True, "an integer or None"),
+    "on_nonfinite": ((str,), False, f"one of {ON_NONFINITE}"),
+}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for name, (types, optional, what) in _TYPES.items():
+        value = getattr(cfg, name)
+        if value is None and optional:
+            continue
+        # bool is an int in Python; a flag where a count is meant is a mistake, not a 1.
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if wrong_bool or not isinstance(value, types):
+            raise ConfigError(f"TrainConfig.{name}={value!r} ({type(value).__name__}): {name} must be {what}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"TrainConfig.{name}={value!r} must be a finite number")
+    betas = cfg.adam_betas
+    if (
+        not isinstance(betas, (tuple, list))
+        or len(betas) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in betas)
+    ):
+        raise ConfigError(f"TrainConfig.adam_betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)")

@@ -49,7 +49,7 @@ def _describe(sae_d: int) -> str:
 class TensorSource(Source):
     kind = "tensor"
 
-    def __init__(self, x: torch.Tensor, d_in: int, batch_size: int):
+    def __init__(self, x: torch.Tensor, d_in: int, batch_size: int, check_finite: bool = True):
         if x.ndim < 2:
             raise ShapeMismatchError(f"training data must be [N, d_in]; got a tensor of shape {list(x.shape)}")
         if x.shape[-1] != d_in:
@@ -66,7 +66,8 @@ class TensorSource(Source):
                 f"training data has {x.shape[0]} rows, fewer than batch_size={batch_size}; "
                 "lower batch_size or pass more activations"
             )
-        _check_finite_rows(x)
+        if check_finite:
+            _check_finite_rows(x)
         super().__init__(d_in, x.shape[0])
         self.x = x
 
@@ -134,6 +135,10 @@ class StoreSource(Source):
             )
         super().__init__(d, n)
         self.store = store
+        self.hook = hook
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "hook": self.hook}
 
     def iterate(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
         per_epoch = self.n_rows // batch_size  # drop_last=True
@@ -169,14 +174,18 @@ def is_store(data: Any) -> bool:
     return callable(getattr(data, "batches", None)) and hasattr(data, "d") and hasattr(data, "__len__")
 
 
-def make_source(data: Any, d_in: int, batch_size: int) -> Source:
-    """The :class:`Source` for ``data`` (tensor, numpy array, store or iterable)."""
+def make_source(data: Any, d_in: int, batch_size: int, check_finite: bool = True) -> Source:
+    """The :class:`Source` for ``data`` (tensor, numpy array, store or iterable).
+
+    ``check_finite=False`` leaves non-finite rows of a tensor to the training step (which
+    drops them when the config says ``on_nonfinite="skip"``).
+    """
     if isinstance(data, Source):
         return data
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if isinstance(data, torch.Tensor):
-        return TensorSource(data, d_in, batch_size)
+        return TensorSource(data, d_in, batch_size, check_finite)
     if is_store(data):
         return StoreSource(data, d_in, batch_size)
     if isinstance(data, Iterable):
@@ -187,8 +196,8 @@ def make_source(data: Any, d_in: int, batch_size: int) -> Source:
     )
 
 
-def check_batch(x: Any, d_in: int, batch_index: int) -> torch.Tensor:
-    """``x`` as a flat ``[batch, d_in]`` tensor, or a clear error saying what is wrong."""
+def as_rows(x: Any, d_in: int, batch_index: int) -> torch.Tensor:
+    """``x`` as a flat floating-point ``[batch, d_in]`` tensor (finiteness not checked)."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
@@ -203,22 +212,47 @@ def check_batch(x: Any, d_in: int, batch_index: int) -> torch.Tensor:
         raise EmptyDataError(f"batch {batch_index} has no rows; the data stream must not yield empty batches")
     if not x.is_floating_point():
         raise DataError(f"batch {batch_index} has dtype {x.dtype}; activations must be floating point")
+    return x
+
+
+def check_batch(
+    x: Any, d_in: int, batch_index: int, *, hook: str | None = None, first_token: int | None = None
+) -> torch.Tensor:
+    """``x`` as a flat ``[batch, d_in]`` tensor, or a clear error saying what is wrong.
+
+    ``hook`` and ``first_token`` (tokens of the stream before this batch) only make a
+    non-finite error name the place more precisely.
+    """
+    x = as_rows(x, d_in, batch_index)
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         bad = (~finite).nonzero()[0].tolist()
         row, col = bad
         value = x[row, col].item()
         n_bad_rows = int((~finite).any(-1).sum())
-        raise _nonfinite(batch_index, row, col, value, n_bad_rows)
+        raise _nonfinite(batch_index, row, col, value, n_bad_rows, hook, first_token)
     return x
 
 
-def _nonfinite(batch_index: int, row: int, col: int, value: float, n_rows: int) -> DataError:
+def finite_rows(x: Any, d_in: int) -> tuple[torch.Tensor, list[int]]:
+    """``(the rows of x that are all finite, the indices of the others)``."""
+    x = as_rows(x, d_in, -1)
+    ok = torch.isfinite(x).all(-1)
+    return x[ok], (~ok).nonzero().flatten().tolist()
+
+
+def _nonfinite(
+    batch_index: int, row: int, col: int, value: float, n_rows: int, hook: str | None = None,
+    first_token: int | None = None,
+) -> DataError:
     from .errors import NonFiniteError
 
     kind = "NaN" if value != value else ("inf" if value > 0 else "-inf")
+    place = f" at hook {hook}" if hook else ""
+    token = f", token {first_token + row} of the training stream" if first_token is not None else ""
     return NonFiniteError(
-        f"non-finite activations: {kind} in batch {batch_index} (counting from 0; training step "
-        f"{batch_index + 1}), row {row} of that batch, column {col} ({n_rows} bad row{'s' if n_rows != 1 else ''} "
-        "in the batch); check the harvest (fp16 overflow is a common cause) or drop those rows before training"
+        f"non-finite activations{place}: {kind} in batch {batch_index} (counting from 0; training step "
+        f"{batch_index + 1}), row {row} of that batch, column {col}{token} ({n_rows} bad "
+        f"row{'s' if n_rows != 1 else ''} in the batch); check the harvest (fp16 overflow is a common cause), "
+        "drop those rows before training, or train with on_nonfinite='skip' to drop them as they come"
     )

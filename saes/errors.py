@@ -36,3 +36,15 @@ class CheckpointError(SAEError):
 
 class FormatError(SAEError):
     """An SAE directory this package cannot read."""
+
+
+class WriteError(OSError, SAEError):
+    """A file that could not be written (disk full, read-only directory, quota).
+
+    Writes go to a temporary file renamed into place, so the previous version of the file
+    (a checkpoint, an SAE) is left exactly as it was.
+    """
+
+
+class UnknownKeyWarning(UserWarning):
+    """A key in a ``cfg.json`` or manifest that this toolkit does not know (ignored)."""

@@ -25,14 +25,23 @@ settings, from which :func:`load` rebuilds the exact class. The SAELens
 Input normalisation is always folded into the weights before saving
 (``normalize_activations: "none"``).
 
-Files are written to a temporary name, fsync'd and moved into place with ``os.replace``.
+Files are written to a temporary name, fsync'd and moved into place with ``os.replace``; a
+write that fails (disk full, read-only directory) raises :class:`WriteError` and leaves the
+previous file as it was. Every safetensors file written here carries the sha256 of its
+tensors in its header metadata, checked on every read, so a truncated or corrupted file is
+named as such instead of being read as garbage. ``cfg.json`` is checked before use (wrong
+types are errors, unknown keys warnings).
 Nothing here unpickles: only JSON and safetensors are read.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +49,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .base import METADATA_KEYS, SAE, dtype_name, parse_dtype
+from . import schema
+from .base import DTYPES, METADATA_KEYS, SAE, dtype_name, parse_dtype
 from .batchtopk import BatchTopKSAE
-from .errors import FormatError
+from .errors import ConfigError, FormatError, SAEError, WriteError
 from .inference import JumpReLUSAE, ReLUSAE
 from .matryoshka import MatryoshkaSAE
 from .mp import MPSAE
@@ -51,7 +61,8 @@ from .topk import TopKSAE
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS_FILE = "sae.safetensors"
-FORMAT_VERSION = 1
+# 2: sae_weights.safetensors carries the sha256 of its tensors (required when reading).
+FORMAT_VERSION = 2
 
 ARCHITECTURES: dict[str, type[SAE]] = {
     "topk": TopKSAE,
@@ -81,20 +92,53 @@ def fsync_dir(directory: Path) -> None:
 
 
 def _replace_from_temp(final: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync it and move it onto ``final`` atomically."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    """Call ``write(tmp_path)``, fsync it and move it onto ``final`` atomically.
+
+    Any failure leaves ``final`` untouched and no temporary file behind; an ``OSError``
+    (full disk, read-only directory, missing permission) becomes a :class:`WriteError`
+    that says so.
+    """
+    tmp: str | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        os_err = _os_error(err)
+        if os_err is not None:
+            raise write_error(final, os_err) from err
         raise
     fsync_dir(final.parent)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The operating-system error behind ``err``: itself, or the one safetensors reports as
+    text ("I/O error: No space left on device (os error 28)")."""
+    if isinstance(err, WriteError):
+        return None
+    if isinstance(err, OSError):
+        return err
+    m = re.search(r"\(os error (\d+)\)", str(err))
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def write_error(final: Path, err: OSError) -> WriteError:
+    previous = "the previous version is intact" if final.exists() else "nothing was written"
+    reason = err.strerror or str(err) or type(err).__name__
+    return WriteError(
+        err.errno,
+        f"could not write {final}: {reason}; {previous}. Free disk space or choose a writable "
+        "directory, then run again (with --resume / resume=True to continue a training run)",
+    )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -105,20 +149,60 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _replace_from_temp(Path(path), write)
 
 
+CHECKSUM_KEY = "saes_sha256"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """sha256 over the header metadata and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in (metadata or {}).items() if k != CHECKSUM_KEY}
+    h.update(json.dumps(meta, sort_keys=True).encode() + b"|")
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
 def atomic_save_tensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _replace_from_temp(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    meta = {**(metadata or {}), CHECKSUM_KEY: tensors_digest(tensors, metadata)}
+    _replace_from_temp(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a safetensors file and its string metadata."""
+def read_tensors(
+    path: str | os.PathLike, require_checksum: bool | Callable[[dict[str, str]], bool] = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a safetensors file and its string metadata, checksum-verified.
+
+    Files written by this package carry a sha256 of their tensors and metadata; a mismatch (a flipped
+    byte, a truncation the header does not reveal) is a :class:`FormatError` naming the
+    file. Files from other libraries have none and are read as they are; ``require_checksum``
+    (a flag, or a test on the metadata) says when a missing checksum is itself damage.
+    """
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own error types
-        raise FormatError(f"{path} is not a readable safetensors file ({err}); re-save it") from err
+        raise FormatError(
+            f"{path} is not a readable safetensors file: it is truncated, corrupted or of another format ({err}); "
+            "restore it from a copy or re-create it"
+        ) from err
+    expected = meta.pop(CHECKSUM_KEY, None)
+    if expected is None and (require_checksum(meta) if callable(require_checksum) else require_checksum):
+        raise FormatError(
+            f"{path} is damaged: it was written with a checksum, which is no longer in its header; "
+            "restore it from a copy or re-create it"
+        )
+    if expected is not None and tensors_digest(tensors, meta) != expected:
+        raise FormatError(
+            f"{path} is corrupted: its tensors do not match the sha256 recorded when it was written; "
+            "restore it from a copy or re-create it"
+        )
+    return tensors, meta
 
 
 # ------------------------------------------------------------------------- save
@@ -219,14 +303,78 @@ def _assign(sae: SAE, tensors: dict[str, torch.Tensor], names: list[str], where:
             target.copy_(t.to(target.dtype))
 
 
+# ------------------------------------------------------------------ cfg.json checks
+
+F = schema.Field
+_DTYPE = F("str", optional=True, choices=tuple(DTYPES) + tuple(f"torch.{d}" for d in DTYPES))
+# Fields this package reads from any cfg.json (ours and SAELens's); only these are type-checked
+# in foreign files, whose other keys belong to their own library.
+READ_FIELDS: dict[str, schema.Field] = {
+    "architecture": F("str"),
+    "d_in": F("int", minimum=1),
+    "d_sae": F("int", optional=True, minimum=1),
+    "dtype": _DTYPE,
+    "device": F("str", optional=True),
+    "apply_b_dec_to_input": F("bool", optional=True),
+    "normalize_activations": F("any", optional=True),
+    "reshape_activations": F("str", optional=True),
+    "k": F("int", optional=True, minimum=1),
+    "residual_threshold": F("number", optional=True),
+    "max_iterations": F("int", optional=True, minimum=1),
+    "stop_on_duplicate_support": F("bool", optional=True),
+    "model_name": F("str", optional=True),
+    "hook_name": F("str", optional=True),
+    "hook_point": F("str", optional=True),
+    "hook_head_index": F("int", optional=True),
+    "context_size": F("int", optional=True),
+    "prepend_bos": F("bool", optional=True),
+    "dataset_path": F("str", optional=True),
+    "metadata": F("dict", optional=True),
+    "saes": F("dict"),
+}
+BLOCK_FIELDS = {"format_version": F("int"), "architecture": F("str", choices=tuple(ARCHITECTURES)), "config": F("dict")}
+
+
+def _check_arch_settings(cls: type[SAE], settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``saes.config`` block against ``cls``'s constructor: unknown keys warned and
+    dropped, types judged from each parameter's default (sizes must be integers)."""
+    params = {}
+    for klass in cls.__mro__:  # keyword settings of the class and its bases
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        for name, p in inspect.signature(klass.__init__).parameters.items():
+            if name not in ("self", "dtype", "device", "metadata") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params.setdefault(name, p)
+    fields: dict[str, schema.Field] = {}
+    for name, p in params.items():
+        default = p.default
+        if name in ("d_in", "d_sae", "k", "max_iterations"):
+            fields[name] = F("int", optional=default is None, minimum=1)
+        elif name == "group_sizes":
+            fields[name] = F("int_list", optional=True, minimum=1)
+        elif isinstance(default, bool):
+            fields[name] = F("bool")
+        elif isinstance(default, float):
+            fields[name] = F("number")
+        elif isinstance(default, int):
+            fields[name] = F("int")
+        else:
+            fields[name] = F("any", optional=True)
+    return schema.check(settings, fields, f"{where} ('saes.config')", FormatError)
+
+
 def _load_ours(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path, dtype: Any) -> SAE:
-    block = cfg["saes"]
+    block = schema.check(cfg["saes"], BLOCK_FIELDS, f"{where.parent / CFG_FILE} ('saes' block)", FormatError,
+                         required=("architecture",))
     arch = block.get("architecture")
     if arch not in ARCHITECTURES:
         raise FormatError(f"{where}: unknown architecture {arch!r} in the 'saes' block; known: {sorted(ARCHITECTURES)}")
     cls = ARCHITECTURES[arch]
-    settings = dict(block.get("config", {}))
-    sae = cls(**settings, dtype=dtype, metadata=_metadata_from(cfg))
+    settings = _check_arch_settings(cls, dict(block.get("config", {})), str(where.parent / CFG_FILE))
+    try:
+        sae = cls(**settings, dtype=dtype, metadata=_metadata_from(cfg))
+    except (SAEError, TypeError, ValueError) as err:
+        raise FormatError(f"{where.parent / CFG_FILE} describes an SAE that cannot be built: {err}") from None
     sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
     names = [n for n, _ in sae.named_parameters()]
     _assign(sae, tensors, names, where)
@@ -299,6 +447,12 @@ def _load_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: 
     return sae
 
 
+SPARSIFY_FIELDS = {
+    "d_in": F("int", minimum=1), "k": F("int", minimum=1), "num_latents": F("int", optional=True, minimum=0),
+    "expansion_factor": F("int", optional=True, minimum=1), "activation": F("str", optional=True),
+}
+
+
 def _load_sparsify(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path, dtype: Any) -> SAE:
     if cfg.get("transcode"):
         raise FormatError(f"{where} is a sparsify transcoder (input and output differ); only SAEs load here")
@@ -307,8 +461,8 @@ def _load_sparsify(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where:
     activation = cfg.get("activation", "topk")
     if activation != "topk":
         raise FormatError(f"{where}: sparsify activation {activation!r} is not supported (only 'topk')")
-    if "d_in" not in cfg:
-        raise FormatError(f"{where}: sparsify cfg.json has no 'd_in'")
+    cfg = schema.check(cfg, SPARSIFY_FIELDS, f"{where.parent / CFG_FILE} (sparsify)", FormatError,
+                       required=("d_in", "k"), warn_unknown=False)
     d_in = int(cfg["d_in"])
     d_sae = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))
     meta = {"hook_name": None, "sparsify_hookpoint": where.parent.name}
@@ -359,10 +513,29 @@ def load(
         )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise FormatError(f"{cfg_path} is not valid JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    try:
+        sae = _load_checked(cfg, cfg_path, weights, sparsify, dtype)
+    except ConfigError as err:  # settings the file gives that no SAE can have
+        raise FormatError(f"{cfg_path}: {err}") from None
+    return sae.to(device).eval()
+
+
+def _load_checked(cfg: dict[str, Any], cfg_path: Path, weights: Path, sparsify: Path, dtype: Any) -> SAE:
     if weights.is_file():
-        tensors, _ = read_tensors(weights)
+        block = cfg.get("saes")
+        version = block.get("format_version") if isinstance(block, dict) else None
+        ours = "saes" in cfg
+        # Our own files are checked key by key (unknown keys warned); a SAELens file's other
+        # keys are its library's business, so only the fields read here are checked.
+        cfg = schema.check(cfg, READ_FIELDS, str(cfg_path), FormatError, warn_unknown=ours,
+                           required=("d_in", "d_sae", "saes") if ours else ("d_in", "d_sae"))
+        tensors, _ = read_tensors(weights, require_checksum=isinstance(version, int) and version >= 2)
+        if not tensors:
+            raise FormatError(f"{weights} holds no tensors; the file is incomplete")
         file_dtype = cfg.get("dtype") or next(iter(tensors.values())).dtype
         dt = parse_dtype(dtype if dtype is not None else file_dtype)
         if "saes" in cfg:
@@ -373,4 +546,4 @@ def load(
         tensors, _ = read_tensors(sparsify)
         dt = parse_dtype(dtype if dtype is not None else next(iter(tensors.values())).dtype)
         sae = _load_sparsify(cfg, tensors, sparsify, dt)
-    return sae.to(device).eval()
+    return sae

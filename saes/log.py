@@ -33,20 +33,32 @@ class JsonlLog:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by the interruption
-        self._f = open(self.path, "w", encoding="utf-8")
-        for line in kept:
-            self._f.write(line + "\n")
-        self._f.flush()
+        # Rewritten atomically: a second interruption right here must not lose the records kept.
+        from .io import atomic_write_text
+
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if self._f is not None:
-            self._f.write(json.dumps(record) + "\n")
-            self._f.flush()
+            try:
+                self._f.write(json.dumps(record) + "\n")
+                self._f.flush()
+            except OSError as err:  # full disk: say so; a cut line is dropped on resume
+                from .errors import WriteError
+
+                raise WriteError(
+                    err.errno, f"could not append to the metrics log {self.path}: {err.strerror or err}; "
+                    "free disk space and resume the run (the last checkpoint is intact)"
+                ) from err
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except OSError:
+                pass  # the write that failed has already said why
 
 
 def progress_bar(total: int, initial: int, enabled: bool) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import kernels
-from .base import SAE, StepOutput, check_k, jump_codes, normalized_mse
+from .base import SAE, StepOutput, as_count, check_k, jump_codes, normalized_mse
 from .batchtopk import batch_topk_codes
 from .errors import ConfigError
 
@@ -86,12 +86,14 @@ class MatryoshkaSAE(SAE):
         if group_sizes is None:
             if d_sae is None:
                 raise ConfigError("MatryoshkaSAE needs group_sizes or d_sae (for the default doubling groups)")
-            group_sizes = doubling_groups(int(d_sae))
-        sizes = [int(g) for g in group_sizes]
+            group_sizes = doubling_groups(as_count(d_sae, "d_sae"))
+        if isinstance(group_sizes, (str, bytes)) or not hasattr(group_sizes, "__iter__"):
+            raise ConfigError(f"group_sizes={group_sizes!r} must be a list of positive integers")
+        sizes = [as_count(g, "each of group_sizes") for g in group_sizes]
         if not sizes or any(g < 1 for g in sizes):
             raise ConfigError(f"group_sizes must be positive integers, got {list(group_sizes)}")
         total = sum(sizes)
-        if d_sae is not None and total != int(d_sae):
+        if d_sae is not None and total != as_count(d_sae, "d_sae"):
             raise ConfigError(
                 f"group_sizes {sizes} sum to {total} but d_sae={d_sae}; make the groups sum to "
                 f"d_sae, e.g. group_sizes={doubling_groups(int(d_sae))}"

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import kernels
-from .base import SAE, StepOutput, flatten_rows, check_k, normalized_mse
+from .base import SAE, StepOutput, as_count, check_k, flatten_rows, normalized_mse
 from .errors import ConfigError
 
 
@@ -102,7 +102,7 @@ class MPSAE(SAE):
         stop_on_duplicate_support: bool = False,
         **kwargs: Any,
     ):
-        self.k = check_k(k, int(d_sae))
+        self.k = check_k(k, as_count(d_sae, "d_sae"))
         if gram not in ("auto", True, False):
             raise ConfigError(f"gram must be 'auto', True or False, got {gram!r}")
         self.tied = bool(tied)

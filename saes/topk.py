@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from . import kernels
-from .base import SAE, check_k
+from .base import SAE, as_count, check_k
 
 
 class TopKSAE(SAE):
@@ -31,7 +31,7 @@ class TopKSAE(SAE):
     saelens_architecture = "topk"
 
     def __init__(self, d_in: int, d_sae: int, k: int, **kwargs: Any):
-        self.k = check_k(k, int(d_sae))
+        self.k = check_k(k, as_count(d_sae, "d_sae"))
         super().__init__(d_in, d_sae, **kwargs)
 
     def arch_config(self) -> dict[str, Any]:

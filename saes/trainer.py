@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -24,11 +25,12 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, kernels
+from . import checkpoint, distributed, kernels
 from .base import SAE, StepOutput, batch_variance, default_k_aux, remove_parallel_grad_, unit_rows_
 from .config import RUN_ONLY_FIELDS, TrainConfig
-from .data import check_batch, make_source
-from .errors import CheckpointError, ConfigError, EmptyDataError
+from .data import check_batch, finite_rows, make_source
+from .distributed import DataParallel
+from .errors import CheckpointError, ConfigError, EmptyDataError, NonFiniteError
 from .init import geometric_median, normalisation_scale
 from .log import JsonlLog, postfix, progress_bar
 
@@ -96,12 +98,18 @@ class _Slot:
     def dead(self) -> torch.Tensor:
         return self.since_fired >= self.cfg.dead_tokens
 
-    def step(self, x: torch.Tensor, variance: torch.Tensor, lr_factor: float, autocast: Any, want: bool) -> dict[str, Any] | None:
+    def step(
+        self, x: torch.Tensor, variance: torch.Tensor, lr_factor: float, autocast: Any, want: bool,
+        dp: DataParallel | None = None, global_rows: int | None = None,
+    ) -> dict[str, Any] | None:
+        """One step on ``x`` (this rank's rows); ``variance`` and ``global_rows`` describe the
+        whole batch, which in a data-parallel run spans all ranks."""
         sae, cfg = self.sae, self.cfg
+        n_global = global_rows or x.shape[0]
         lr = self.lr * lr_factor
         for g in self.opt.param_groups:
             g["lr"] = lr
-        with autocast():
+        with autocast(), distributed.global_batch_selection(dp, n_global):
             out = sae.training_forward(x, variance)
             loss = sum(out.losses.values())
             aux = None
@@ -112,6 +120,9 @@ class _Slot:
                     loss = loss + cfg.auxk_alpha * aux
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if dp is not None:
+            # Weighted so the sum is the gradient of the global mean loss, whatever the split.
+            dp.reduce_grads(list(sae.parameters()), x.shape[0] / n_global)
         remove_parallel_grad_(sae.W_dec)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
@@ -121,7 +132,13 @@ class _Slot:
             active = out.values.detach() != 0  # signed MP codes fire too
             fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
             fired[out.indices[active]] = True
-            self.since_fired += x.shape[0]
+            if dp is not None:
+                fired = dp.any_(fired)
+                threshold = getattr(sae, "threshold", None)
+                if isinstance(threshold, torch.Tensor) and threshold.ndim == 0:
+                    # The EMA of the smallest kept activation: the global batch's is the min over ranks.
+                    dp.min_(threshold)
+            self.since_fired += n_global
             self.since_fired[fired] = 0
         if not want:
             return None
@@ -138,6 +155,11 @@ class _Slot:
             }
             for k, v in out.metrics.items():
                 rec[k] = float(v)
+        if dp is not None:
+            # Per-rank numbers -> the global batch's (row-weighted means); lr and dead are shared.
+            keys = [k for k in rec if k not in ("lr", "dead_fraction")]
+            for k, v in zip(keys, dp.weighted_mean([rec[k] for k in keys], x.shape[0] / n_global, x.device)):
+                rec[k] = v
         self.last = rec
         return rec
 
@@ -171,10 +193,11 @@ def _state_tensors(slots: list[_Slot]) -> dict[str, torch.Tensor]:
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     diffs = []
     sc, nc = saved["config"], now["config"]
+    defaults = TrainConfig().to_dict()  # a field added since the checkpoint was written had its default
     for key in sorted(set(sc) | set(nc)):
         if key in RUN_ONLY_FIELDS:
             continue
-        if sc.get(key) != nc.get(key):
+        if sc.get(key, defaults.get(key)) != nc.get(key, defaults.get(key)):
             diffs.append(f"{key}: checkpoint {sc.get(key)!r}, now {nc.get(key)!r}")
     if len(saved["saes"]) != len(now["saes"]):
         diffs.append(f"number of SAEs: checkpoint {len(saved['saes'])}, now {len(now['saes'])}")
@@ -295,12 +318,21 @@ class Trainer:
         resume: bool = False,
         log_path: str | os.PathLike | None = None,
         log_extra: dict[str, Any] | None = None,
+        data_parallel: DataParallel | None | bool = True,
     ):
         models = list(models)
         _check_models(models)
         self.cfg = config
         self.d_in = models[0].d_in
-        self.device = torch.device(config.device) if config.device else models[0].device
+        # True: join the launcher's process group when started by torchrun / accelerate.
+        self.dp: DataParallel | None = (
+            distributed.current() if data_parallel is True else (data_parallel or None)  # type: ignore[assignment]
+        )
+        self.is_main = self.dp is None or self.dp.is_main
+        if self.dp is not None:
+            self.device = self.dp.device(config.device)
+        else:
+            self.device = torch.device(config.device) if config.device else models[0].device
         for m in models:
             m.to(self.device)
             m.train()
@@ -308,7 +340,9 @@ class Trainer:
         self.data = dict(data or {})
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.autocast = _autocast(config, self.device)
-        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "batches": 0, "input_scale": 1.0, "done": False}
+        self.hook = (log_extra or {}).get("hook") or (data or {}).get("hook")
+        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "batches": 0, "input_scale": 1.0, "done": False,
+                                      "skipped_rows": 0}
         self.histories: list[list[dict[str, Any]]] = [[] for _ in self.slots]
         self.log_extra = dict(log_extra or {})
         self.last_records: list[dict[str, Any]] | None = None
@@ -330,11 +364,13 @@ class Trainer:
                     + "\nresume with the same settings and data, or start fresh in an empty directory"
                 )
             _restore(self.slots, tensors, self.device)
-            self.state.update({k: state[k] for k in self.state})
+            self.state.update({k: state.get(k, self.state[k]) for k in self.state})
             for slot, last in zip(self.slots, state.get("metrics", [])):
                 slot.last = dict(last)
         self.needs_init = saved is None
-        self.log = JsonlLog(log_path, resume_step=int(self.state["step"]) if saved is not None else None)
+        # Only rank 0 of a data-parallel run writes the log and the checkpoints.
+        self.log = JsonlLog(log_path if self.is_main else None,
+                            resume_step=int(self.state["step"]) if saved is not None else None)
 
     # ------------------------------------------------------------ state
 
@@ -376,6 +412,8 @@ class Trainer:
         self.state["input_scale"] = scale
         for s in self.slots:
             _initialise(s.sae, sample * scale, self.cfg)
+            if self.dp is not None:
+                self.dp.broadcast_module(s.sae)  # every rank starts from rank 0's weights
         self.needs_init = False
 
     def step(self, x: torch.Tensor) -> list[dict[str, Any]] | None:
@@ -385,18 +423,23 @@ class Trainer:
         """
         if self.needs_init:
             raise RuntimeError("call initialise(sample) before the first step of a fresh run")
-        x = check_batch(x, self.d_in, self.batches)
+        step = int(self.state["step"]) + 1
+        x = self._checked(x, step)
+        if x is None:  # every row was non-finite and on_nonfinite="skip": nothing to learn from
+            self.state["batches"] = self.batches + 1
+            return None
         x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
         scale = self.input_scale
         if scale != 1.0:
             x = x * scale
-        step = int(self.state["step"]) + 1
+        n = x.shape[0]
         # Log every log_every steps, the first step, and the last one (so results report it).
-        want = step % self.cfg.log_every == 0 or step == 1 or self.tokens + x.shape[0] >= self.cfg.total_tokens
-        lr_factor = self.cfg.lr_factor(self.tokens, x.shape[0])
-        variance = batch_variance(x)
-        records = [s.step(x, variance, lr_factor, self.autocast, want) for s in self.slots]
-        self.state["tokens"] = self.tokens + x.shape[0]
+        want = step % self.cfg.log_every == 0 or step == 1 or self.tokens + n >= self.cfg.total_tokens
+        lr_factor = self.cfg.lr_factor(self.tokens, n)
+        variance = batch_variance(x)  # of the whole (global) batch, on every rank
+        local = self.dp.shard(x) if self.dp is not None else x
+        records = [s.step(local, variance, lr_factor, self.autocast, want, self.dp, n) for s in self.slots]
+        self.state["tokens"] = self.tokens + n
         self.state["step"] = step
         self.state["batches"] = self.batches + 1
         logged = None
@@ -414,9 +457,29 @@ class Trainer:
             self.save_checkpoint()
         return logged
 
+    def _checked(self, raw: Any, step: int) -> torch.Tensor | None:
+        """The batch as ``[rows, d_in]``; non-finite rows raise, or are dropped with a warning."""
+        # Position in the stream: rows trained on plus rows dropped before.
+        where = {"hook": self.hook, "first_token": self.tokens + int(self.state["skipped_rows"])}
+        if self.cfg.on_nonfinite == "raise":
+            return check_batch(raw, self.d_in, self.batches, **where)
+        try:
+            return check_batch(raw, self.d_in, self.batches, **where)
+        except NonFiniteError as err:
+            x, bad = finite_rows(raw, self.d_in)
+            self.state["skipped_rows"] = int(self.state["skipped_rows"]) + len(bad)
+            usable = x.shape[0] >= max(2, self.dp.world if self.dp is not None else 1)
+            if self.is_main:
+                then = (f"step {step} trains on the other {x.shape[0]} rows" if usable
+                        else "the batch is skipped (too few finite rows)")
+                warnings.warn(f"{err}; on_nonfinite='skip': {then}", stacklevel=3)
+            return x if usable else None
+
     def save_checkpoint(self) -> Path | None:
         if self.checkpoint_dir is None:
             return None
+        if not self.is_main:
+            return checkpoint.checkpoint_path(self.checkpoint_dir)
         return checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
 
     def finish(self, stopped_early: bool = False) -> list[TrainResult]:
@@ -424,6 +487,8 @@ class Trainer:
         self.state["done"] = True
         try:
             self.final_checkpoint = self.save_checkpoint()
+            if self.dp is not None:
+                self.dp.barrier()  # no rank returns before the final checkpoint exists
         finally:
             self.log.close()
         results = []
@@ -450,22 +515,34 @@ class Trainer:
         self.log.close()
 
 
-def initial_sample(stream: Iterator[Any], d_in: int, rows: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+def initial_sample(
+    stream: Iterator[Any], d_in: int, rows: int, skip_nonfinite: bool = False, hook: str | None = None
+) -> tuple[list[Any], torch.Tensor]:
     """Pull batches from ``stream`` until ``rows`` rows: (the batches, their rows stacked).
 
-    The batches are still to be trained on: the sample is the start of the stream.
+    The batches are still to be trained on: the sample is the start of the stream. With
+    ``skip_nonfinite`` the sample holds only finite rows (the batches stay as they are, the
+    training step drops their bad rows and says so).
     """
-    pending: list[torch.Tensor] = []
+    pending: list[Any] = []
+    finite: list[torch.Tensor] = []
     n = 0
     for raw in stream:
-        x = check_batch(raw, d_in, len(pending))
-        pending.append(x)
+        if skip_nonfinite:
+            x, _ = finite_rows(raw, d_in)
+            pending.append(raw)
+        else:
+            x = check_batch(raw, d_in, len(pending), hook=hook, first_token=n)
+            pending.append(x)
+        finite.append(x)
         n += x.shape[0]
         if n >= rows:
             break
     if not pending:
         raise EmptyDataError("the data yielded no batches; pass a non-empty stream of activations")
-    return pending, torch.cat(pending)[:rows]
+    if n == 0:
+        raise EmptyDataError("the first batches hold no finite rows; check the harvest")
+    return pending, torch.cat(finite)[:rows]
 
 
 def train(
@@ -512,14 +589,17 @@ def train(
     single = isinstance(sae, SAE)
     models = [sae] if single else list(sae)  # type: ignore[arg-type]
     _check_models(models)
-    source = make_source(data, models[0].d_in, cfg.batch_size)
+    skip = cfg.on_nonfinite == "skip"
+    source = make_source(data, models[0].d_in, cfg.batch_size, check_finite=not skip)
     trainer = Trainer(models, cfg, data=source.fingerprint(), checkpoint_dir=checkpoint_dir, resume=resume, log_path=log_path)
     stream: Iterator[Any] = source.iterate(cfg.batch_size, cfg.seed, skip=trainer.batches)
     if trainer.needs_init:
-        pending, sample = initial_sample(stream, trainer.d_in, cfg.init_rows)
+        # At most one pass over finite data: repeated rows add nothing to the estimates.
+        rows = min(cfg.init_rows, source.n_rows) if source.n_rows else cfg.init_rows
+        pending, sample = initial_sample(stream, trainer.d_in, rows, skip, trainer.hook)
         trainer.initialise(sample)
         stream = chain(pending, stream)
-    bar = progress_bar(cfg.total_tokens, trainer.tokens, progress)
+    bar = progress_bar(cfg.total_tokens, trainer.tokens, progress and trainer.is_main)
     stopped_early = False
     try:
         while not trainer.done:

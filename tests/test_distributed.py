@@ -1,0 +1,188 @@
+"""Data-parallel training: two gloo processes on CPU equal one process on the same global batch.
+
+Every architecture trains in one sweep, so BatchTopK's global selection, the dead-latent
+counts behind AuxK, the BatchTopK threshold and input normalisation are all exercised
+across ranks. The tolerance is float32 summation order (gradients summed across ranks
+instead of within one matrix product), amplified a little by Adam over the steps.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+import saes
+from saes import distributed, synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+# Stated tolerance of the guarantee: max |two processes - one process| over every weight.
+TOLERANCE = 1e-4
+STEPS = 12
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data() -> torch.Tensor:
+    return synthetic.superposition(n_features=48, d=16, n_samples=1024, seed=0, mean_active=3).x
+
+
+def sweep() -> list[saes.SAE]:
+    topk = saes.TopKSAE(16, 64, k=4)
+    with torch.no_grad():
+        topk.W_enc[:, :8] *= 1e-3  # dead from the start: AuxK has work on every rank
+    return [topk, saes.BatchTopKSAE(16, 64, k=4), saes.MatryoshkaSAE(16, [16, 48], k=4), saes.MPSAE(16, 64, k=4)]
+
+
+def config(**kw) -> saes.TrainConfig:
+    base = dict(batch_size=96, total_tokens=96 * STEPS, lr=3e-3, dead_tokens=200, normalize_input=True,
+                init_weights=False, log_every=3, checkpoint_every=5, seed=1, init_rows=256, warmup_frac=0.1)
+    return saes.TrainConfig(**{**base, **kw})
+
+
+def flat_state(models: list[saes.SAE]) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.detach().clone().contiguous() for i, m in enumerate(models) for k, v in m.state_dict().items()}
+
+
+def _worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        models = sweep()
+        results = saes.train(models, data(), config(**kw), checkpoint_dir=Path(out) / "ckpt",
+                             log_path=Path(out) / "log.jsonl", progress=False)
+        state = flat_state(models)
+        state["metrics.fvu"] = torch.tensor([r.metrics["fvu"] for r in results])
+        save_file(state, str(Path(out) / f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two(tmp_path: Path, **kw) -> list[dict[str, torch.Tensor]]:
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), kw), nprocs=2, join=True)
+    return [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+
+
+def run_one(**kw) -> tuple[dict[str, torch.Tensor], list[saes.TrainResult]]:
+    torch.manual_seed(0)
+    models = sweep()
+    results = saes.train(models, data(), config(**kw), progress=False)
+    return flat_state(models), results
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert set(a) - {"metrics.fvu"} == set(b) - {"metrics.fvu"}
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in b if k in a and k != "metrics.fvu")
+
+
+def test_two_processes_equal_one_for_every_architecture(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    rank0, rank1 = run_two(tmp_path)
+    one, results = run_one()
+    # Every rank holds the same weights, bit for bit (same reduced gradients, same steps).
+    assert max_difference(rank0, rank1) == 0.0
+    diff = max_difference(one, rank0)
+    print(f"two processes vs one: max weight difference {diff:.2e} over {STEPS} steps (tolerance {TOLERANCE})")
+    assert diff < TOLERANCE
+    # The weights really moved (the comparison is not of two untouched initialisations).
+    start = flat_state(sweep())
+    assert max_difference(start, one) > 100 * TOLERANCE
+    # Logged metrics are those of the global batch.
+    fvu = torch.tensor([r.metrics["fvu"] for r in results])
+    assert torch.allclose(rank0["metrics.fvu"], fvu, rtol=1e-3, atol=1e-4)
+    # Rank 0 alone wrote the checkpoint and the log; AuxK was in play.
+    assert (tmp_path / "ckpt" / "checkpoint.safetensors").is_file()
+    assert max(h["auxk"] for h in results[0].history) > 0
+
+
+def test_a_split_that_is_not_even_still_equals_one_process(tmp_path: Path) -> None:
+    # 95 rows over 2 ranks: 48 + 47; the gradient weights n_r / N keep the global mean exact.
+    torch.set_num_threads(1)
+    rank0, _ = run_two(tmp_path, batch_size=95, total_tokens=95 * 6)
+    one, _ = run_one(batch_size=95, total_tokens=95 * 6)
+    assert max_difference(one, rank0) < TOLERANCE
+
+
+def test_shard_bounds_cover_the_batch_once() -> None:
+    for n in (2, 7, 96, 101):
+        for world in (1, 2, 3, 8):
+            if n < world:
+                continue
+            bounds = [distributed.shard_bounds(n, r, world) for r in range(world)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            sizes = [b - a for a, b in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_one_process_run_is_untouched_by_the_launcher_check(monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.current() is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(saes.ConfigError, match="torchrun"):
+        distributed.current()
+
+
+def test_interp_train_under_torchrun(tmp_path: Path) -> None:
+    """`interp train --store` started by torchrun with two processes writes one SAE."""
+    from store_util import write_store
+
+    store = write_store(tmp_path / "store", torch.randn(2048, 16), shard_rows=512)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "interp.cli", "train", "--store", str(store), "--arch",
+           "batchtopk", "--d-sae", "32", "--k", "4", "--tokens", "1024", "--batch-size", "128",
+           "--checkpoint-every", "4", "--out", str(tmp_path / "sae"), "--no-progress", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"sae"') == 1  # rank 0 alone saves and reports
+    sae = saes.load(tmp_path / "sae")
+    assert sae.d_in == 16 and float(sae.threshold) > 0
+
+
+# ------------------------------------------------------------------------ hooks on devices
+
+HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+TEXTS = ["the cat sat on the mat and the dog ran under the tree"] * 40
+
+
+def _live(devices: dict[str, str] | None) -> dict:
+    from interp.live import train_live
+    from interp.tiny import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model("gpt2")
+    by_hook = {h: saes.TopKSAE(32, 64, k=4) for h in HOOKS}
+    cfg = saes.TrainConfig(batch_size=64, total_tokens=64 * 5, lr=1e-3, init_rows=64)
+    results = train_live(model, TEXTS, by_hook, cfg, context_length=16, progress=False, devices=devices)
+    return {h: r.sae for h, r in results.items()}
+
+
+def test_live_training_places_each_hook_on_its_device() -> None:
+    torch.set_num_threads(1)
+    plain = _live(None)
+    placed = _live({HOOKS[1]: "cpu"})
+    for h in HOOKS:
+        for k, v in plain[h].state_dict().items():
+            assert torch.equal(v, placed[h].state_dict()[k]), (h, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_live_training_with_one_hook_on_the_gpu() -> None:
+    placed = _live({HOOKS[0]: "cuda:0", HOOKS[1]: "cpu"})
+    assert placed[HOOKS[0]].device.type == "cuda" and placed[HOOKS[1]].device.type == "cpu"
