@@ -260,22 +260,67 @@ def _world_available() -> bool:
 
 @pytest.mark.skipif(not _world_available(), reason="the default world model is not built: run `interp world train`")
 def test_world_store_gets_planted_labels_automatically(tmp_path):
-    from interp.quickstart import world_texts
+    from interp.world import labelled_batch
+    from interp.world.lexicon import TOPICS
 
     model = interp.load("world", device="cpu")
-    store = interp.harvest(model, world_texts(60, seed=3), hooks=["hook_embed"], out=tmp_path / "w",
-                           context_length=64, progress=False)
-    tokens = torch.tensor([store.tokens_for(i).token for i in range(len(store))])
-    # A planted "dictionary": latent 1's coefficient is 1 on the relation word "capital" only.
+    # World documents packed into windows as a harvest packs text, each token's topic alongside.
+    batch = labelled_batch(400, seed=4)
+    real = batch.mask
+    stream, truth = batch.tokens[real], batch.labels["topic"][real]
+    n = len(stream) // 64
+    windows, truth = stream[: n * 64].reshape(n, 64), truth[: n * 64].reshape(n, 64)
+    store = interp.harvest(model, windows, hooks=["hook_embed"], out=tmp_path / "w", progress=False)
+    keep = torch.ones_like(windows, dtype=torch.bool)
+    keep[:, 0] = windows[:, 0] != model.bos_token_id
+    tokens, topic = windows[keep], truth[keep]
+    assert len(tokens) == len(store)
+    # Planted "dictionary" codes: latent 0 fires on the word "capital", latent 1 on cooking documents.
     capital = model.tokenizer.convert_tokens_to_ids("capital")
-    assert (tokens == capital).sum() >= 5
+    cooking = list(TOPICS).index("cooking")
+    assert (tokens == capital).sum() >= 5 and (topic == cooking).sum() >= 50
     coefficients = torch.rand(len(store), 3) * 0.01
-    coefficients[:, 1] = (tokens == capital).float()
+    coefficients[:, 0] += (tokens == capital).float()
+    coefficients[:, 1] += (topic == cooking).float()
     result = saes.SNMFResult(torch.randn(3, store.d), coefficients, [0.0], 0)
-    d = build_dashboard(model, result, store, [1], progress=False)
-    assert d.labels_source == "world lexical labels"
-    best = d.cards[0].label_matches[0]
+    d = build_dashboard(model, result, store, [0, 1], progress=False)
+    assert d.labels_source == "world planted labels"
+    best = d.card(0).label_matches[0]
     assert best.label == "relation:capital" and best.auroc == pytest.approx(1.0)
+    best = d.card(1).label_matches[0]
+    assert best.label == "topic:cooking" and best.auroc > 0.9, d.card(1).label_matches
+
+
+def test_window_topics_agree_with_the_generators_topic_label():
+    from interp.dashboards.labels import window_topics
+    from interp.world import World, labelled_batch
+
+    world = World()
+    batch = labelled_batch(300, seed=11)
+    real = batch.mask
+    stream, truth = batch.tokens[real].tolist(), batch.labels["topic"][real].tolist()
+    labels = _window_topic_tables(world)
+    bos = world.vocab.index("<bos>")
+    assigned = right = topical = found = 0
+    for a in range(0, len(stream) - 127, 127):  # windows as a harvest packs them: BOS + 127 tokens
+        window, true = [bos] + stream[a:a + 127], [-1] + truth[a:a + 127]
+        for guess, y in zip(window_topics(window, *labels), true):
+            assigned, right = assigned + (guess >= 0), right + (guess >= 0 and guess == y)
+            topical, found = topical + (y >= 0), found + (y >= 0 and guess == y)
+    assert right / assigned > 0.99, (right, assigned)  # what it labels, it labels right
+    assert found / topical > 0.85, (found, topical)  # most topical tokens get their topic
+
+
+def _window_topic_tables(world):
+    """window_topics' tables, built the way WorldTokenLabels builds them."""
+    from interp.dashboards.labels import NON_TOPICAL_CLASSES, NON_TOPICAL_WORDS
+    from interp.world.labels import WORD_CLASSES, lexical_tables
+
+    t = lexical_tables(world)
+    word_topics = [set(row.nonzero()[:, 0].tolist()) for row in t["word_topics"]]
+    non_topical = [WORD_CLASSES[int(c)] in NON_TOPICAL_CLASSES or w in NON_TOPICAL_WORDS
+                   for c, w in zip(t["word_class"], world.vocab)]
+    return word_topics, non_topical, world.vocab.index("<bos>"), world.vocab.index("<eos>")
 
 
 # ---------------------------------------------------------------- browser

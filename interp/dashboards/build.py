@@ -51,7 +51,8 @@ def build_dashboard(
         n_quantile_examples: examples drawn from each of ``n_quantiles`` groups of the firing
             values (group edges are histogram-bin edges near the quantiles).
         labels: ``{concept: [n_rows] 0/1 tensor}`` aligned with the store; on a store of the
-            world model, None means the world's planted lexical labels.
+            world model, None means the world's planted labels (lexical ones of each token, and
+            the document topic the window shows; see :mod:`.labels`).
         n_bins: bins of the activation histogram (firing values only).
         context: tokens shown before and after an example's token.
         n_logits: promoted and suppressed tokens listed per latent.
@@ -131,7 +132,7 @@ def build_dashboard(
         dictionary=source.describe(),
         n_rows=n_rows,
         cards=cards,
-        labels_source=None if concepts is None else ("caller" if labels is not None else "world lexical labels"),
+        labels_source=None if concepts is None else ("caller" if labels is not None else "world planted labels"),
         seconds=time.perf_counter() - started,
     )
 

@@ -14,6 +14,7 @@ from .data import Dashboard, Example, LatentCard, layer_id
 
 FIRE_RGB = "255, 110, 0"  # positive codes
 NEG_RGB = "40, 110, 255"  # negative codes (signed dictionaries)
+GOOD_AUROC = 0.75  # below this the panel does not name a best label
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
@@ -46,7 +47,7 @@ def latent_figures(card: LatentCard) -> dict[str, Any]:
     width = (card.hist_edges[1] - card.hist_edges[0]) if len(card.hist_edges) > 1 else 1.0
     hist = go.Figure(go.Bar(x=card.hist_centres, y=card.hist_counts, width=width, marker_color=f"rgb({FIRE_RGB})",
                             hovertemplate="activation %{x:.3g}<br>%{y} tokens<extra></extra>"))
-    hist.update_layout(title=f"Activations when firing (density {card.density:.3%})", xaxis_title="activation",
+    hist.update_layout(title=f"Activations when firing (density {_percent(card.density)})", xaxis_title="activation",
                        yaxis_title="tokens", bargap=0, margin=dict(l=50, r=10, t=40, b=40))
     figures["histogram"] = hist
     if card.promoted:
@@ -100,7 +101,7 @@ def examples_html(card: LatentCard) -> str:
     if not card.top:
         parts.append('<p class="note">this latent never fires on the store</p>')
     parts += [example_html(e, scale) for e in card.top]
-    for g in card.quantiles:
+    for g in reversed(card.quantiles):  # highest group first, continuing from the top examples
         parts.append(f"<h4>Activations {g.lo:.3g} – {g.hi:.3g} ({g.contains:.1%} of firing tokens)</h4>")
         parts += [example_html(e, scale) for e in g.examples]
     parts.append("</div>")
@@ -128,10 +129,18 @@ def _side_tables(card: LatentCard) -> str:
     return f'<div class="row">{"".join(parts)}</div>'
 
 
+def _percent(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
 def _stats(card: LatentCard) -> str:
     best = card.label_matches[0] if card.label_matches else None
-    label = f"<span>best label <b>{html.escape(best.label)}</b> (AUROC {best.auroc:.3f})</span>" if best else ""
-    return (f'<div class="stats"><span>density <b>{card.density:.4%}</b> ({card.n_fire:,} of {card.n_rows:,} '
+    label = ""
+    if best is not None and best.auroc >= GOOD_AUROC:
+        label = f"<span>best label <b>{html.escape(best.label)}</b> (AUROC {best.auroc:.3f})</span>"
+    elif best is not None:  # naming a label that barely beats chance would mislead
+        label = f"<span>no label at AUROC ≥ {GOOD_AUROC} (best {best.auroc:.3f})</span>"
+    return (f'<div class="stats"><span>density <b>{_percent(card.density)}</b> ({card.n_fire:,} of {card.n_rows:,} '
             f"tokens)</span><span>max <b>{card.max_value:.4g}</b></span>{label}</div>")
 
 
@@ -180,7 +189,7 @@ def page_html(dash: Dashboard) -> str:
   document.querySelectorAll('.plot[data-figure]').forEach(function (div) {
     var spec = JSON.parse(document.getElementById(div.dataset.figure).textContent);
     spec.layout.template = template;
-    jobs.push(Plotly.newPlot(div, spec.data, spec.layout, {displaylogo: false, responsive: true}));
+    jobs.push(Plotly.newPlot(div, spec.data, spec.layout, {displaylogo: false, displayModeBar: false, responsive: true}));
   });
   Promise.all(jobs).then(function () { document.body.dataset.rendered = String(jobs.length); });
 })();

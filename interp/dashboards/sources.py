@@ -96,16 +96,3 @@ def code_source(dictionary: Any, store: Any, latents: list[int]) -> SAECodes | S
                           f"(0..{source.n_latents - 1})")
     return source
 
-
-def row_tokens(store: Any, start: int, stop: int) -> torch.Tensor:
-    """Token id at each store row in ``[start, stop)``, one window read per window touched."""
-    seq, pos = store.locate(torch.arange(start, stop))
-    out = torch.empty(stop - start, dtype=torch.int64)
-    first_of_seq: dict[int, int] = {}
-    for i, s in enumerate(seq.tolist()):
-        first_of_seq.setdefault(s, i)
-    for s, i in first_of_seq.items():
-        window = store.tokens_for(start + i).tokens
-        sel = seq == s
-        out[sel] = window[pos[sel]]
-    return out
