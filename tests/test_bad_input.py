@@ -1,0 +1,297 @@
+"""Bad input: generated configs and command lines get the toolkit's own errors, never a
+traceback from inside torch; NaN and inf activations are named, and stop or are skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import math
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import saes
+from interp.errors import InterpError
+from reliability import record
+from saes import checkpoint
+from store_util import HOOK, write_store
+
+torch.set_num_threads(1)
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# Values of every kind a user (or a bad YAML file) might pass for any setting.
+junk = st.one_of(
+    st.none(), st.booleans(), st.integers(-10, 10), st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.lists(st.integers(-3, 9), max_size=3),
+)
+
+def mostly(valid: st.SearchStrategy, bad: st.SearchStrategy = junk, one_in: int = 5) -> st.SearchStrategy:
+    """Bad about once in ``one_in`` draws, so that whole valid combinations come up often too.
+
+    (A plain ``st.integers`` choice would not do: hypothesis favours its bounds.)
+    """
+    return st.sampled_from([True] * (one_in - 1) + [False]).flatmap(lambda ok: valid if ok else bad)
+
+
+def chance(p_in: int) -> st.SearchStrategy:
+    """True about once in ``p_in`` draws."""
+    return st.sampled_from([False] * (p_in - 1) + [True])
+
+
+CONFIG_FIELDS = {
+    "batch_size": st.integers(2, 64), "total_tokens": st.integers(1, 512), "lr": st.floats(1e-4, 1e-2),
+    "warmup_frac": st.floats(0, 0.5), "decay_frac": st.floats(0, 0.5), "grad_clip": st.floats(0.1, 5),
+    "seed": st.integers(0, 9), "dead_tokens": st.integers(1, 1000), "auxk": st.booleans(),
+    "auxk_alpha": st.floats(0, 1), "k_aux": st.integers(1, 40), "init_weights": st.booleans(),
+    "b_dec_init": st.sampled_from(["geometric_median", "mean", "zeros", "keep"]), "init_rows": st.integers(1, 300),
+    "normalize_input": st.booleans(), "autocast": st.sampled_from(["auto", "none"]), "log_every": st.integers(1, 9),
+    "checkpoint_every": st.integers(1, 9), "on_nonfinite": st.sampled_from(["raise", "skip"]),
+    "adam_eps": st.floats(1e-10, 1e-6), "adam_betas": st.tuples(st.floats(0, 0.99), st.floats(0, 0.999)),
+}
+
+
+@st.composite
+def config_kwargs(draw) -> dict:
+    """Some fields set, each to a sensible value or to junk."""
+    names = draw(st.lists(st.sampled_from(sorted(CONFIG_FIELDS)), unique=True, max_size=6))
+    return {n: draw(mostly(CONFIG_FIELDS[n])) for n in names}
+
+
+@FUZZ
+@given(kw=config_kwargs())
+def test_any_config_is_accepted_or_refused_with_a_config_error(kw: dict) -> None:
+    try:
+        cfg = saes.TrainConfig(**kw)
+    except saes.ConfigError as err:
+        assert any(name in str(err) for name in kw), (kw, str(err))  # the message names the setting
+        return
+    assert cfg.batch_size >= 2 and cfg.total_tokens >= 1 and cfg.steps >= 1
+    assert cfg.lr_for(64) > 0 and math.isfinite(cfg.lr_factor(0, cfg.batch_size))
+
+
+ARCHS = {
+    "topk": lambda d_in, d_sae, k, g: saes.TopKSAE(d_in, d_sae, k),
+    "batchtopk": lambda d_in, d_sae, k, g: saes.BatchTopKSAE(d_in, d_sae, k),
+    "matryoshka": lambda d_in, d_sae, k, g: saes.MatryoshkaSAE(d_in, g, k, d_sae=d_sae),
+    "mp": lambda d_in, d_sae, k, g: saes.MPSAE(d_in, d_sae, k),
+}
+# Sizes stay small enough to allocate (a huge d_in x d_sae is its own test below).
+small_junk = st.one_of(st.none(), st.booleans(), st.integers(-10, 0), st.floats(allow_nan=True, allow_infinity=True),
+                       st.text(max_size=6), st.lists(st.integers(-3, 9), max_size=3))
+size = mostly(st.integers(9, 40), small_junk)
+
+
+@settings(FUZZ, max_examples=100)
+@given(arch=st.sampled_from(sorted(ARCHS)), d_in=size, d_sae=size, k=mostly(st.integers(1, 8), size),
+       groups=mostly(st.one_of(st.none(), st.lists(st.integers(1, 24), min_size=1, max_size=4)),
+                     st.one_of(st.lists(st.one_of(st.integers(-1, 24), junk), max_size=4), junk)),
+       cfg=config_kwargs(), rows=st.integers(0, 200), width_off=st.sampled_from([0, 0, 0, 1]))
+def test_any_sae_and_training_run_succeeds_or_says_what_is_wrong(arch, d_in, d_sae, k, groups, cfg, rows, width_off):
+    """Build an SAE, a config and data from generated values, then train a few steps."""
+    # Small defaults where a field was not drawn, so that valid combinations train quickly.
+    cfg = {"batch_size": 32, "init_rows": 64, **cfg, "log_every": 1}
+    total = cfg.get("total_tokens", 64)
+    cfg["total_tokens"] = min(total, 96) if isinstance(total, int) and not isinstance(total, bool) else total
+    try:
+        sae = ARCHS[arch](d_in, d_sae, k, groups)
+        config = saes.TrainConfig(**cfg)
+        x = torch.randn(rows, sae.d_in + width_off)
+        if config.total_tokens > 200 or config.batch_size > 64:
+            return  # valid but slow: the point here is the errors
+        result = saes.train(sae, x, config, progress=False)
+    except saes.SAEError as err:
+        assert str(err) and "Traceback" not in str(err)
+        event(f"refused: {type(err).__name__}")
+        return
+    event("trained")
+    assert result.tokens >= 1 and all(math.isfinite(v) for v in result.metrics.values())
+
+
+# ------------------------------------------------------------------------ command line
+
+_tmp = Path(tempfile.mkdtemp(prefix="interp-cli-fuzz-"))
+_STORE = write_store(_tmp / "store", torch.randn(4096, 8), shard_rows=1024)  # the default batch fits
+_runs = itertools.count()
+
+bad_num = st.one_of(st.integers(-3, 0).map(str), st.sampled_from(["", "x", "1e3", "nan", "inf", "-0", "3.5", "99999999999"]))
+
+
+def num(lo: int, hi: int) -> st.SearchStrategy:
+    return mostly(st.integers(lo, hi).map(str), bad_num, one_in=12)
+
+
+@st.composite
+def train_argv(draw) -> list[str]:
+    argv = ["train"]
+    argv += draw(mostly(st.just(["--store", str(_STORE)]),
+                        st.sampled_from([["--store", str(_tmp / "missing")], ["--store", str(_STORE), "--model", "world"],
+                                         []])))
+    for flag, values in [
+        ("--arch", mostly(st.sampled_from(["topk", "batchtopk", "matryoshka", "mp"]), st.sampled_from(["relu", ""]))),
+        ("--d-sae", num(16, 300)), ("--k", num(1, 8)), ("--tokens", num(1, 256)), ("--batch-size", num(2, 300)),
+        ("--lr", mostly(st.sampled_from(["1e-3", "3e-4", "0.01"]), bad_num, one_in=12)),
+        ("--dead-tokens", num(1, 10**6)), ("--k-aux", num(1, 64)), ("--checkpoint-every", num(1, 50)),
+        ("--log-every", num(1, 50)),
+        ("--groups", st.sampled_from(["4,12", "8,8", "a,b", "0,16", "", "16"])),
+        ("--hook", mostly(st.just(HOOK), st.sampled_from(["blocks.9.hook_resid_post", ""]))),
+        ("--data", st.sampled_from(["corpus.txt"])),
+        ("--on-nonfinite", mostly(st.sampled_from(["raise", "skip"]), st.just("ignore"))),
+        ("--hook-device", st.sampled_from([f"{HOOK}=cpu", "nonsense"])),
+    ]:
+        # Required flags are left out now and then, optional ones half the time, and flags
+        # that are always wrong with --store (live-only) rarely.
+        if flag in ("--d-sae", "--k", "--tokens"):
+            keep = not draw(chance(10))
+        elif flag in ("--data", "--hook-device"):
+            keep = draw(chance(10))
+        else:
+            keep = draw(st.booleans())
+        if not keep:
+            continue
+        argv += [flag, draw(values)]
+    if not draw(chance(10)):
+        argv += ["--out", str(_tmp / f"out{next(_runs)}")]
+    if draw(chance(5)):
+        argv.append("--resume")
+    return argv + ["--no-progress"]
+
+
+@settings(FUZZ, max_examples=100)
+@given(argv=train_argv())
+def test_any_train_command_line_ends_in_a_clear_message(argv: list[str]) -> None:
+    from interp.cli import main
+
+    # Valid but long runs are cut short: this is about what the command says, not training.
+    if "--tokens" in argv:
+        i = argv.index("--tokens") + 1
+        if argv[i].isdigit() and int(argv[i]) > 256:
+            argv[i] = "256"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse: usage error, exit status 2
+            code = exit_.code
+    message = err.getvalue()
+    event(f"exit status {code}")
+    assert code in (0, 1, 2), (argv, code, message)
+    assert "Traceback" not in message, (argv, message)
+    if code:
+        assert message.strip() and ("error:" in message), (argv, message)
+
+
+# ------------------------------------------------------------------------ NaN / inf
+
+
+def _batches(n: int = 8, rows: int = 32, d: int = 8) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(rows, d, generator=g) for _ in range(n)]
+
+
+CFG = saes.TrainConfig(batch_size=32, total_tokens=32 * 8, lr=1e-3, init_rows=32, log_every=1)
+
+
+def test_nonfinite_stops_the_run_naming_step_hook_and_token(tmp_path: Path) -> None:
+    batches = _batches()
+    batches[5][11, 3] = float("-inf")
+    with pytest.raises(saes.NonFiniteError) as err:
+        saes.train(saes.TopKSAE(8, 32, k=4), batches, CFG, progress=False)
+    msg = str(err.value)
+    assert "-inf in batch 5" in msg and "training step 6" in msg and "row 11 of that batch, column 3" in msg
+    assert f"token {5 * 32 + 11} of the training stream" in msg and "on_nonfinite='skip'" in msg
+
+    x = torch.cat(_batches())
+    x[70, 0] = float("nan")
+    store = write_store(tmp_path / "store", x, shard_rows=64)
+    from interp.store import ActivationStore
+
+    cfg = saes.TrainConfig(batch_size=32, total_tokens=len(x), lr=1e-3, init_rows=32, on_nonfinite="raise")
+    with pytest.raises(saes.NonFiniteError) as err:
+        # A store's rows are not all checked up front: the bad row is found when its batch comes.
+        saes.train(saes.TopKSAE(8, 32, k=4), ActivationStore.open(store), cfg, progress=False)
+    assert f"at hook {HOOK}: NaN in batch" in str(err.value) and "of the training stream" in str(err.value)
+
+
+def test_nonfinite_rows_are_skipped_when_asked_and_the_run_equals_one_without_them(tmp_path: Path) -> None:
+    batches = _batches()
+    batches[0][3, 1] = float("nan")  # in the initialisation sample too
+    batches[4][[2, 9, 30], 5] = float("inf")
+    batches[6][:] = float("nan")  # a whole batch: skipped, no step
+    skip = saes.TrainConfig(**{**CFG.to_dict(), "on_nonfinite": "skip", "checkpoint_every": 1})
+    torch.manual_seed(0)
+    a = saes.TopKSAE(8, 32, k=4)
+    with pytest.warns(UserWarning) as caught:
+        result = saes.train(a, batches, skip, checkpoint_dir=tmp_path / "ck", progress=False)
+    messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    assert len(messages) == 3
+    assert "NaN in batch 0" in messages[0] and "step 1 trains on the other 31 rows" in messages[0]
+    assert "inf in batch 4" in messages[1] and "row 2 of that batch" in messages[1] and "3 bad rows" in messages[1]
+    assert checkpoint.read(tmp_path / "ck")[0]["skipped_rows"] == 1 + 3 + 32
+
+    clean = [b[torch.isfinite(b).all(-1)] for b in batches]
+    clean = [b for b in clean if b.shape[0]]
+    torch.manual_seed(0)
+    b = saes.TopKSAE(8, 32, k=4)
+    other = saes.train(b, clean, CFG, progress=False)
+    assert result.steps == other.steps == 7 and result.tokens == 8 * 32 - 36
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    record("NaN/inf activations are named (step, hook, token) and stop the run, or are skipped on request",
+           "test_bad_input.py::test_nonfinite_*", processes=1, tokens=8 * 32, faults=36, trained_on_bad_rows=0)
+
+
+def test_nonfinite_in_a_tensor_with_skip(tmp_path: Path) -> None:
+    x = torch.randn(256, 8)
+    x[[5, 100], 2] = float("nan")
+    cfg = saes.TrainConfig(batch_size=64, total_tokens=512, lr=1e-3, on_nonfinite="skip", init_rows=64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = saes.train(saes.TopKSAE(8, 16, k=2), x, cfg, progress=False)
+    assert any("non-finite" in str(w.message) for w in caught)
+    assert all(math.isfinite(v) for v in result.metrics.values())
+    assert all(bool(torch.isfinite(p).all()) for p in result.sae.parameters())
+
+
+def test_on_nonfinite_from_the_command_line(tmp_path: Path) -> None:
+    from interp.cli import main
+
+    x = torch.randn(512, 8)
+    x[300, 4] = float("nan")
+    store = write_store(tmp_path / "store", x, shard_rows=128)
+    args = ["train", "--store", str(store), "--d-sae", "16", "--k", "2", "--tokens", "512", "--batch-size", "64",
+            "--no-progress"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(args + ["--out", str(tmp_path / "a")]) == 1
+    assert "non-finite" in err.getvalue() and HOOK in err.getvalue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args + ["--out", str(tmp_path / "b"), "--on-nonfinite", "skip"]) == 0
+    assert saes.load(tmp_path / "b").d_in == 8
+
+
+def test_an_sae_too_large_to_allocate_is_a_config_error() -> None:
+    with pytest.raises(saes.ConfigError, match="cannot create an SAE with d_in=8, d_sae=99999999999"):
+        saes.TopKSAE(8, 99_999_999_999, k=4)
+
+
+def test_hook_device_errors() -> None:
+    from interp.cli_train import _hook_devices
+    from interp.live import _check_devices
+
+    assert _hook_devices(["a=cpu"], ["a", "b"]) == {"a": "cpu"}
+    with pytest.raises(InterpError, match="HOOK=DEVICE"):
+        _hook_devices(["a"], ["a"])
+    with pytest.raises(InterpError, match="not one of the --hook"):
+        _hook_devices(["c=cpu"], ["a"])
+    with pytest.raises(InterpError, match="not a device name"):
+        _check_devices({"a": "gpu7"}, ["a"])
+    if not torch.cuda.is_available():
+        with pytest.raises(InterpError, match="CUDA device"):
+            _check_devices({"a": "cuda:0"}, ["a"])
