@@ -79,6 +79,47 @@ def test_streaming_density_histogram_and_top_examples_equal_brute_force(tiny, da
         assert [card.top[i].row for i in distinct] == [rows[i].item() for i in distinct]
 
 
+def test_codes_are_computed_a_chunk_at_a_time(tiny):
+    model, store, sae = tiny
+    sizes: list[int] = []
+    encode = sae.encode
+
+    def spy(x, **options):
+        sizes.append(x.shape[0])
+        return encode(x, **options)
+
+    sae.encode = spy
+    try:
+        d = build_dashboard(model, sae, store, LATENTS, n_examples=4, n_quantile_examples=2, chunk_rows=128,
+                            context=(5, 2), progress=False)
+    finally:
+        del sae.encode
+    examples = sum(len(c.top) + sum(len(g.examples) for g in c.quantiles) for c in d.cards)
+    # Two passes of chunks, then one batch with only the examples' context rows: never the store.
+    assert sum(sizes[:-1]) == 2 * len(store) and max(sizes[:-1]) <= 128
+    assert sizes[-1] <= examples * (5 + 1 + 2) < len(store)
+
+
+def test_signed_codes_histogram_and_auroc_equal_brute_force(tiny):
+    model, store, _ = tiny
+    gen = torch.Generator().manual_seed(0)
+    n = len(store)
+    coefficients = torch.randn(n, 2, generator=gen) * (torch.rand(n, 2, generator=gen) < 0.3)  # signed, sparse
+    concept = torch.rand(n, generator=gen) < 0.2
+    coefficients[concept, 1] += 1.0
+    result = saes.SNMFResult(torch.randn(2, store.d), coefficients, [0.0], 0)
+    d = build_dashboard(model, result, store, [0, 1], n_bins=16, labels={"c": concept}, chunk_rows=200,
+                        progress=False)
+    for j in range(2):
+        col = coefficients[:, j].double()
+        fire = col[col != 0]
+        counts, _ = np.histogram(fire.numpy(), bins=16, range=(float(fire.min()), float(fire.max())))
+        assert d.card(j).hist_counts == counts.tolist() and d.card(j).min_value < 0
+        exact = float(exact_auroc(col[:, None], concept)[0])
+        assert d.card(j).label_matches[0].auroc == pytest.approx(exact, abs=0.02)
+    assert d.card(1).label_matches[0].auroc > 0.8 > abs(d.card(0).label_matches[0].auroc - 0.5) + 0.5
+
+
 def test_examples_shade_every_context_token_with_its_own_activation(tiny, dash):
     model, store, sae = tiny
     codes = _brute_codes(store, sae)

@@ -12,7 +12,7 @@ from ..errors import InterpError
 from ..features import mlp_output_direction, unembed_tokens, _unembedding
 from .data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
 from .labels import resolve_labels
-from .sources import code_source
+from .sources import chunks, code_source
 from .stream import FirstPass, SecondPass, draw_from_bins, quantile_groups
 
 # Hooks whose activations live in the residual stream's space, so a decoder row can be read
@@ -70,16 +70,20 @@ def build_dashboard(
     source = code_source(dictionary, store, latents)
     concepts = resolve_labels(model, store, labels)
     n_rows = len(store)
-    ranges = [(a, min(a + chunk_rows, n_rows)) for a in range(0, n_rows, chunk_rows)]
+    n_chunks = sum(-(-s.rows // chunk_rows) for s in store.manifest.shards)
+
+    def passing(name: str):
+        return tqdm(chunks(store, chunk_rows, source.needs_activations), total=n_chunks, desc=name,
+                    disable=not progress, leave=False)
 
     first = FirstPass(len(latents), max(n_examples, 1))
-    for a, b in tqdm(ranges, desc="dashboard pass 1/2", disable=not progress, leave=False):
-        first.update(source.codes(a, b), a)
+    for a, b, x in passing("dashboard pass 1/2"):
+        first.update(source.codes(a, b, x), a)
     stats = first.result()
     second = SecondPass(stats, n_bins, max(n_quantile_examples, 1),
                         len(concepts.names) if concepts else 0, seed=seed)
-    for a, b in tqdm(ranges, desc="dashboard pass 2/2", disable=not progress, leave=False):
-        second.update(source.codes(a, b), a, concepts.chunk(store, a, b) if concepts else None)
+    for a, b, x in passing("dashboard pass 2/2"):
+        second.update(source.codes(a, b, x), a, concepts.chunk(store, a, b) if concepts else None)
     hist = second.result()
 
     gen = torch.Generator().manual_seed(seed)

@@ -1,10 +1,13 @@
 """Where a dashboard's codes come from: an SAE run over store rows, or an SNMF's coefficients.
 
 Both give, for a range of store rows, the codes of the chosen latents only ``[rows, L]``,
-and each latent's decoder direction in the hook's space ``[L, d]``.
+and each latent's decoder direction in the hook's space ``[L, d]``. Activations are read a
+shard at a time with ``store.shard_rows`` (which bypasses the store's shard cache), so a
+dashboard holds at most one shard and one chunk of codes, whatever the store's size.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,6 +20,7 @@ class SAECodes:
     since TopK-style selection depends on every latent, then cut to the chosen ones)."""
 
     kind = "sae"
+    needs_activations = True
 
     def __init__(self, sae: Any, store: Any, latents: list[int]) -> None:
         hook = (getattr(sae, "metadata", None) or {}).get("hook_name")
@@ -32,13 +36,14 @@ class SAECodes:
         self.n_latents = sae.d_sae
 
     @torch.no_grad()
-    def codes(self, start: int, stop: int) -> torch.Tensor:
-        x = self.store[start:stop].to(self.sae.device, self.sae.dtype)
+    def codes(self, start: int, stop: int, x: torch.Tensor | None) -> torch.Tensor:
+        """Codes of rows ``[start, stop)``, whose activations are ``x [rows, d]``."""
+        x = x.to(self.sae.device, self.sae.dtype)
         return self.sae.encode(x)[:, self.latents.to(self.sae.device)].float().cpu()
 
     @torch.no_grad()
     def codes_at(self, rows: torch.Tensor) -> torch.Tensor:
-        x = self.store[rows].to(self.sae.device, self.sae.dtype)
+        x = read_rows(self.store, rows).to(self.sae.device, self.sae.dtype)
         return self.sae.encode(x)[:, self.latents.to(self.sae.device)].float().cpu()
 
     def directions(self) -> torch.Tensor:
@@ -53,6 +58,7 @@ class SNMFCodes:
     """SNMF coefficients of ``latents``; the factorisation must have been fit on this store's rows."""
 
     kind = "snmf"
+    needs_activations = False  # the coefficients are the codes; no activation is read
 
     def __init__(self, result: Any, store: Any, latents: list[int]) -> None:
         n_rows, rank = result.coefficients.shape
@@ -67,7 +73,7 @@ class SNMFCodes:
         self.result, self.latents = result, torch.tensor(latents)
         self.n_latents = rank
 
-    def codes(self, start: int, stop: int) -> torch.Tensor:
+    def codes(self, start: int, stop: int, x: torch.Tensor | None = None) -> torch.Tensor:
         return self.result.coefficients[start:stop][:, self.latents].float()
 
     def codes_at(self, rows: torch.Tensor) -> torch.Tensor:
@@ -96,3 +102,35 @@ def code_source(dictionary: Any, store: Any, latents: list[int]) -> SAECodes | S
                           f"(0..{source.n_latents - 1})")
     return source
 
+
+def shard_starts(store: Any) -> list[int]:
+    """First row of each shard, and the row count at the end."""
+    starts = [0]
+    for shard in store.manifest.shards:
+        starts.append(starts[-1] + shard.rows)
+    return starts
+
+
+def chunks(store: Any, chunk_rows: int, read: bool) -> Iterator[tuple[int, int, torch.Tensor | None]]:
+    """``(start, stop, activations [rows, d] or None)`` over the store in order, one shard in memory."""
+    starts = shard_starts(store)
+    for k in range(store.n_shards):
+        acts = store.shard_rows(k) if read else None
+        n = starts[k + 1] - starts[k]
+        for a in range(0, n, chunk_rows):
+            b = min(a + chunk_rows, n)
+            # A copy, not a view: the caller still holds the last chunk while the next shard
+            # loads, and a view would keep this whole shard alive alongside it.
+            yield starts[k] + a, starts[k] + b, (acts[a:b].clone() if acts is not None else None)
+        del acts
+
+
+def read_rows(store: Any, rows: torch.Tensor) -> torch.Tensor:
+    """``[len(rows), d]`` activations of scattered rows, reading one shard at a time."""
+    starts = torch.tensor(shard_starts(store))
+    shard = torch.bucketize(rows, starts[1:], right=True)
+    out = torch.empty(rows.numel(), store.d, dtype=store.dtype)
+    for k in shard.unique().tolist():
+        sel = (shard == k).nonzero()[:, 0]
+        out[sel] = store.shard_rows(k)[rows[sel] - starts[k]]
+    return out
