@@ -1,0 +1,124 @@
+"""The notebooks run top to bottom on the world model and find what the world planted.
+
+Each notebook is executed in a fresh kernel with ``CI=1`` (small sizes) and its output
+directory in a temporary folder; a cell appended here prints the ``summary`` the notebook
+builds, and the assertions read it. Real-model cells stay off (``INTERP_ONLINE`` unset).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+from interp.world import default_model_path  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+SUMMARY_MARK = "NOTEBOOK-SUMMARY:"
+
+needs_world_model = pytest.mark.skipif(not (default_model_path() / "model.safetensors").exists(),
+                                       reason="the default world model is not built: run `interp world train`")
+
+
+def run_notebook(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Execute ``notebooks/<name>.ipynb`` with CI sizes and return its ``summary`` dict."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(f"import json\nprint({SUMMARY_MARK!r} + json.dumps(summary))"))
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setenv("INTERP_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.delenv("INTERP_ONLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a slip that reaches for the hub fails instead of downloading
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    for output in nb.cells[-1].outputs:
+        text = output.get("text", "")
+        if SUMMARY_MARK in text:
+            return json.loads(text.split(SUMMARY_MARK, 1)[1])
+    raise AssertionError(f"{name} printed no summary: {nb.cells[-1].outputs}")
+
+
+def test_notebooks_are_built_from_their_sources_without_outputs():
+    result = subprocess.run([sys.executable, str(NOTEBOOKS / "build.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    assert names == ["01_explore_features", "02_train_saes", "03_steer_generations", "04_knowledge_subspace"]
+    for name in names:
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name} was committed with outputs"
+        # Every notebook shows a real model, in a cell that runs only when asked to go online.
+        assert any(c.source.startswith("if ONLINE:") for c in code), f"{name} has no real-model cell"
+
+
+@needs_world_model
+def test_01_explore_features_finds_a_topic_latent_and_its_dashboard(tmp_path, monkeypatch):
+    summary = run_notebook("01_explore_features", tmp_path, monkeypatch)
+    # An SAE that never saw a label has a latent for a planted topic...
+    assert summary["latent_auroc"] > 0.75, summary
+    assert summary["latent_auroc"] == pytest.approx(max(summary["best_auroc"]))
+    # ...which a supervised probe matches or beats, and whose decoder row points the way of
+    # the topic's difference in means.
+    assert summary["probe_auroc"] > summary["latent_auroc"] - 0.05
+    assert summary["cosines"]["difference in means"] > 0.3, summary["cosines"]
+    assert summary["dashboard_latents"][0] == summary["latent"]
+    html = Path(summary["dashboard_html"]).read_text()
+    assert html.startswith("<!DOCTYPE html>") and f"Latent {summary['latent']}" in html
+
+
+@needs_world_model
+def test_02_train_saes_compares_four_dictionaries(tmp_path, monkeypatch):
+    summary = run_notebook("02_train_saes", tmp_path, monkeypatch)
+    names = ["TopK", "Matryoshka", "MP", "SNMF"]
+    assert all(name in summary for name in names)
+    for name in names:
+        row = summary[name]
+        assert all(math.isfinite(row[k]) for k in ("fvu", "l0", "dead", "ce_recovered", "topic_auroc"))
+        assert 0 <= row["coverage"] <= 1 and 0 <= row["absorption"] <= 1
+        assert row["topic_auroc"] > 0.65, (name, row)  # single latents track the planted topics
+    for name in names[:3]:  # the SAEs reconstruct the residual stream and keep the model's loss
+        assert summary[name]["fvu"] < 0.3 and summary[name]["ce_recovered"] > 0.9, (name, summary[name])
+    # The SNMF (rank 64 at CI size, 8 neurons a feature) explains part of the MLP's variance
+    # and splicing it in beats deleting the MLP's activations.
+    assert summary["SNMF"]["fvu"] < 0.8 and summary["SNMF"]["ce_recovered"] > 0, summary["SNMF"]
+    assert summary["TopK"]["l0"] == pytest.approx(8)  # CI size k=8: exactly k per token
+    # The written-out CE-recovered computation agrees with interp.evaluate_sae.
+    assert summary["ce_check"]["written_out"] == pytest.approx(summary["ce_check"]["evaluate_sae"], abs=1e-3)
+
+
+@needs_world_model
+def test_03_steering_raises_the_topic_rate_at_matched_kl(tmp_path, monkeypatch):
+    summary = run_notebook("03_steer_generations", tmp_path, monkeypatch)
+    at_target = summary["at_target_kl"]
+    assert set(at_target) == {"unsteered", "diff-in-means", "sae latent", "snmf feature"}
+    for method in ("diff-in-means", "sae latent", "snmf feature"):
+        assert at_target[method]["kl"] == pytest.approx(0.5, rel=0.05)  # calibrated to the same KL
+    steered = [r for r in summary["rows"] if r["method"] != "unsteered"]
+    assert len(steered) == 3 * 3  # three methods at three KL targets
+    assert all(r["kl"] == pytest.approx(r["target_kl"], rel=0.05) for r in steered)
+    unsteered = at_target["unsteered"]["success"]
+    best = {m: max(r["success"] for r in steered if r["method"] == m) for m in ("diff-in-means", "sae latent")}
+    assert best["diff-in-means"] > unsteered + 0.3, summary["rows"]  # steering changes the subject
+    assert best["sae latent"] > unsteered + 0.3, summary["rows"]
+
+
+@needs_world_model
+def test_04_knowledge_subspace_is_trained_and_read_at_one_layer(tmp_path, monkeypatch):
+    summary = run_notebook("04_knowledge_subspace", tmp_path, monkeypatch)
+    assert summary["accuracy"]["ignore (PK)"] > 0.9  # the model answers from memory when told to
+    assert summary["hook"] == "blocks.2.hook_resid_post"  # trained and read at the middle layer
+    assert summary["orthonormality"] < 1e-4
+    assert summary["n_train"] >= 10
+    loss = summary["interchange_loss"]
+    assert loss["last10"] < 0.8 * loss["first"]  # the interchange objective is being learnt
+    # A sign read-out carries no balance at all: it cannot tell supportive from conflicting.
+    assert summary["separation_auroc"]["rank 1"] == pytest.approx(0.5, abs=0.05)
+    shares = [v for values in summary["pk_share_by_type"].values() for v in values]
+    assert shares and all(0 <= v <= 1 for v in shares)
