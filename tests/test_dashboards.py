@@ -198,6 +198,16 @@ def test_label_matching_finds_a_planted_concept(tiny):
     assert d.cards[0].top[0].tokens[d.cards[0].top[0].token_index] == "cat"
 
 
+def test_best_label_needs_support_not_just_a_high_auroc_on_a_few_tokens():
+    from interp.dashboards.build import _matches
+
+    auroc, positives = torch.tensor([0.95, 0.90, 0.99]), torch.tensor([6, 2000, 3])
+    matches = _matches(["rare", "common", "too rare"], auroc, positives, n_rows=40_000)
+    # 6 tokens at 0.95 is weaker evidence than 2,000 at 0.90; 3 tokens is below the minimum.
+    assert [m.label for m in matches] == ["common", "rare"]
+    assert matches[0].auroc == pytest.approx(0.90) and matches[0].n_positive == 2000
+
+
 def test_snmf_dashboard_reads_coefficients_and_mlp_logit_effects(tiny):
     model, store, _ = tiny
     mlp = store.select("blocks.0.mlp.hook_post")

@@ -128,7 +128,7 @@ def build_dashboard(
             card.logits_note = (f"no logit effects: {store.hook!r} is neither in the residual stream nor an "
                                 "mlp.hook_post, so its decoder rows have no single path to the unembedding")
         if concepts is not None and hist.auroc is not None:
-            card.label_matches = _matches(concepts.names, hist.auroc[j], hist.positives)
+            card.label_matches = _matches(concepts.names, hist.auroc[j], hist.positives, n_rows)
         cards.append(card)
     return Dashboard(
         model_name=getattr(model, "name", None) or store.model_name,
@@ -221,8 +221,19 @@ def _add_logits(card: LatentCard, model: Any, direction: torch.Tensor, k: int) -
     card.logit_hist_centres = ((edges[:-1] + edges[1:]) / 2).tolist()
 
 
-def _matches(names: list[str], auroc: torch.Tensor, positives: torch.Tensor, top: int = 3) -> list[LabelMatch]:
-    ok = (positives >= MIN_POSITIVES) & torch.isfinite(auroc)
-    score = torch.where(ok, auroc, torch.full_like(auroc, -1.0))
-    order = score.argsort(descending=True)[:top]
+def _matches(names: list[str], auroc: torch.Tensor, positives: torch.Tensor, n_rows: int,
+             top: int = 3) -> list[LabelMatch]:
+    """The ``top`` concepts by the lower end of AUROC's ~95% interval (AUROC - 2 SE).
+
+    Ranking by AUROC alone lets a concept seen on a handful of tokens that happen to fire
+    outrank a well-supported one; the standard error of Hanley & McNeil (1982) discounts it.
+    """
+    a = auroc.double()
+    n1 = positives.double()
+    n2 = n_rows - n1
+    q1, q2 = a / (2 - a), 2 * a**2 / (1 + a)
+    var = (a * (1 - a) + (n1 - 1) * (q1 - a**2) + (n2 - 1) * (q2 - a**2)) / (n1 * n2).clamp_min(1)
+    lower = a - 2 * var.clamp_min(0).sqrt()
+    ok = (positives >= MIN_POSITIVES) & torch.isfinite(a)
+    order = torch.where(ok, lower, torch.full_like(lower, -1.0)).argsort(descending=True)[:top]
     return [LabelMatch(names[i], float(auroc[i]), int(positives[i])) for i in order.tolist() if ok[i]]

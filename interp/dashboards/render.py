@@ -24,7 +24,7 @@ nav a { margin-right: .6em; }
 .feature-panel h2 { margin: .3em 0; }
 .stats span { margin-right: 1.5em; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; }
-.plot { width: 440px; height: 260px; }
+.plot { width: 440px; height: 300px; }
 table.small { border-collapse: collapse; font-size: 90%; }
 table.small td, table.small th { padding: 1px 8px; text-align: left; }
 .examples { font-family: ui-monospace, monospace; font-size: 85%; }
@@ -60,7 +60,7 @@ def latent_figures(card: LatentCard) -> dict[str, Any]:
                                   marker_color=[f"rgb({FIRE_RGB})" if v > 0 else f"rgb({NEG_RGB})" for v in values],
                                   hovertemplate="%{y}<br>logit effect %{x:.3g}<extra></extra>"))
         logits.update_layout(title="Promoted and suppressed tokens", xaxis_title="logit effect (W_U · decoder row)",
-                             margin=dict(l=120, r=10, t=40, b=40), yaxis=dict(tickfont=dict(size=9)))
+                             margin=dict(l=120, r=10, t=40, b=40), yaxis=dict(tickfont=dict(size=9), dtick=1))
         figures["logits"] = logits
     if card.logit_hist_counts:
         lh = go.Figure(go.Bar(x=card.logit_hist_centres, y=card.logit_hist_counts, marker_color="#888"))
@@ -116,7 +116,7 @@ def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> str:
 def _side_tables(card: LatentCard) -> str:
     parts = []
     if card.label_matches:
-        parts.append("<div><h4>Best-matching labels (AUROC)</h4>"
+        parts.append("<div><h4>Best-matching labels (AUROC; ranked by its lower 95% bound)</h4>"
                      + _table([(m.label, f"{m.auroc:.3f} ({m.n_positive} tokens)") for m in card.label_matches],
                               ("label", "AUROC")) + "</div>")
     if card.promoted:
