@@ -204,8 +204,9 @@ def _residual_directions(model: Any, hook: str, directions: torch.Tensor) -> tor
         return directions
     match = MLP_POST_HOOK.match(hook)
     if match:
+        device = next(model.model.parameters()).device  # the model may sit on a GPU, the rows do not
         with torch.no_grad():
-            return mlp_output_direction(model, int(match.group(1)), directions).float().cpu()
+            return mlp_output_direction(model, int(match.group(1)), directions.to(device)).float().cpu()
     return None
 
 
