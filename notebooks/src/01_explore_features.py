@@ -34,7 +34,7 @@ OUT = Path(os.environ.get("INTERP_NOTEBOOK_OUT", "runs/notebooks")) / "01_explor
 SAE_DIR = os.environ.get("INTERP_SAE")  # a saved SAE for this model's hook; None trains a small one here
 torch.manual_seed(0)
 SIZES = (dict(docs=500, epochs=6, d_sae=256, k=8, dashboard_latents=4)
-         if CI else dict(docs=3000, epochs=10, d_sae=512, k=16, dashboard_latents=8))
+         if CI else dict(docs=1500, epochs=6, d_sae=512, k=16, dashboard_latents=8))
 SIZES
 
 # %% [markdown]

@@ -46,8 +46,8 @@ torch.manual_seed(0)
 SIZES = (dict(tokens=12_000, epochs=5, d_sae=256, k=8, snmf_rank=64, snmf_tokens=4_000, snmf_iter=80,
               eval_docs=40, label_docs=300)
          if CI else
-         dict(tokens=60_000, epochs=8, d_sae=1024, k=16, snmf_rank=128, snmf_tokens=20_000, snmf_iter=300,
-              eval_docs=200, label_docs=1000))
+         dict(tokens=40_000, epochs=6, d_sae=512, k=16, snmf_rank=100, snmf_tokens=10_000, snmf_iter=200,
+              eval_docs=200, label_docs=600))
 SIZES
 
 # %% [markdown]

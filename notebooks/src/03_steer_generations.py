@@ -40,8 +40,8 @@ torch.manual_seed(0)
 SIZES = (dict(tokens=10_000, epochs=4, d_sae=256, k=8, snmf_rank=24, snmf_tokens=3_000, snmf_iter=60,
               label_docs=80, prompts=8, new_tokens=12, kl_targets=(0.25, 0.5, 1.0))
          if CI else
-         dict(tokens=40_000, epochs=6, d_sae=512, k=16, snmf_rank=64, snmf_tokens=20_000, snmf_iter=300,
-              label_docs=300, prompts=24, new_tokens=16, kl_targets=(0.05, 0.1, 0.25, 0.5, 1.0)))
+         dict(tokens=40_000, epochs=6, d_sae=512, k=16, snmf_rank=64, snmf_tokens=10_000, snmf_iter=200,
+              label_docs=300, prompts=16, new_tokens=16, kl_targets=(0.1, 0.25, 0.5, 1.0)))
 TOPIC = "nature"
 SIZES
 
@@ -157,14 +157,14 @@ if ONLINE:
     positive = ["I love this, it is wonderful", "What a great and happy day", "This is the best news ever"]
     negative = ["I hate this, it is awful", "What a terrible and sad day", "This is the worst news ever"]
 
-    def last_states(texts):
-        _, cache = hf_model.run_with_cache(texts, names=[hook])
-        return cache[hook][:, -1]  # the texts tokenise to equal lengths here; pad otherwise
+    def last_states(texts):  # one text at a time: the last position is a real token, never padding
+        return torch.stack([hf_model.run_with_cache(t, names=[hook])[1][hook][0, -1] for t in texts])
 
     v = probes.diff_in_means(last_states(positive), last_states(negative))
     spec = Steering.from_direction(v, hook, positions="all", name="positive sentiment")
     hf_prompts = ["The movie was", "My neighbour is"]
     spec, kl = calibrate_scale(hf_model, spec, hf_prompts, target_kl=0.5)
-    for before, after in zip(hf_model.generate(hf_prompts, max_new_tokens=20).texts,
-                             hf_model.generate(hf_prompts, max_new_tokens=20, steering=[spec]).texts):
-        print(f"before: {before}\nafter:  {after}\n")
+    before = hf_model.generate(hf_prompts, max_new_tokens=20).texts
+    after = hf_model.generate(hf_prompts, max_new_tokens=20, steering=[spec]).texts
+    for prompt, b, a in zip(hf_prompts, before, after):
+        print(f"{prompt!r} at KL {kl:.2f}\n  before: {b}\n  after:  {a}")

@@ -35,7 +35,7 @@ from probes.pkck import CONSIDER, IGNORE, USE, answer_all, read_generation, shar
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 ONLINE = os.environ.get("INTERP_ONLINE", "") == "1"  # the cells that download a real model run only then
 torch.manual_seed(0)
-SIZES = dict(items=80, steps=40, new_tokens=3) if CI else dict(items=600, steps=300, new_tokens=6)
+SIZES = dict(items=80, steps=40, new_tokens=3) if CI else dict(items=400, steps=300, new_tokens=6)
 SIZES
 
 # %% [markdown]
