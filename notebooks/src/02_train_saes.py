@@ -189,9 +189,10 @@ snmf_eval
 #   category's direction is the difference in means between its members' activations and
 #   other members'; the parent latent is the dictionary element closest to that direction,
 #   and absorption is the fraction of member tokens on which it stays silent
-#   (`saes.metrics.absorption_rate`). A TopK SAE tends to let child latents take over the
-#   parent's direction; Matryoshka's small prefixes must reconstruct alone, which pushes them
-#   to keep parent latents that fire with every child.
+#   (`saes.metrics.absorption_rate`). The expectation (Bussmann et al. 2025) is that a TopK
+#   SAE lets child latents take over the parent's direction, while Matryoshka's small
+#   prefixes, which must reconstruct alone, keep parent latents that fire with every child;
+#   the table shows whether that holds for this model at these sizes.
 
 # %%
 batch = labelled_batch(SIZES["label_docs"], seed=3, kind="topical", model=model, names=[RESID, MLP])
