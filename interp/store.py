@@ -28,7 +28,8 @@ import math
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -614,28 +615,69 @@ class ActivationStore:
                 t = t.to(device=device, dtype=out_dtype)
             return t
 
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(self.n_shards, generator=gen).tolist() if shuffle else range(self.n_shards)
+        if shuffle:
+            for x in self._shuffled(batch_size, seed, buffer_shards, drop_last):
+                yield emit(x)
+            return
         pool = torch.empty(0, self.d, dtype=self.dtype)
-        target = max(1, buffer_shards) * max(1, max(s.rows for s in self.manifest.shards))
-        for k in order:
-            pool = torch.cat([pool, self.shard_rows(k)])
-            if not shuffle:
-                n_full = pool.shape[0] // batch_size * batch_size
-                for a in range(0, n_full, batch_size):
-                    yield emit(pool[a : a + batch_size])
-                pool = pool[n_full:].clone()
-                continue
-            if pool.shape[0] >= target:
-                pool = pool[torch.randperm(pool.shape[0], generator=gen)]
-                # Hand out about half the buffer; the rest stays to mix with later shards.
-                n_out = (pool.shape[0] - target // 2) // batch_size * batch_size
-                for a in range(0, n_out, batch_size):
-                    yield emit(pool[a : a + batch_size])
-                pool = pool[n_out:].clone()
-        if shuffle and pool.shape[0]:
-            pool = pool[torch.randperm(pool.shape[0], generator=gen)]
+        for rows in self._prefetched(range(self.n_shards)):
+            pool = torch.cat([pool, rows])
+            n_full = pool.shape[0] // batch_size * batch_size
+            for a in range(0, n_full, batch_size):
+                yield emit(pool[a : a + batch_size])
+            pool = pool[n_full:].clone()
         for a in range(0, pool.shape[0], batch_size):
             if drop_last and a + batch_size > pool.shape[0]:
                 break
             yield emit(pool[a : a + batch_size])
+
+    def _prefetched(self, order: Iterable[int]) -> Iterator[torch.Tensor]:
+        """Shard activations in ``order``, the next one read and checksummed in a background
+        thread while the caller works on the current one (file reads and sha256 release the
+        GIL). At most two shards are in memory at once."""
+        order = list(order)
+        if not order:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read") as pool:
+            future = pool.submit(self.shard_rows, order[0])
+            for nxt in order[1:]:
+                rows = future.result()
+                future = pool.submit(self.shard_rows, nxt)
+                yield rows
+                del rows
+            yield future.result()
+
+    def _shuffled(self, batch_size: int, seed: int, buffer_shards: int, drop_last: bool) -> Iterator[torch.Tensor]:
+        """Shuffled batches through one preallocated buffer.
+
+        Shards are copied into the buffer once; each batch is gathered straight from it by a
+        seeded permutation, and the rows not handed out are compacted to its front. (Rows
+        move about 2.5 times in all, against 5-6 with a pool rebuilt by concatenation, and
+        the buffer is the only large allocation.) The order equals that of permuting the
+        whole pool and slicing it.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.n_shards, generator=gen).tolist()
+        max_rows = max(1, max(s.rows for s in self.manifest.shards))
+        target = max(1, buffer_shards) * max_rows
+        buf = torch.empty(target + max_rows, self.d, dtype=self.dtype)
+        count = 0
+        for rows in self._prefetched(order):
+            buf[count : count + rows.shape[0]] = rows
+            count += rows.shape[0]
+            del rows
+            if count >= target:
+                perm = torch.randperm(count, generator=gen)
+                # Hand out about half the buffer; the rest stays to mix with later shards.
+                n_out = (count - target // 2) // batch_size * batch_size
+                for a in range(0, n_out, batch_size):
+                    yield buf[perm[a : a + batch_size]]
+                keep = perm[n_out:]
+                buf[: keep.numel()] = buf[keep]
+                count = keep.numel()
+        if count:
+            perm = torch.randperm(count, generator=gen)
+            for a in range(0, count, batch_size):
+                if drop_last and a + batch_size > count:
+                    break
+                yield buf[perm[a : a + batch_size]]
