@@ -287,13 +287,10 @@ def test_shipped_model_follows_memory_when_told_to_ignore_the_context(qa) -> Non
     assert qa["pk_follow_conflicting"] >= 0.93 and qa["pk_follow"] >= 0.93
 
 
-# The shipped weights (training run r1) follow the context only 18% of the time when told
-# to use only the context (0.5% on conflicting items): the bar is not met yet. Remove the
-# marker when a model that meets it ships (not strict, so a retrained model never breaks CI).
 @needs_model
-@pytest.mark.xfail(strict=False, reason="shipped model misses the context-following bar (ck_follow 0.18 < 0.9)")
 def test_shipped_model_follows_the_context_when_told_to_use_only_it(qa) -> None:
-    assert qa["ck_follow_conflicting"] >= 0.93 and qa["ck_follow"] >= 0.93
+    # The bar itself: copying the matching context sentence is the skill that forms last.
+    assert qa["ck_follow"] >= 0.90 and qa["ck_follow_conflicting"] >= 0.90
 
 
 @needs_model
@@ -314,7 +311,7 @@ def test_shipped_model_stays_on_topic(world: World, model) -> None:
 
 
 @needs_model
-@pytest.mark.xfail(strict=False, reason="run r1 samples grammatical documents 65% of the time (bar 0.7)")
+@pytest.mark.xfail(strict=False, reason="the shipped weights sample wholly grammatical documents 62% of the time (own bar 0.7)")
 def test_shipped_model_samples_grammatical_text(world: World, model) -> None:
     from interp.world.evaluate import topic_consistency
 

@@ -47,7 +47,9 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr_ratio: float = 0.05     # the final decay ends at lr * min_lr_ratio
     warmup_steps: int = 60
-    decay_fraction: float = 0.25   # warmup, constant lr, then linear decay over this last fraction
+    decay_fraction: float = 1.0    # warmup, constant lr, then linear decay over this last fraction
+                                   # (1.0: decay from the start; holding 2e-3 for long delayed fact
+                                   # memorisation in trials, and the copy circuit formed as lr fell)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     threads: int = 2
@@ -224,6 +226,7 @@ def save_model(model: Any, world: World, cfg: TrainConfig, summary: dict, out: s
                 "regenerate": "interp world train --out DIR"}
         (tmp / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
         for f in sorted(tmp.iterdir()):
+            f.chmod(0o644)  # some writers create 0600 temp files; shipped files must be readable
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
