@@ -98,7 +98,7 @@ def _reference_stats(store: Path, sae: saes.SAE) -> saes.stats.LatentStats:
     return saes.stats.latent_stats(sae, (load_file(str(store / f))[act_key(HOOK)] for f in files))
 
 
-def _check(tmp_path: Path, cap_mb: int, ratio: int) -> None:
+def _check(tmp_path: Path, cap_mb: int, ratio: int, name: str) -> None:
     cap = cap_mb * MiB
     n_shards = ratio * cap // (SHARD_ROWS * D * 4)
     store = _make_store(tmp_path / "store", n_shards)
@@ -130,16 +130,16 @@ def _check(tmp_path: Path, cap_mb: int, ratio: int) -> None:
     assert torch.allclose(got["sum"], ref.sum, rtol=1e-9)
     assert int(ref.count.sum()) == rows * 8  # k codes per row, every row seen once
     record("A store larger than the memory cap streams through training and a per-latent stats pass",
-           f"test_big_store.py ({store_bytes / MiB:.0f} MiB store)", processes=1, tokens=rows,
+           f"test_big_store.py::{name}", processes=1, tokens=rows,
            store_mib=round(store_bytes / MiB), cap_mib=cap_mb, peak_rss_growth_mib=round(grown / MiB, 1),
            memory_errors=0)
 
 
 def test_store_four_times_the_memory_cap_streams_through(tmp_path: Path) -> None:
-    _check(tmp_path, cap_mb=48, ratio=4)
+    _check(tmp_path, cap_mb=48, ratio=4, name="test_store_four_times_the_memory_cap_streams_through")
 
 
 @pytest.mark.slow
 def test_store_of_a_gibibyte_under_a_small_cap(tmp_path: Path) -> None:
     mb = int(os.environ.get("BIG_STORE_MB", 1024))
-    _check(tmp_path, cap_mb=mb // 8, ratio=8)
+    _check(tmp_path, cap_mb=mb // 8, ratio=8, name="test_store_of_a_gibibyte_under_a_small_cap")

@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import saes
+from reliability import record
 from saes import distributed, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,10 @@ def test_two_processes_equal_one_for_every_architecture(tmp_path: Path) -> None:
     # Rank 0 alone wrote the checkpoint and the log; AuxK was in play.
     assert (tmp_path / "ckpt" / "checkpoint.safetensors").is_file()
     assert max(h["auxk"] for h in results[0].history) > 0
+    record("Two processes (DDP, gloo) equal one process on the same global batch: TopK, BatchTopK, Matryoshka "
+           "and MP in one sweep; ranks agree exactly",
+           "test_distributed.py::test_two_processes_equal_one_for_every_architecture", processes=2 + 1,
+           tokens=96 * STEPS, max_weight_difference=f"{diff:.1e}", tolerance=TOLERANCE, ranks_differ_by=0.0)
 
 
 def test_a_split_that_is_not_even_still_equals_one_process(tmp_path: Path) -> None:
