@@ -478,9 +478,24 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if self.checkpoint_dir is None:
             return None
-        if not self.is_main:
-            return checkpoint.checkpoint_path(self.checkpoint_dir)
-        return checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
+        if self.dp is None:
+            return checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
+        # Rank 0 writes; every rank learns whether it could, so that a full disk stops the
+        # whole run with rank 0's error instead of leaving the others waiting in a collective.
+        failure: BaseException | None = None
+        if self.is_main:
+            try:
+                checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
+            except Exception as err:  # re-raised below, after the other ranks have heard
+                failure = err
+        if self.dp.any_(torch.tensor([failure is not None], device=self.device)).item():
+            if failure is not None:
+                raise failure
+            raise CheckpointError(
+                f"rank 0 could not write the checkpoint in {self.checkpoint_dir}; its error says why "
+                "(the previous checkpoint is intact)"
+            )
+        return checkpoint.checkpoint_path(self.checkpoint_dir)
 
     def finish(self, stopped_early: bool = False) -> list[TrainResult]:
         """Final checkpoint, fold the normalisation into the weights, close the log."""

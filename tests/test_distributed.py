@@ -120,6 +120,47 @@ def test_a_split_that_is_not_even_still_equals_one_process(tmp_path: Path) -> No
     assert max_difference(one, rank0) < TOLERANCE
 
 
+def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0's disk fills up at the second checkpoint; every rank reports what it raised."""
+    import json
+
+    import saes.io as io
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    writes = {"n": 0}
+    real = io.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        writes["n"] += 1
+        if writes["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    if rank == 0:
+        io.save_file = full_disk
+    try:
+        saes.train(sweep(), data(), config(), checkpoint_dir=Path(out) / "ckpt", progress=False)
+        got = {"error": None}
+    except Exception as err:
+        got = {"error": type(err).__name__, "message": str(err)}
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(got))
+
+
+def test_a_failing_checkpoint_write_stops_every_rank_with_an_error(tmp_path: Path) -> None:
+    import json
+
+    mp.spawn(_failing_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["error"] == "WriteError" and "No space left on device" in r0["message"]
+    assert r1["error"] == "CheckpointError" and "rank 0 could not write" in r1["message"]
+    from saes import checkpoint
+
+    assert checkpoint.read(tmp_path / "ckpt")[0]["step"] == 5  # the first checkpoint, intact
+
+
 def test_shard_bounds_cover_the_batch_once() -> None:
     for n in (2, 7, 96, 101):
         for world in (1, 2, 3, 8):
