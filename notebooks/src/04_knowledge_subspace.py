@@ -128,9 +128,11 @@ fig.show()
 # Supportive items draw on both sources, so both coordinates are large and the PK share sits
 # near the middle; conflicting items lean on one. "Balance" = 1 − 2·|PK share − ½| measures
 # that. A rank-1 sign read-out gives a share of exactly 0 or 1, so its balance is always 0
-# and cannot tell the two kinds apart (AUROC ½). Rank 2 can only do better where its
-# interchange accuracy is well above the no-patch baseline printed in section 2: at the
-# `CI=1` sizes (a few dozen steps) it is not, and its separation means little.
+# and cannot tell the two kinds apart (AUROC ½). Rank 2 can only do better where the
+# subspace carries the sources: check first that its interchange accuracy in section 2 is
+# well above the no-patch baseline (at the `CI=1` sizes, a few dozen steps, it cannot be).
+# Where it is not, the two axes do not hold PK and CK apart at this layer and the
+# separation below means little.
 
 # %%
 chosen = [i for i, t in enumerate(types) if t in ("supportive", "conflicting")]
