@@ -39,7 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from saes.io import atomic_write_text, fsync_dir  # noqa: F401  (atomic_write_text re-exported)
+from saes.io import atomic_write_text, fsync_dir, os_error_of  # noqa: F401  (atomic_write_text re-exported)
 
 from .errors import StoreError, close_matches
 from .manifest_check import checked_manifest
@@ -210,10 +210,25 @@ def serialize_shard(directory: Path, index: int, tensors: dict[str, torch.Tensor
     tmp = _tmp_path(directory / shard_name(index))
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT})
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise
+        failed = _write_failed(directory, index, err)
+        if failed is err:
+            raise
+        raise failed from err
     return tmp
+
+
+def _write_failed(directory: Path, index: int, err: BaseException) -> BaseException:
+    """A full disk or read-only directory as a StoreError that says what to do; other errors as they are."""
+    os_err = os_error_of(err)
+    if os_err is None:
+        return err
+    return StoreError(
+        f"could not write {shard_name(index)} in {directory}: {os_err.strerror or os_err}; the shards the "
+        "manifest lists are intact. Free disk space (or use a writable directory) and run the same harvest "
+        "again: it continues after the last complete shard"
+    )
 
 
 def commit_shard(directory: Path, index: int, tmp: Path) -> tuple[str, int, str]:
@@ -233,9 +248,12 @@ def commit_shard(directory: Path, index: int, tmp: Path) -> tuple[str, int, str]
         digest = sha256_file(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise
+        failed = _write_failed(directory, index, err)
+        if failed is err:
+            raise
+        raise failed from err
     fsync_dir(directory)
     return final.name, size, digest
 

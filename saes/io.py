@@ -110,14 +110,14 @@ def _replace_from_temp(final: Path, write: Any) -> None:
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        os_err = _os_error(err)
+        os_err = os_error_of(err)
         if os_err is not None:
             raise write_error(final, os_err) from err
         raise
     fsync_dir(final.parent)
 
 
-def _os_error(err: BaseException) -> OSError | None:
+def os_error_of(err: BaseException) -> OSError | None:
     """The operating-system error behind ``err``: itself, or the one safetensors reports as
     text ("I/O error: No space left on device (os error 28)")."""
     if isinstance(err, WriteError):

@@ -327,3 +327,35 @@ def test_checksum_covers_every_tensor_byte(tmp_path: Path) -> None:
     assert tensors_digest(t) != d
     assert tensors_digest({"a": t["a"].reshape(3, 4), "b": t["b"]}) != tensors_digest(t)  # shape counts
     assert hashlib.sha256(b"").hexdigest() != d
+
+
+def test_full_disk_during_a_harvest_is_a_clear_error_and_resumes(tmp_path: Path) -> None:
+    """A shard write that fails as on a full disk (safetensors reports it as text) names the
+    problem; the same harvest run again ends with the store an uninterrupted run writes."""
+    import interp.store as store_mod
+    from interp.harvest import harvest
+    from interp.tiny import tiny_model
+
+    model = tiny_model("gpt2")
+    docs = ["the cat sat on the mat and the dog ran under the tree"] * 60
+    kw = dict(context_length=16, batch_size=2, shard_tokens=60, max_tokens=400, progress=False)
+    harvest(model, docs, "blocks.0.hook_resid_post", tmp_path / "full", **kw)
+
+    real, calls = store_mod.save_file, {"n": 0}
+
+    def filling_disk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(*a, **k)
+
+    store_mod.save_file = filling_disk
+    try:
+        with pytest.raises(StoreError, match=r"shard_00002.safetensors.*No space left on device.*run the same harvest"):
+            harvest(model, docs, "blocks.0.hook_resid_post", tmp_path / "s", **kw)
+    finally:
+        store_mod.save_file = real
+    assert not list((tmp_path / "s").glob(".*.tmp"))
+    harvest(model, docs, "blocks.0.hook_resid_post", tmp_path / "s", **kw)
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / "full").iterdir())}
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / "s").iterdir())} == digests
