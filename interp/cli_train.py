@@ -9,7 +9,7 @@ Output of `interp train --out DIR` (one hook)::
     DIR/checkpoint/checkpoint.safetensors          resumable training state (--resume)
     DIR/train_log.jsonl                            metrics every --log-every steps
 
-With several ``--hook`` in live mode each hook gets that layout in ``DIR/<hook>/``.
+With several ``--hook`` (live or from a store) each hook gets that layout in ``DIR/<hook>/``.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
     src.add_argument("--store", help="activation store directory (from `interp harvest`)")
     src.add_argument("--model", help="model for live training: HF hub name, local directory, or 'world'")
     t.add_argument("--hook", action="append", dest="hooks", metavar="HOOK",
-                   help="hook to train on; repeat for several hooks in live mode (store: which stored hook)")
+                   help="hook to train on; repeat it to train several hooks at once (each in DIR/<hook>/)")
     t.add_argument("--data", help="live mode: .txt (one document per line) or .jsonl file")
     t.add_argument("--arch", choices=ARCHS, default="topk", help="architecture (default topk)")
     t.add_argument("--d-sae", type=int, required=True, help="number of latents")
@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--log-every", type=int, default=50, help="steps between metric records (default 50)")
     t.add_argument("--device", default=None, help="e.g. cpu or cuda (default: the model's / cuda when available)")
     t.add_argument("--hook-device", action="append", dest="hook_devices", default=None, metavar="HOOK=DEVICE",
-                   help="live: train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
+                   help="train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
     t.add_argument("--on-nonfinite", choices=("raise", "skip"), default="raise",
                    help="NaN/inf activations: stop with an error naming them (default) or drop those rows")
     t.add_argument("--context-length", type=int, default=128, help="live: tokens per window (default 128)")
@@ -175,9 +175,9 @@ def _train_from_store(args: argparse.Namespace) -> int:
     if args.data:
         raise InterpError("--data is for live training (--model); a store already holds its activations")
     if args.hooks and len(args.hooks) > 1:
-        raise InterpError("with --store give at most one --hook (the stored hook to train on)")
+        return _train_store_hooks(args)
     if args.hook_devices:
-        raise InterpError("--hook-device is for live training with several hooks; with --store use --device")
+        raise InterpError("--hook-device places the SAEs of several --hook values; with one hook use --device")
     store = ActivationStore.open(args.store, hook=args.hooks[0] if args.hooks else None)
     sae = build_sae(args.arch, store.d, args.d_sae, args.k, args.groups, not args.per_token_topk)
     sae.metadata.update(model_name=store.model_name, hook_name=store.hook, context_size=store.context_length,
@@ -188,6 +188,30 @@ def _train_from_store(args: argparse.Namespace) -> int:
     if _main_process():  # under torchrun every rank trained; rank 0 saves and reports
         sae.save(out)
         print(json.dumps({"sae": str(out), "hook": store.hook, **_summary(result)}))
+    return 0
+
+
+def _train_store_hooks(args: argparse.Namespace) -> int:
+    """Several stored hooks at once: DIR/<hook>/ per hook, each on its --hook-device."""
+    from .live import hook_dir_name
+    from .store import ActivationStore
+    from .store_train import train_store
+
+    store = ActivationStore.open(args.store, hook=args.hooks[0])
+    for hook in args.hooks[1:]:
+        store.select(hook)  # every hook must be in the store: fail before any training
+    saes_by_hook = {h: build_sae(args.arch, store.select(h).d, args.d_sae, args.k, args.groups,
+                                 not args.per_token_topk) for h in args.hooks}
+    out = Path(args.out)
+    dirs = {h: out / hook_dir_name(h) for h in args.hooks}
+    results = train_store(store, saes_by_hook, _train_config(args), resume=args.resume,
+                          checkpoint_dir={h: d / "checkpoint" for h, d in dirs.items()},
+                          log_dir={h: d / "train_log.jsonl" for h, d in dirs.items()},
+                          progress=not args.no_progress, devices=_hook_devices(args.hook_devices, args.hooks))
+    if _main_process():
+        for hook, result in results.items():
+            result.sae.save(dirs[hook])
+            print(json.dumps({"sae": str(dirs[hook]), "hook": hook, **_summary(result)}))
     return 0
 
 

@@ -13,11 +13,15 @@ HOOK = "blocks.0.hook_resid_post"
 
 def write_store_chunks(
     directory: Path, chunks: Iterator[torch.Tensor] | list[torch.Tensor], d: int, hook: str = HOOK,
-    ctx: int = 8, model: str = "synthetic",
+    ctx: int = 8, model: str = "synthetic", more_hooks: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Path:
-    """One shard per chunk ``[rows, d]``; windows of ``ctx`` rows, token ids = row numbers."""
+    """One shard per chunk ``[rows, d]``; windows of ``ctx`` rows, token ids = row numbers.
+
+    ``more_hooks`` adds hooks whose rows are a function of the first hook's (same width).
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    m = Manifest(model=model, hooks=[HookInfo(hook, (d,))], dtype="float32", context_length=ctx,
+    more = more_hooks or {}
+    m = Manifest(model=model, hooks=[HookInfo(h, (d,)) for h in [hook, *more]], dtype="float32", context_length=ctx,
                  prepend_bos=False, exclude_bos=False, source={"kind": "synthetic"}, max_tokens=None,
                  shard_tokens=0, complete=True)
     row = seq = 0
@@ -28,6 +32,8 @@ def write_store_chunks(
         tokens = torch.arange(row, row + n_seq * ctx).reshape(n_seq, ctx).to(torch.int32)
         tensors = {act_key(hook): x.float().contiguous(), "tokens": tokens, "seq": seq + local // ctx,
                    "pos": (local % ctx).to(torch.int32)}
+        for h, fn in more.items():
+            tensors[act_key(h)] = fn(x).float().contiguous()
         name, size, digest = write_shard(directory, k, tensors)
         m.shards.append(ShardInfo(name, rows, seq, seq + n_seq, size, digest))
         m.shard_tokens = max(m.shard_tokens, rows)

@@ -232,3 +232,29 @@ def test_live_training_places_each_hook_on_its_device() -> None:
 def test_live_training_with_one_hook_on_the_gpu() -> None:
     placed = _live({HOOKS[0]: "cuda:0", HOOKS[1]: "cpu"})
     assert placed[HOOKS[0]].device.type == "cuda" and placed[HOOKS[1]].device.type == "cpu"
+
+
+def test_store_hooks_trained_together_equal_each_trained_alone(tmp_path: Path) -> None:
+    """`interp train --store` with two --hook (one placed by --hook-device) gives each hook
+    exactly the weights saes.train gives it alone."""
+    from interp.cli import main
+    from interp.store import ActivationStore
+    from store_util import write_store_chunks
+
+    torch.set_num_threads(1)
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    x = torch.randn(1024, 16, generator=torch.Generator().manual_seed(0))
+    store = write_store_chunks(tmp_path / "store", list(x.split(256)), 16, hook=hooks[0],
+                               more_hooks={hooks[1]: lambda t: t.flip(1) * 2})
+    args = ["train", "--store", str(store), "--hook", hooks[0], "--hook", hooks[1], "--hook-device", f"{hooks[1]}=cpu",
+            "--arch", "batchtopk", "--d-sae", "32", "--k", "4", "--tokens", "768", "--batch-size", "128",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 0
+    cfg = saes.TrainConfig(batch_size=128, total_tokens=768)
+    for h in hooks:
+        alone = saes.BatchTopKSAE(16, 32, k=4)
+        saes.train(alone, ActivationStore.open(store, hook=h), cfg, progress=False)
+        together = saes.load(tmp_path / "out" / h)
+        assert together.metadata["hook_name"] == h
+        for k, v in alone.state_dict().items():
+            assert torch.equal(v, together.state_dict()[k]), (h, k)
