@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -195,21 +197,42 @@ _TYPES: dict[str, tuple[tuple[type, ...], bool, str]] = {
 }
 
 
+def _normalised(value: Any, types: tuple[type, ...]) -> Any:
+    """``value`` as a plain int / float / str if it is one in substance (numpy scalars, a
+    torch.device), else None. bool is an int in Python; a flag where a count is meant is a
+    mistake, not a 1."""
+    if isinstance(value, bool):
+        return value if bool in types else None
+    if int in types:
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    if float in types and isinstance(value, numbers.Real):
+        return float(value)
+    if str in types:
+        if isinstance(value, str):
+            return value
+        if type(value).__name__ == "device" and type(value).__module__.startswith("torch"):
+            return str(value)  # torch.device("cuda:1") -> "cuda:1" (the config is saved as JSON)
+    return None
+
+
 def _check_types(cfg: TrainConfig) -> None:
     for name, (types, optional, what) in _TYPES.items():
         value = getattr(cfg, name)
         if value is None and optional:
             continue
-        # bool is an int in Python; a flag where a count is meant is a mistake, not a 1.
-        wrong_bool = isinstance(value, bool) and bool not in types
-        if wrong_bool or not isinstance(value, types):
+        normal = _normalised(value, types)
+        if normal is None:
             raise ConfigError(f"TrainConfig.{name}={value!r} ({type(value).__name__}): {name} must be {what}")
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(normal, float) and not math.isfinite(normal):
             raise ConfigError(f"TrainConfig.{name}={value!r} must be a finite number")
+        setattr(cfg, name, normal)
     betas = cfg.adam_betas
     if (
         not isinstance(betas, (tuple, list))
         or len(betas) != 2
-        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in betas)
+        or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b) for b in betas)
     ):
         raise ConfigError(f"TrainConfig.adam_betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)")

@@ -295,3 +295,16 @@ def test_hook_device_errors() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(InterpError, match="CUDA device"):
             _check_devices({"a": "cuda:0"}, ["a"])
+
+
+def test_numpy_and_torch_values_are_taken_as_what_they_mean() -> None:
+    import numpy as np
+
+    cfg = saes.TrainConfig(batch_size=np.int64(64), total_tokens=torch.tensor(640), lr=np.float32(1e-3),
+                           device=torch.device("cpu"))
+    assert (type(cfg.batch_size), type(cfg.total_tokens), type(cfg.lr), cfg.device) == (int, int, float, "cpu")
+    import json
+
+    json.dumps(cfg.to_dict())  # what a checkpoint stores
+    with pytest.raises(saes.ConfigError, match="batch_size must be an integer"):
+        saes.TrainConfig(batch_size=64.0)
