@@ -508,6 +508,13 @@ class ActivationStore:
         expected = self.manifest.shards[k].rows
         if key != "tokens" and t.shape[0] != expected:
             raise StoreError(f"shard {path}: {key} has {t.shape[0]} rows, the manifest records {expected}")
+        if key.startswith("act."):
+            info = next((h for h in self.manifest.hooks if act_key(h.name) == key), self._hook)
+            if t.ndim != 2 or t.shape[1] != info.d or t.dtype != self.dtype:
+                raise StoreError(
+                    f"shard {path}: {key} is {list(t.shape)} {t.dtype}, but the manifest records rows of "
+                    f"d={info.d} in {self.manifest.dtype}; the manifest does not describe this store"
+                )
         return t
 
     def _acts(self, k: int) -> torch.Tensor:

@@ -310,3 +310,95 @@ def test_remote_code_is_off_unless_asked_for(tmp_path: Path, capsys) -> None:
     assert not marker.exists(), "code shipped with a model ran without trust_remote_code"
     record("trust_remote_code is off unless passed: a model with custom code is refused, its code unrun",
            "test_security.py::test_remote_code_is_off_unless_asked_for", processes=1, faults=2, code_run=0)
+
+
+# ------------------------------------------------------------------------ generated damage
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json_junk = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+def _paths(node, prefix=()):
+    """Every key path in a JSON object (for choosing what to damage)."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.append(prefix + (k,))
+            out += _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out.append(prefix + (i,))
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+def _damaged(doc: dict, data) -> dict:
+    doc = json.loads(json.dumps(doc))
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = _paths(doc)
+        path = data.draw(st.sampled_from(paths))
+        node = doc
+        for p in path[:-1]:
+            node = node[p]
+        if data.draw(st.booleans()) and isinstance(node, dict):
+            del node[path[-1]]
+        else:
+            node[path[-1]] = data.draw(_json_junk)
+    return doc
+
+
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(data=st.data(), arch=st.sampled_from(["topk", "batchtopk", "matryoshka", "mp"]))
+def test_any_damaged_cfg_json_loads_or_is_a_format_error(tmp_path_factory, data, arch) -> None:
+    d = tmp_path_factory.mktemp("sae")
+    sae = {"topk": lambda: saes.TopKSAE(8, 16, k=2), "batchtopk": lambda: saes.BatchTopKSAE(8, 16, k=2),
+           "matryoshka": lambda: saes.MatryoshkaSAE(8, [4, 12], k=2), "mp": lambda: saes.MPSAE(8, 16, k=2)}[arch]()
+    sae.save(d)
+    cfg = _damaged(json.loads((d / "cfg.json").read_text()), data)
+    (d / "cfg.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownKeyWarning)
+        try:
+            loaded = saes.load(d)
+        except saes.FormatError as err:
+            assert "cfg.json" in str(err) or "sae_weights" in str(err), str(err)
+            return
+    x = torch.randn(3, 8)
+    assert loaded.encode(x).shape == (3, loaded.d_sae)  # what loads, works
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_damaged_manifest_opens_or_is_a_store_error(tmp_path_factory, data) -> None:
+    store = write_store(tmp_path_factory.mktemp("store") / "s", torch.randn(64, 4), shard_rows=16)
+    m = _damaged(json.loads((store / MANIFEST).read_text()), data)
+    (store / MANIFEST).write_text(json.dumps(m))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            s = ActivationStore.open(store)
+            rows = torch.cat(list(s.batches(16, shuffle=False)))
+        except StoreError as err:
+            assert "manifest.json" in str(err) or "shard" in str(err), str(err)
+            return
+    assert rows.shape[1] == s.d
+
+
+def test_a_manifest_that_misdescribes_its_shards_is_a_store_error(store: Path) -> None:
+    _edit_manifest(store, lambda m: m["hooks"][0].update(shape=[5], d=5))
+    s = ActivationStore.open(store)
+    for read in (lambda: list(s.batches(16)), lambda: list(s.batches(16, shuffle=False)), lambda: s[3]):
+        with pytest.raises(StoreError, match=r"\[32, 4\] torch.float32, but the manifest records rows of d=5"):
+            read()
+    _edit_manifest(store, lambda m: (m["hooks"][0].update(shape=[4], d=4), m.update(dtype="float16")))
+    with pytest.raises(StoreError, match="in float16"):
+        ActivationStore.open(store)[0]
