@@ -363,7 +363,14 @@ class Trainer:
                     + "\n  ".join(diffs)
                     + "\nresume with the same settings and data, or start fresh in an empty directory"
                 )
-            _restore(self.slots, tensors, self.device)
+            try:
+                _restore(self.slots, tensors, self.device)
+            except (RuntimeError, KeyError, ValueError) as err:  # shapes or names that do not fit
+                raise CheckpointError(
+                    f"{checkpoint.checkpoint_path(self.checkpoint_dir)} holds tensors that do not fit these SAEs "
+                    f"({str(err).splitlines()[0][:300]}); it was not written for this run: start fresh in an "
+                    "empty directory"
+                ) from None
             self.state.update({k: state.get(k, self.state[k]) for k in self.state})
             for slot, last in zip(self.slots, state.get("metrics", [])):
                 slot.last = dict(last)

@@ -402,3 +402,15 @@ def test_a_manifest_that_misdescribes_its_shards_is_a_store_error(store: Path) -
     _edit_manifest(store, lambda m: (m["hooks"][0].update(shape=[4], d=4), m.update(dtype="float16")))
     with pytest.raises(StoreError, match="in float16"):
         ActivationStore.open(store)[0]
+
+
+def test_a_checkpoint_whose_tensors_do_not_fit_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A well-formed checkpoint (valid checksum) whose tensors do not fit the SAEs it claims."""
+    cfg = saes.TrainConfig(batch_size=32, total_tokens=64)
+    saes.train(saes.TopKSAE(8, 16, k=2), torch.randn(128, 8), cfg, checkpoint_dir=tmp_path, progress=False)
+    state, tensors = checkpoint.read(tmp_path)
+    tensors["sae0.state.W_dec"] = torch.zeros(3, 3)
+    checkpoint.write(tmp_path, state, tensors)
+    with pytest.raises(saes.CheckpointError, match="do not fit these SAEs"):
+        saes.train(saes.TopKSAE(8, 16, k=2), torch.randn(128, 8), cfg, checkpoint_dir=tmp_path, resume=True,
+                   progress=False)
