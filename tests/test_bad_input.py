@@ -308,3 +308,51 @@ def test_numpy_and_torch_values_are_taken_as_what_they_mean() -> None:
     json.dumps(cfg.to_dict())  # what a checkpoint stores
     with pytest.raises(saes.ConfigError, match="batch_size must be an integer"):
         saes.TrainConfig(batch_size=64.0)
+
+
+@st.composite
+def harvest_argv(draw, model_dir: str, corpus: str) -> list[str]:
+    argv = ["harvest", "--model", draw(mostly(st.just(model_dir), st.sampled_from([str(_tmp / "nomodel"), "./x"])))]
+    for flag, values in [
+        ("--hook", mostly(st.sampled_from(["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]),
+                          st.sampled_from(["blocks.7.hook_resid_post", "", "hook_nope"]))),
+        ("--data", mostly(st.just(corpus), st.sampled_from([str(_tmp / "missing.txt"), str(_STORE)]))),
+        ("--tokens", num(1, 200)), ("--context-length", num(2, 64)), ("--batch-size", num(1, 8)),
+        ("--shard-tokens", num(1, 300)), ("--dtype", mostly(st.sampled_from(["float32", "bfloat16"]), st.just("int8"))),
+        ("--text-field", st.sampled_from(["text", "body"])),
+    ]:
+        required = flag in ("--hook", "--data")
+        if draw(chance(10)) if required else not draw(st.booleans()):
+            continue
+        argv += [flag, draw(values)]
+    if not draw(chance(10)):
+        argv += ["--out", str(_tmp / f"h{next(_runs)}")]
+    return argv + ["--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def corpus_file() -> str:
+    p = _tmp / "corpus.txt"
+    p.write_text("\n".join(["the cat sat on the mat", "a dog ran under the tree and the bird flew"] * 20))
+    return str(p)
+
+
+@settings(FUZZ, max_examples=40)
+@given(data=st.data())
+def test_any_harvest_command_line_ends_in_a_clear_message(data, tiny_gpt2_dir, corpus_file) -> None:
+    from interp.cli import main
+
+    argv = data.draw(harvest_argv(str(tiny_gpt2_dir), corpus_file))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    message = err.getvalue()
+    event(f"exit status {code}")
+    assert code in (0, 1, 2), (argv, code, message)
+    assert "Traceback" not in message, (argv, message)
+    if code:
+        assert "error:" in message, (argv, message)
