@@ -264,6 +264,23 @@ def _initialise(sae: SAE, sample: torch.Tensor, cfg: TrainConfig) -> None:
     unit_rows_(sae.W_dec)
 
 
+def check_device(name: str | None) -> str | None:
+    """``name`` if this machine has such a device, else a ConfigError saying what it has."""
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={name!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ConfigError(f"device={name!r}: this machine has {n} CUDA device(s); train on 'cpu' or a device it has")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ConfigError(f"device={name!r}: training runs on 'cpu' or a GPU ('cuda', 'cuda:N')")
+    return name
+
+
 def _check_models(models: list[SAE]) -> None:
     if not models:
         raise ConfigError("train() needs at least one SAE")
@@ -330,9 +347,9 @@ class Trainer:
         )
         self.is_main = self.dp is None or self.dp.is_main
         if self.dp is not None:
-            self.device = self.dp.device(config.device)
+            self.device = self.dp.device(check_device(config.device))
         else:
-            self.device = torch.device(config.device) if config.device else models[0].device
+            self.device = torch.device(check_device(config.device)) if config.device else models[0].device
         for m in models:
             m.to(self.device)
             m.train()

@@ -143,6 +143,7 @@ def train_argv(draw) -> list[str]:
         ("--data", st.sampled_from(["corpus.txt"])),
         ("--on-nonfinite", mostly(st.sampled_from(["raise", "skip"]), st.just("ignore"))),
         ("--hook-device", st.sampled_from([f"{HOOK}=cpu", "nonsense"])),
+        ("--device", mostly(st.just("cpu"), st.sampled_from(["cuda:7", "gpu", "meta", ""]))),
     ]:
         # Required flags are left out now and then, optional ones half the time, and flags
         # that are always wrong with --store (live-only) rarely.
@@ -279,6 +280,14 @@ def test_on_nonfinite_from_the_command_line(tmp_path: Path) -> None:
 def test_an_sae_too_large_to_allocate_is_a_config_error() -> None:
     with pytest.raises(saes.ConfigError, match="cannot create an SAE with d_in=8, d_sae=99999999999"):
         saes.TopKSAE(8, 99_999_999_999, k=4)
+
+
+def test_a_device_this_machine_lacks_is_a_config_error() -> None:
+    x = torch.randn(64, 8)
+    for device in ("gpu", "meta", "cuda:99"):
+        with pytest.raises(saes.ConfigError, match="device="):
+            saes.train(saes.TopKSAE(8, 16, k=2), x, saes.TrainConfig(batch_size=32, total_tokens=32, device=device),
+                       progress=False)
 
 
 def test_hook_device_errors() -> None:
