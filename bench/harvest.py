@@ -8,7 +8,7 @@ Figures:
     with the total);
   * TransformerLens: HookedTransformer.run_with_cache (stop_at_layer, names_filter, copied
     to CPU) over a bare TL forward with the same stop_at_layer, as a point of reference;
-  * SAELens, if installed.
+  * SAELens's ActivationsStore, run in a separate venv given by --saelens-python.
 
 Run:  python bench/harvest.py                      (defaults: small random GPT-2 on CPU)
       python bench/harvest.py --d-model 512 --n-layers 8 --layer 5 --tokens 32768 262144 --threads 1
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--skip-tl", action="store_true")
+    p.add_argument("--saelens-python", default=None, help="python of a venv with sae-lens, for its ActivationsStore")
+    p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)  # internal: one RSS run
     return p.parse_args(argv)
 
@@ -378,6 +380,23 @@ def _forward_args(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def bench_saelens(args: argparse.Namespace) -> dict:
+    """SAELens's ActivationsStore, run by ``bench/saelens_store.py`` in the interpreter given
+    by ``--saelens-python`` (a separate environment: SAELens is never installed with this project)."""
+    if not args.saelens_python:
+        return {"available": False, "note": "pass --saelens-python VENV/bin/python (a venv with sae-lens)"}
+    keys = ["d_model", "n_layers", "n_heads", "layer", "context_length", "batch_size", "speed_tokens", "repeats"]
+    argv = [args.saelens_python, str(ROOT / "bench" / "saelens_store.py")]
+    for k in keys:
+        argv += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"available": False, "note": f"bench/saelens_store.py failed: {proc.stderr.strip()[-400:]}"}
+    return {"available": True, **json.loads(proc.stdout.strip().splitlines()[-1])["saelens_activations_store"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -385,12 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child_rss is not None:
         print(json.dumps(child_rss(args, args.child_rss)))
         return
-    try:
-        import sae_lens  # noqa: F401
-
-        sae_lens_status = {"available": True, "note": "installed but not benchmarked here"}
-    except ImportError:
-        sae_lens_status = {"available": False, "note": "SAELens is not installed in this environment"}
+    sae_lens_status = bench_saelens(args)
     row_bytes = 2 * args.d_model * _itemsize(args.dtype)
     result = {
         "setup": {
@@ -409,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
             "python": platform.python_version(),
         },
         "speed": bench_speed(args),
-        "peak_rss": bench_rss(args),
+        "peak_rss": [] if args.skip_rss else bench_rss(args),
         "transformer_lens": {"available": False, "note": "skipped"} if args.skip_tl else bench_tl(args),
         "sae_lens": sae_lens_status,
     }

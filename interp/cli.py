@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "interp.cli_train",
     "interp.cli_interventions",
     "interp.cli_dashboard",
+    "interp.cli_pkck",
     "interp.world.cli",
 ]
 

@@ -1,4 +1,4 @@
-"""`interp steer` and `interp patch`."""
+"""`interp steer`, `interp steer-eval` and `interp patch`."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,14 @@ STEER_EPILOG = """examples:
   interp steer --model world --sae runs/quickstart/sae --latent 12 --scale 8 --prompt "the"
   interp steer --model world --vector runs/topic.safetensors --prompt "the" --prompt "a" --positions generated
   interp steer --model world --sae runs/quickstart/sae --latent 12 --target-kl 0.5 --prompt "the"
+"""
+
+STEER_EVAL_EPILOG = """examples:
+  interp quickstart && interp steer-eval --from runs/quickstart            # SAE, SNMF and diff-in-means
+  interp steer-eval --from runs/quickstart --topics school,music --kl 0.25,0.5,1 --out runs/steer-eval
+
+writes OUT/steering.json (one row per topic, method and KL target) and OUT/steering.html
+(success against fluency, averaged over topics).
 """
 
 PATCH_EPILOG = """example:
@@ -39,6 +47,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=steer)
 
+    e = subparsers.add_parser("steer-eval", help="SAE latent vs SNMF feature vs diff-in-means steering at matched KL (world)",
+                              epilog=STEER_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--model", default="world")
+    e.add_argument("--from", dest="source", default="runs/quickstart",
+                   help="a quickstart output directory: its topk/ SAE and snmf/ are used")
+    e.add_argument("--sae", default=None, help="SAE directory at blocks.L.hook_resid_post (default: FROM/topk)")
+    e.add_argument("--snmf", default=None, help="SNMF directory at blocks.L.mlp.hook_post (default: FROM/snmf)")
+    e.add_argument("--topics", default=None, help="comma-separated planted topics (default: all)")
+    e.add_argument("--kl", default="0.25,0.5,1.0", help="next-token KL targets the methods are matched at")
+    e.add_argument("--prompts", type=int, default=12, help="prompts per topic (openings of other topics' documents)")
+    e.add_argument("--new-tokens", type=int, default=16)
+    e.add_argument("--out", default="runs/steer-eval")
+    e.set_defaults(func=steer_eval)
+
     q = subparsers.add_parser("patch", help="activation patching heat map (layer x position) as HTML",
                               epilog=PATCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--model", default="world")
@@ -57,6 +79,66 @@ def _single_token(model: Any, text: str) -> int:
     if len(ids) != 1:
         raise InterpError(f"{text!r} is {len(ids)} tokens for this tokenizer; --correct/--wrong need one token each")
     return ids[0]
+
+
+def _layer_of(hook: str) -> int:
+    parts = hook.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise InterpError(f"the dictionary's hook {hook!r} is not a per-layer hook (blocks.L....)")
+    return int(parts[1])
+
+
+def steer_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import saes
+    from saes.io import atomic_write_text
+
+    from . import load
+    from .steering_eval import compare_methods, mean_by_method, steering_chart
+    from .world.lexicon import TOPICS
+
+    source = Path(args.source)
+    sae_dir = Path(args.sae) if args.sae else source / "topk"
+    snmf_dir = Path(args.snmf) if args.snmf else source / "snmf"
+    for what, d in (("SAE", sae_dir), ("SNMF", snmf_dir)):
+        if not d.exists():
+            raise InterpError(f"no {what} at {d}: run `interp quickstart` first (it writes {source}/topk and "
+                              f"{source}/snmf), or pass --sae/--snmf")
+    try:
+        kl = [float(x) for x in args.kl.split(",") if x.strip()]
+    except ValueError:
+        raise InterpError(f"--kl {args.kl!r}: give comma-separated numbers, e.g. --kl 0.25,0.5,1") from None
+    if not kl or any(k <= 0 for k in kl):
+        raise InterpError(f"--kl {args.kl!r}: KL targets must be positive")
+    model = load(args.model)
+    sae = saes.load(sae_dir)
+    snmf = saes.SNMFResult.load(snmf_dir)
+    hook = sae.metadata.get("hook_name") or ""
+    layer = _layer_of(hook)
+    snmf_hook = snmf.config.get("hook_name", f"blocks.{layer}.mlp.hook_post")
+    if snmf_hook != f"blocks.{layer}.mlp.hook_post":
+        raise InterpError(f"the SAE reads {hook} but the SNMF was fit at {snmf_hook}; "
+                          f"compare dictionaries of one layer (the SNMF at blocks.{layer}.mlp.hook_post)")
+    topics = [t.strip() for t in args.topics.split(",")] if args.topics else list(TOPICS)
+    try:
+        rows = compare_methods(model, topics, layer, sae=sae, snmf=snmf, kl_targets=kl, n_prompts=args.prompts,
+                               new_tokens=args.new_tokens)
+    except ValueError as err:
+        raise InterpError(str(err)) from None
+    means = mean_by_method(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "steering.json", json.dumps({"layer": layer, "topics": topics, "kl_targets": kl,
+                                                         "rows": rows, "mean": [vars(r) for r in means]}, indent=2))
+    chart = steering_chart(means, topic=f"{len(topics)} topics (mean)")
+    atomic_write_text(out / "steering.html", chart.to_html(include_plotlyjs=True))
+    print(f"layer {layer}; {len(topics)} topics x {args.prompts} prompts; mean over topics")
+    print(f"{'method':<15}{'KL target':>10}{'KL':>8}{'success':>9}{'fluency':>9}")
+    for r in means:
+        print(f"{r.method:<15}{r.target_kl:>10.2f}{r.kl:>8.2f}{r.success:>9.3f}{r.fluency:>9.3f}")
+    print(f"wrote {out}/steering.json and steering.html")
+    return 0
 
 
 def steer(args: argparse.Namespace) -> int:

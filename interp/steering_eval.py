@@ -106,7 +106,7 @@ def topic_specs(model: Any, topic_index: int, layer: int, sae: Any = None, snmf:
     * ``sae latent``: the latent of ``sae`` (trained at that resid_post) with the best AUROC
       for the topic;
     * ``snmf feature``: the feature of ``snmf`` (fit at that layer's ``mlp.hook_post``) whose
-      coefficients, recomputed for these tokens by least squares, best detect the topic.
+      coefficients, refitted for these tokens (:meth:`SNMFResult.encode`), best detect the topic.
     Returns the specs and what was chosen (with AUROCs).
     """
     from probes import coverage, diff_in_means
@@ -127,10 +127,46 @@ def topic_specs(model: Any, topic_index: int, layer: int, sae: Any = None, snmf:
         specs["sae latent"] = Steering.from_sae(sae, latent, hook=resid)
         chosen["sae latent"] = {"latent": latent, "auroc": float(report.best_auroc[0])}
     if snmf is not None:
-        A = cache[post][keep].float()  # [n, d_mlp]; coefficients by least squares on the fixed features
-        coeffs = torch.linalg.lstsq(snmf.features.T.float(), A.T).solution.T.clamp_min(0)
+        coeffs = snmf.encode(cache[post][keep].float())  # [n, rank]: non-negative fit on the fixed features
         report = coverage(coeffs, on[:, None])
         feature = int(report.best_latent[0])
         specs["snmf feature"] = Steering.from_snmf(snmf, feature, post)
         chosen["snmf feature"] = {"feature": feature, "auroc": float(report.best_auroc[0])}
     return specs, chosen
+
+
+def compare_methods(model: Any, topics: Sequence[str], layer: int, sae: Any = None, snmf: Any = None,
+                    kl_targets: Sequence[float] = (0.25, 0.5, 1.0), n_prompts: int = 12, new_tokens: int = 16,
+                    seed: int = 0) -> list[dict]:
+    """The full comparison: for each planted topic, every available method at every KL target.
+
+    Returns one dict per (topic, method, target) with ``topic``, what was chosen for the
+    topic (latent/feature and its AUROC) and the :class:`SteeringRow` fields.
+    """
+    from .world import World
+    from .world.labels import lexical_tables
+    from .world.lexicon import TOPICS
+
+    names = list(TOPICS)
+    unknown = [t for t in topics if t not in names]
+    if unknown:
+        raise ValueError(f"unknown topics {unknown}; the world's topics are {', '.join(names)}")
+    word_topics = lexical_tables(World())["word_topics"]
+    out = []
+    for topic in topics:
+        index = names.index(topic)
+        specs, chosen = topic_specs(model, index, layer, sae=sae, snmf=snmf, seed=seed)
+        rows = evaluate_steering(model, specs, index, topic_prompts(topic, n=n_prompts, seed=seed), word_topics,
+                                 kl_targets=kl_targets, new_tokens=new_tokens)
+        for row in rows_as_dicts(rows):
+            out.append({"topic": topic, **row, **({"chosen": chosen[row["method"]]} if row["method"] in chosen else {})})
+    return out
+
+
+def mean_by_method(rows: Sequence[dict]) -> list[SteeringRow]:
+    """Average success, fluency, scale and KL over topics for each (method, KL target)."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["target_kl"]), []).append(r)
+    fields = ("scale", "kl", "success", "fluency")
+    return [SteeringRow(m, t, *(sum(r[f] for r in g) / len(g) for f in fields)) for (m, t), g in groups.items()]

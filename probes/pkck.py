@@ -9,8 +9,11 @@ The layer is explicit everywhere: the subspace is trained at ``hook`` and read a
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,6 +123,25 @@ class PKCKSubspace:
     def shares(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         return knowledge_shares(hidden, self.U)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """One safetensors file: ``U`` and, in its header, the hook, rank and training record."""
+        from saes.io import atomic_save_tensors
+
+        meta = {"hook": self.hook, "rank": self.rank, "n_train": self.n_train, "orientation": self.orientation,
+                "interchange_accuracy": self.fit.accuracy, "losses": self.fit.losses}
+        atomic_save_tensors(Path(path), {"U": self.U.contiguous()}, {"pkck": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PKCKSubspace:
+        from saes.io import read_tensors
+
+        tensors, header = read_tensors(path)
+        if "pkck" not in header or "U" not in tensors:
+            raise ValueError(f"{path} holds no PK/CK subspace; write one with PKCKSubspace.save()")
+        meta = json.loads(header["pkck"])
+        fit = SubspaceFit(tensors["U"], meta.get("losses", []), meta.get("interchange_accuracy", float("nan")))
+        return cls(tensors["U"], meta["hook"], meta["rank"], fit, meta.get("orientation", {}), meta.get("n_train", 0))
+
 
 def train_pkck(model: Any, data: PKCKData, hook: str, rank: int = 2, steps: int = 300, lr: float = 1e-2,
                batch_size: int = 32, seed: int = 0, min_confidence: float = 0.5) -> PKCKSubspace:
@@ -202,4 +224,107 @@ def shares_figure(by_type: dict[str, list[float]], hook: str, title: str = "PK s
         fig.add_trace(go.Scatter(y=values, mode="lines+markers", name=t))
     fig.update_layout(title=f"{title} (read at {hook})", xaxis_title="step (0 = answer position)",
                       yaxis_title="PK share", yaxis_range=[0, 1])
+    return fig
+
+
+def separation_auroc(pk_share: torch.Tensor, supportive: torch.Tensor) -> float:
+    """How well the balance of the two sources tells supportive from conflicting items.
+
+    Supportive items draw on both sources, so their PK share sits near 0.5; conflicting
+    items lean on one source. ``balance = 1 − 2·|share − 0.5|`` scores that; this returns
+    its AUROC for ``supportive`` [n] bool against ``pk_share`` [n]. A rank-1 read-out's share
+    is a sign (0 or 1), so its balance is constant and the AUROC is 0.5.
+    """
+    from .metrics import binary_auroc
+
+    balance = 1 - (pk_share - 0.5).abs() * 2
+    return float(binary_auroc(balance, supportive))
+
+
+@dataclass
+class RankComparison:
+    """Rank-1 and rank-2 subspaces trained on the same items at the same hook, and their read-outs.
+
+    ``readouts[rank]`` holds ``pk_share`` [n, steps] over the greedy answer of the *consider*
+    rendering for the items in ``rows``; ``by_type[rank]`` the per-step mean share for each
+    interaction type (typed from the model's three answers, see :meth:`PKCKData.interaction`)
+    and ``by_item_type[rank]`` for each planted item type, when the data has them.
+    """
+
+    hook: str
+    spaces: dict[int, PKCKSubspace]
+    rows: torch.Tensor
+    interaction: list[str]
+    readouts: dict[int, dict[str, torch.Tensor]]
+    separation: dict[int, list[float]]  # per step: AUROC of the balance, supportive vs conflicting
+    by_type: dict[int, dict[str, list[float]]]
+    by_item_type: dict[int, dict[str, list[float]]]
+
+    def strength(self, rank: int) -> float:
+        """How far the best step's separation is from chance, in either direction:
+        ``max_t 2·|AUROC_t − 0.5|`` (0 = none, 1 = perfect)."""
+        return max((2 * abs(a - 0.5) for a in self.separation[rank] if a == a), default=float("nan"))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures: per rank the interchange accuracy, the supportive/conflicting
+        separation AUROC and the mean PK share per step by interaction type."""
+        counts = {t: self.interaction.count(t) for t in sorted(set(self.interaction))}
+        return {
+            "hook": self.hook,
+            "items_read": len(self.rows),
+            "interaction_counts": counts,
+            "ranks": {
+                str(r): {"n_train": s.n_train, "interchange_accuracy": s.fit.accuracy,
+                         "separation_auroc_by_step": self.separation[r], "separation_strength": self.strength(r),
+                         "pk_share_by_type": self.by_type[r],
+                         "pk_share_by_item_type": self.by_item_type[r], "orientation": s.orientation}
+                for r, s in self.spaces.items()
+            },
+        }
+
+
+def compare_ranks(model: Any, data: PKCKData, hook: str, ranks: Sequence[int] = (1, 2), steps: int = 150,
+                  lr: float = 2e-2, max_new_tokens: int = 4, seed: int = 0) -> RankComparison:
+    """Train one subspace per rank at ``hook`` and read each over the model's own answers.
+
+    Every rank sees the same training items and is read on the same items: those typed
+    supportive, conflicting or other from the model's answers, in their *consider* rendering.
+    """
+    spaces = {r: train_pkck(model, data, hook, rank=r, steps=steps, lr=lr, seed=seed) for r in ranks}
+    types = data.interaction()
+    rows = torch.arange(len(types))
+    prompts, last = data.tokens[rows, CONSIDER], data.last_pos[rows]
+    supportive = torch.tensor([t == "supportive" for t in types])
+    pair = torch.tensor([t in ("supportive", "conflicting") for t in types])
+    readouts, separation, by_type, by_item = {}, {}, {}, {}
+    both = 0 < int(supportive[pair].sum()) < int(pair.sum())
+    for r, space in spaces.items():
+        out = read_generation(model, space, prompts, last, max_new_tokens=max_new_tokens)
+        readouts[r] = out
+        shares = out["pk_share"][pair]
+        separation[r] = [separation_auroc(shares[:, s], supportive[pair]) if both else float("nan")
+                         for s in range(shares.shape[1])]
+        by_type[r] = shares_by_type(out, types)
+        by_item[r] = shares_by_type(out, data.item_type) if data.item_type else {}
+    return RankComparison(hook, spaces, rows, types, readouts, separation, by_type, by_item)
+
+
+def rank_figure(comparison: RankComparison) -> Any:
+    """Plotly: the PK share at the answer position, by interaction type, rank 1 beside rank 2."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    ranks = sorted(comparison.readouts)
+    fig = make_subplots(rows=1, cols=len(ranks), shared_yaxes=True,
+                        subplot_titles=[f"rank {r}: supportive/conflicting separation {comparison.strength(r):.2f}"
+                                        for r in ranks])
+    colours = {"supportive": "#2b8cbe", "conflicting": "#e34a33", "other": "#999999"}
+    for col, r in enumerate(ranks, start=1):
+        first = comparison.readouts[r]["pk_share"][:, 0]
+        for t in sorted(set(comparison.interaction)):
+            mask = torch.tensor([x == t for x in comparison.interaction])
+            fig.add_trace(go.Box(y=first[mask].tolist(), name=t, marker_color=colours.get(t), boxpoints="all",
+                                 jitter=0.4, showlegend=col == 1, legendgroup=t), row=1, col=col)
+    fig.update_layout(title=f"PK share at the answer position, rank 1 vs rank 2 (read at {comparison.hook})",
+                      yaxis_title="PK share", yaxis_range=[-0.05, 1.05])
     return fig

@@ -106,6 +106,8 @@ def _replace_from_temp(final: Path, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; written files should read like any other (0644).
+        os.chmod(tmp, 0o644)
         os.replace(tmp, final)
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):

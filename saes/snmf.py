@@ -23,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -132,6 +133,11 @@ class SNMFResult:
         """Reconstructed activations ``[n, d_mlp]`` from coefficients ``[n, rank]``."""
         return coefficients.to(self.features.dtype) @ self.features
 
+    def as_dictionary(self, n_iter: int = 100) -> SNMFDictionary:
+        """These features behind the SAE interface (``encode_sparse``/``decode_sparse``), so
+        the same evaluation code (CE-loss recovered, FVU, L0) and dashboards read them."""
+        return SNMFDictionary(self, n_iter)
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SNMFResult:
         d = Path(directory)
@@ -142,6 +148,43 @@ class SNMFResult:
         for key in ("architecture", "rank", "d_mlp"):
             meta.pop(key)
         return cls(tensors["features"], tensors["coefficients"], history, best, meta)
+
+
+class SNMFDictionary(torch.nn.Module):
+    """An :class:`SNMFResult` as a dictionary: codes are the non-negative coefficients of
+    :meth:`SNMFResult.encode` (held-out tokens get their own fit), all ``rank`` of them per
+    token, so ``encode_sparse`` returns every index and L0 counts the non-zero ones."""
+
+    def __init__(self, result: SNMFResult, n_iter: int = 100) -> None:
+        super().__init__()
+        self.result, self.n_iter = result, n_iter
+        self.d_sae, self.d_in = result.features.shape
+        self.metadata: dict = {"architecture": "snmf", **result.config}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        """[rank, d_mlp]: the features, the analogue of an SAE's decoder rows."""
+        return self.result.features
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, rank] non-negative coefficients of ``x`` [n, d_mlp]."""
+        return self.result.encode(x.reshape(-1, self.d_in), n_iter=self.n_iter).reshape(*x.shape[:-1], self.d_sae)
+
+    def encode_sparse(self, x: torch.Tensor, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = self.encode(x)
+        return codes, torch.arange(self.d_sae, device=codes.device).expand_as(codes)
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        dense = torch.zeros(*values.shape[:-1], self.d_sae, dtype=values.dtype, device=values.device)
+        return self.result.decode(dense.scatter_add_(-1, indices, values))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction ``[..., d_mlp]`` of ``x`` through the features."""
+        return self.result.decode(self.encode(x)).to(x.dtype)
 
 
 class SNMF:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 import saes
+from interp.world import default_model_path
 from interp.cli import build_parser, main
 
 SENTENCES = ["the cat sat on the mat", "a big dog ran under the tree", "the blue bird flew over the sky"]
@@ -60,6 +62,27 @@ def test_quickstart_on_any_model_and_text(tiny_gpt2_dir, tmp_path, capsys):
                  "--tokens", "1500", "--d-sae", "64", "--k", "4"])
     assert code == 0
     summary = json.loads((tmp_path / "qs" / "summary.json").read_text())
-    assert summary["tokens"] == 1500 and summary["sae"]["l0"] == pytest.approx(4.0)
-    assert 0 <= summary["sae"]["fvu"] < 1
-    assert saes.load(tmp_path / "qs" / "sae").metadata["hook_name"] == "blocks.1.hook_resid_post"
+    table = summary["dictionaries"]
+    assert summary["tokens"] == 1500 and set(table) == {"topk", "matryoshka", "mp", "snmf"}
+    assert table["topk"]["l0"] == pytest.approx(4.0) and table["mp"]["l0"] <= 4.0
+    for name in ("topk", "matryoshka", "mp", "snmf"):
+        assert 0 <= table[name]["fvu"] < 1, name
+    assert saes.load(tmp_path / "qs" / "topk").metadata["hook_name"] == "blocks.1.hook_resid_post"
+    assert saes.SNMFResult.load(tmp_path / "qs" / "snmf").config["hook_name"] == "blocks.1.mlp.hook_post"
+    assert "dashboard" not in summary and "steering" not in summary  # world-only steps
+    out = capsys.readouterr().out
+    assert "matryoshka" in out and "snmf" in out  # one comparison table
+
+
+@pytest.mark.skipif(not default_model_path().exists(), reason="the default world model is not built")
+def test_quickstart_on_the_world_finds_topic_latents_writes_a_dashboard_and_steers(tmp_path, capsys):
+    out = tmp_path / "qs"
+    code = main(["quickstart", "--out", str(out), "--tokens", "12000", "--d-sae", "256", "--k", "8"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    topk = summary["dictionaries"]["topk"]
+    assert len(topk["topic_aurocs"]) == 8 and max(topk["topic_aurocs"]) > 0.75
+    html = (out / "dashboard.html").read_text()
+    assert "<script" in html and not re.search(r"<script[^>]*src=[\"']https?:", html)  # works offline
+    steer = summary["steering"]
+    assert steer["kl"] == pytest.approx(1.0, rel=0.1) and steer["before"] != steer["after"]

@@ -126,3 +126,26 @@ def test_encode_gives_held_out_tokens_the_best_non_negative_coefficients():
     assert error(noise, result.encode(noise)) - error(noise, best) <= 0.01 * excess_clamped
     with pytest.raises(ValueError, match=r"\[n_tokens, 64\]"):
         result.encode(held_out[:, :10])
+
+
+def test_snmf_as_a_dictionary_evaluates_in_the_model_like_an_sae(tiny_gpt2_dir):
+    import interp
+    from interp.evaluate import evaluate_sae
+
+    model = interp.load(str(tiny_gpt2_dir))
+    hook = "blocks.0.mlp.hook_post"
+    tokens = torch.randint(3, model.tokenizer.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(tokens, names=[hook], return_logits=False)
+    acts = cache[hook].reshape(-1, cache[hook].shape[-1]).float()
+    result = SNMF(rank=8, sparsity=0.5, max_iter=60, seed=0).fit(acts)
+    d = result.as_dictionary(n_iter=50)
+    values, indices = d.encode_sparse(acts)
+    # The SAE interface gives exactly the SNMF's own reconstruction.
+    torch.testing.assert_close(d.decode_sparse(values, indices), result.decode(result.encode(acts, n_iter=50)))
+    assert (values >= 0).all() and d.d_sae == 8 and d.d_in == acts.shape[1]
+    good = evaluate_sae(model, d, hook, tokens)
+    assert 0 < good.fvu < 1 and good.l0 <= 8
+    # A dictionary of random features reconstructs worse, in activation space and in the output.
+    bad = SNMFResult(torch.randn_like(result.features), result.coefficients, [], 0).as_dictionary(n_iter=50)
+    worse = evaluate_sae(model, bad, hook, tokens)
+    assert worse.fvu > good.fvu and worse.kl_spliced > good.kl_spliced

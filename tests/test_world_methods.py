@@ -14,7 +14,7 @@ import interp
 import probes
 from interp.world import World, labelled_batch, pkck_batch, pkck_items
 from interp.world import default_model_path
-from probes.pkck import CONSIDER, answer_all, read_generation, train_pkck
+from probes.pkck import answer_all
 
 pytestmark = pytest.mark.skipif(not (default_model_path() / "model.safetensors").exists(),
                                 reason="the default world model is not built: run `interp world train`")
@@ -52,46 +52,45 @@ def test_probes_find_sentence_sentiment_at_the_full_stop(world_model):
     assert max(r.auroc for r in results.values()) > 0.7
 
 
+# The subspace is trained where the source can still be switched: after block 1 of 4 the
+# model has read the instruction but not yet looked up the answer (at the last block the
+# answer itself is formed and a 2-D swap cannot carry it; interchange accuracy 0.53 there).
+PKCK_LAYER = 1
+
+
 @pytest.fixture(scope="module")
 def pkck(world_model):
-    items = pkck_items(160, seed=5)
+    from probes.pkck import compare_ranks
+
+    items = pkck_items(200, seed=5)
     batch = pkck_batch(items)
     data = answer_all(world_model, batch["tokens"], batch["last_pos"], batch["answers"],
                       [it.item_type for it in items])
-    hook = f"blocks.{world_model.n_layers // 2}.hook_resid_post"
-    rank2 = train_pkck(world_model, data, hook, rank=2, steps=150, lr=2e-2)
-    rank1 = train_pkck(world_model, data, hook, rank=1, steps=150, lr=2e-2)
-    return data, rank1, rank2
+    return data, compare_ranks(world_model, data, f"blocks.{PKCK_LAYER}.hook_resid_post", ranks=(1, 2),
+                               steps=200, max_new_tokens=4)
 
 
 @pytest.mark.slow
-def test_pkck_subspace_is_orthonormal_trained_at_an_explicit_layer(pkck, world_model):
-    data, rank1, rank2 = pkck
-    assert rank2.hook == f"blocks.{world_model.n_layers // 2}.hook_resid_post"
+def test_pkck_subspace_is_orthonormal_trained_at_an_explicit_layer(pkck):
+    data, comparison = pkck
+    rank2 = comparison.spaces[2]
+    assert rank2.hook == comparison.hook == f"blocks.{PKCK_LAYER}.hook_resid_post"
+    assert comparison.readouts[2]["hook"] == rank2.hook  # read where it was trained
     torch.testing.assert_close(rank2.U.T @ rank2.U, torch.eye(2), atol=1e-5, rtol=0)
-    assert rank2.n_train >= 30
-    assert rank2.fit.accuracy > 0.8  # the interchange transfers the source's answer
+    assert rank2.n_train >= 100
+    assert rank2.fit.accuracy > 0.65  # the interchange moves the answer to the source's
 
 
 @pytest.mark.slow
-def test_rank2_separates_supportive_from_conflicting(pkck, world_model):
-    data, rank1, rank2 = pkck
+def test_rank2_separates_supportive_from_conflicting(pkck):
+    data, comparison = pkck
     types = data.interaction()
-    chosen = torch.tensor([t in ("supportive", "conflicting") for t in types])
-    idx = chosen.nonzero()[:, 0]
-    assert len(idx) >= 20
-    labels = torch.tensor([types[i] == "supportive" for i in idx.tolist()])
-    tokens, last = data.tokens[idx, CONSIDER], data.last_pos[idx]
-    r2 = read_generation(world_model, rank2, tokens, last, max_new_tokens=0)
-    r1 = read_generation(world_model, rank1, tokens, last, max_new_tokens=0)
-    # Supportive items draw on both sources: both coordinates are large, so the PK share
-    # sits near the middle; conflicting ones lean on one. A rank-1 sign read-out is 0 or 1.
-    balance2 = 1 - (r2["pk_share"][:, 0] - 0.5).abs() * 2
-    balance1 = 1 - (r1["pk_share"][:, 0] - 0.5).abs() * 2
-    auroc2 = probes.binary_auroc(balance2, labels)
-    auroc1 = probes.binary_auroc(balance1, labels)
-    assert auroc1 == pytest.approx(0.5, abs=0.05)  # a sign carries no balance at all
-    assert auroc2 > 0.65, auroc2
+    assert types.count("supportive") >= 10 and types.count("conflicting") >= 40
+    # A rank-1 sign read-out gives every token a share of 0 or 1: its balance carries nothing
+    # about whether both sources are active, at any step.
+    assert comparison.strength(1) == pytest.approx(0.0, abs=1e-6)
+    # Rank 2 reads two coordinates: supportive and conflicting items differ in their balance.
+    assert comparison.strength(2) > 0.2, comparison.separation[2]
 
 
 def test_difference_in_means_steering_raises_the_topic_share(world_model):

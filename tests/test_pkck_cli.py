@@ -1,0 +1,48 @@
+"""`interp pkck` end to end on the shipped world model, and the subspace file round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interp.cli import main
+from interp.world import default_model_path
+
+needs_model = pytest.mark.skipif(not default_model_path().exists(), reason="the default world model is not built")
+
+
+@needs_model
+def test_pkck_command_writes_report_figures_and_subspaces(tmp_path, capsys):
+    from probes.pkck import PKCKSubspace
+
+    out = tmp_path / "pkck"
+    rc = main(["pkck", "--model", "world", "--items", "60", "--steps", "30", "--max-new-tokens", "1",
+               "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["hook"] == "blocks.1.hook_resid_post"  # the middle layer (rounding down), stated
+    assert set(report["ranks"]) == {"1", "2"}
+    for r in ("1", "2"):
+        assert report["ranks"][r]["n_train"] > 0
+        assert 0.0 <= report["ranks"][r]["interchange_accuracy"] <= 1.0
+    space = PKCKSubspace.load(out / "subspace_rank2.safetensors")
+    assert space.rank == 2 and space.hook == report["hook"]
+    torch.testing.assert_close(space.U.T @ space.U, torch.eye(2), atol=1e-5, rtol=0)
+    html = (out / "ranks.html").read_text()
+    assert "rank 1" in html and "rank 2" in html and "<script" in html
+    assert "supportive/conflicting AUROC by step" in capsys.readouterr().out
+
+
+def test_pkck_command_rejects_bad_ranks(capsys):
+    assert main(["pkck", "--ranks", "3"]) == 1
+    assert "rank 1 or 2" in capsys.readouterr().err
+
+
+def test_subspace_file_that_is_not_one_is_named(tmp_path):
+    from probes.pkck import PKCKSubspace
+    from saes.io import atomic_save_tensors
+
+    atomic_save_tensors(tmp_path / "x.safetensors", {"W": torch.zeros(2)})
+    with pytest.raises(ValueError, match="no PK/CK subspace"):
+        PKCKSubspace.load(tmp_path / "x.safetensors")
