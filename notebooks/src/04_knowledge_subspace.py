@@ -66,13 +66,16 @@ print("interaction types from the model's own answers:", {t: types.count(t) for 
 # %% [markdown]
 # ## 2. Train the subspace (rank 2) and a rank-1 baseline
 #
-# The layer is explicit: trained at the middle layer's block output, read at the same hook.
+# The layer is explicit: trained at block 1's output (of 4), read at the same hook. There the
+# model has read the instruction but not yet looked the answer up, so a 2-D swap can switch
+# which source it uses; at the last blocks the answer itself is already formed and a 2-D
+# swap cannot carry it (`interp pkck --layer L` compares layers).
 # Only items answered right (and confidently) in all three renderings are used. Afterwards
 # the axes are named and signed: the PK axis is the one the mean PK-only state projects on
 # most, and each anchor projects positively.
 
 # %%
-HOOK = f"blocks.{model.n_layers // 2}.hook_resid_post"
+HOOK = f"blocks.{(model.n_layers - 1) // 2}.hook_resid_post"
 rank2 = train_pkck(model, data, HOOK, rank=2, steps=SIZES["steps"], lr=2e-2)
 rank1 = train_pkck(model, data, HOOK, rank=1, steps=SIZES["steps"], lr=2e-2)
 orthonormality = float((rank2.U.T @ rank2.U - torch.eye(2)).abs().max())
@@ -139,15 +142,20 @@ chosen = [i for i, t in enumerate(types) if t in ("supportive", "conflicting")]
 supportive = torch.tensor([types[i] == "supportive" for i in chosen])
 
 
-def balance(readout):
-    return 1 - (readout["pk_share"][chosen, 0] - 0.5).abs() * 2
+def balance(readout, step):
+    return 1 - (readout["pk_share"][chosen, step] - 0.5).abs() * 2
 
 
-separation = {"rank 2": probes.binary_auroc(balance(read2), supportive),
-              "rank 1": probes.binary_auroc(balance(read1), supportive)}
+# Step by step: at the answer position and over the explanation that follows
+# (", from memory|context|both"), where the model states its source.
+steps = read2["pk_share"].shape[1]
+by_step = {name: [probes.binary_auroc(balance(r, s), supportive) for s in range(steps)]
+           for name, r in (("rank 2", read2), ("rank 1", read1))}
+separation = {name: max(2 * abs(a - 0.5) for a in values) for name, values in by_step.items()}
 print(f"{len(chosen)} items ({int(supportive.sum())} supportive, {int((~supportive).sum())} conflicting)")
-for name, value in separation.items():
-    print(f"AUROC of balance for supportive vs conflicting, {name}: {value:.2f}")
+for name, values in by_step.items():
+    print(f"{name}: AUROC of balance by step " + " ".join(f"{a:.2f}" for a in values)
+          + f"; separation 2·max|AUROC − ½| = {separation[name]:.2f}")
 
 summary = {
     "accuracy": accuracy,
@@ -156,7 +164,8 @@ summary = {
     "interchange_accuracy": {"rank 2": rank2.fit.accuracy, "rank 1": rank1.fit.accuracy, "no patch": no_patch},
     "interchange_loss": {"first": rank2.fit.losses[0], "last10": sum(rank2.fit.losses[-10:]) / 10},
     "hook": rank2.hook,
-    "separation_auroc": separation,
+    "separation_auroc_by_step": by_step,
+    "separation": separation,
     "pk_share_by_type": by_type,
 }
 
