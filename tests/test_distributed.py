@@ -258,3 +258,41 @@ def test_store_hooks_trained_together_equal_each_trained_alone(tmp_path: Path) -
         assert together.metadata["hook_name"] == h
         for k, v in alone.state_dict().items():
             assert torch.equal(v, together.state_dict()[k]), (h, k)
+
+
+ACCELERATE_SCRIPT = """
+import sys, torch, saes
+import torch.distributed as dist
+from safetensors.torch import save_file
+torch.set_num_threads(1)
+x = saes.synthetic.superposition(n_features=48, d=16, n_samples=1024, seed=0, mean_active=3).x
+torch.manual_seed(0)
+sae = saes.BatchTopKSAE(16, 64, k=4)
+saes.train(sae, x, saes.TrainConfig(batch_size=96, total_tokens=96 * 8, lr=3e-3, init_rows=256, seed=1),
+           progress=False)
+if dist.get_rank() == 0:
+    save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, sys.argv[1])
+    print("world", dist.get_world_size())
+"""
+
+
+def test_accelerate_launch_trains_data_parallel(tmp_path: Path) -> None:
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on a CPU machine) equals one process."""
+    pytest.importorskip("accelerate")
+    script = tmp_path / "train.py"
+    script.write_text(ACCELERATE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), str(script),
+           str(tmp_path / "rank0.safetensors")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world 2" in proc.stdout
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    one = saes.BatchTopKSAE(16, 64, k=4)
+    saes.train(one, synthetic.superposition(n_features=48, d=16, n_samples=1024, seed=0, mean_active=3).x,
+               saes.TrainConfig(batch_size=96, total_tokens=96 * 8, lr=3e-3, init_rows=256, seed=1), progress=False)
+    two = load_file(str(tmp_path / "rank0.safetensors"))
+    assert max(float((v - two[k]).abs().max()) for k, v in one.state_dict().items()) < TOLERANCE
