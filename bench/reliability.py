@@ -33,6 +33,8 @@ STATIC = [
     ("Live training puts each hook's SAEs on its own device (same weights as without placement)",
      "test_distributed.py::test_live_training_places_each_hook_on_its_device"),
     ("`interp train` works under torchrun (rank 0 saves)", "test_distributed.py::test_interp_train_under_torchrun"),
+    ("A script under `accelerate launch --multi_gpu --num_processes 2` trains data-parallel, equal to one process",
+     "test_distributed.py::test_accelerate_launch_trains_data_parallel"),
     ("A checkpoint write failing on rank 0 stops every rank with an error (no rank left waiting)",
      "test_distributed.py::test_a_failing_checkpoint_write_stops_every_rank_with_an_error"),
     ("Several hooks of one store trained at once, one placed on its own device, each equal to training it alone",
