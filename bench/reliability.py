@@ -35,6 +35,8 @@ STATIC = [
     ("`interp train` works under torchrun (rank 0 saves)", "test_distributed.py::test_interp_train_under_torchrun"),
     ("A script under `accelerate launch --multi_gpu --num_processes 2` trains data-parallel, equal to one process",
      "test_distributed.py::test_accelerate_launch_trains_data_parallel"),
+    ("A checkpoint written by two processes resumes in one, ending equal to a one-process run",
+     "test_distributed.py::test_a_two_process_checkpoint_resumes_in_one_process"),
     ("A checkpoint write failing on rank 0 stops every rank with an error (no rank left waiting)",
      "test_distributed.py::test_a_failing_checkpoint_write_stops_every_rank_with_an_error"),
     ("Several hooks of one store trained at once, one placed on its own device, each equal to training it alone",

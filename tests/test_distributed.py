@@ -161,6 +161,41 @@ def test_a_failing_checkpoint_write_stops_every_rank_with_an_error(tmp_path: Pat
     assert checkpoint.read(tmp_path / "ckpt")[0]["step"] == 5  # the first checkpoint, intact
 
 
+class Stop(Exception):
+    pass
+
+
+def _interrupted_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Both ranks stop after step 7 (the last checkpoint is step 5)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+
+    def stop(info):
+        if info["step"] == 7:
+            raise Stop
+
+    try:
+        torch.manual_seed(0)
+        saes.train(sweep(), data(), config(), checkpoint_dir=Path(out) / "ckpt", progress=False, callback=stop)
+    except Stop:
+        pass
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path: Path) -> None:
+    from saes import checkpoint
+
+    mp.spawn(_interrupted_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert checkpoint.read(tmp_path / "ckpt")[0]["step"] == 5
+    torch.set_num_threads(1)
+    torch.manual_seed(1)  # a fresh process: its own initial weights are replaced by the checkpoint's
+    resumed = sweep()
+    saes.train(resumed, data(), config(), checkpoint_dir=tmp_path / "ckpt", resume=True, progress=False)
+    one, _ = run_one()
+    assert max_difference(one, flat_state(resumed)) < TOLERANCE
+
+
 def test_shard_bounds_cover_the_batch_once() -> None:
     for n in (2, 7, 96, 101):
         for world in (1, 2, 3, 8):
