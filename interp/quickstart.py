@@ -140,12 +140,11 @@ def _topic_labels(model: Any, hooks: list[str]) -> dict:
     their document's topic, and the activations at ``hooks``. Function words and full stops
     are shared by every topic: only content words can show one."""
     from .world import labelled_batch
-    from .world.labels import WORD_CLASSES
+    from .world.labels import topic_words
 
     batch = labelled_batch(64, seed=7, kind="topical")
     topic = batch.labels["topic"]
-    content = torch.tensor([WORD_CLASSES.index(c) for c in ("agent", "object", "place", "verb", "adjective")])
-    keep = (topic >= 0) & torch.isin(batch.labels["word_class"], content)
+    keep = (topic >= 0) & topic_words(batch.labels["word_class"])
     _, cache = model.run_with_cache(batch.tokens, names=hooks, return_logits=False)
     topics = sorted(set(topic[keep].tolist()))
     return {"acts": {h: cache[h][keep].float() for h in hooks}, "topics": topics,

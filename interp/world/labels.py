@@ -31,6 +31,14 @@ ANSWER_SOURCES = ["memory", "context", "both", "none"]
 WORD_CLASSES = ["special", "punctuation", "function", "qa_word", "agent", "object", "place", "verb", "adjective",
                 "sentiment_adjective", "sentiment_verb", "evaluation", "member", "category", "category_verb",
                 "relation", "entity", "city", "color", "language", "alias"]
+# The word classes that carry a topic (each topic has its own); function words, punctuation
+# and sentiment words are shared by every topic and cannot show one.
+TOPIC_WORD_CLASSES = ("agent", "object", "place", "verb", "adjective")
+
+
+def topic_words(word_class: torch.Tensor) -> torch.Tensor:
+    """Bool mask, same shape as ``word_class`` (a ``word_class`` label tensor): content words."""
+    return torch.isin(word_class, torch.tensor([WORD_CLASSES.index(c) for c in TOPIC_WORD_CLASSES]))
 
 
 @dataclass(frozen=True)
