@@ -43,7 +43,9 @@ STATIC = [
      "test_distributed.py::test_store_hooks_trained_together_equal_each_trained_alone"),
     ("A full disk during a harvest is a StoreError naming the shard; running it again completes the same store",
      "test_faults.py::test_full_disk_during_a_harvest_is_a_clear_error_and_resumes"),
-    ("A read-only or full directory gives WriteError, previous files intact",
+    ("A directory turned read-only mid-run: the next checkpoint (or SAE save) is a WriteError, the previous "
+     "file intact", "test_faults.py::test_read_only_directory_keeps_the_checkpoint"),
+    ("EROFS, EACCES and ENOSPC from the OS each give WriteError, previous files intact",
      "test_faults.py::test_unwritable_directory_is_a_clear_error"),
     ("Every generated config / SAE shape / training run succeeds or raises the toolkit's own error",
      "test_bad_input.py::test_any_config_is_accepted_or_refused_with_a_config_error, "
@@ -121,8 +123,8 @@ def render(records: list[dict], summary: str) -> str:
         "  its sizes must match the checksummed weight file.",
         "- SAE files written by other libraries (SAELens, sparsify) have no checksum; they are",
         "  read as safetensors (never unpickled), and a damaged header still fails.",
-        "- Read-only directories are tested with a simulated EROFS/EACCES when the tests run as",
-        "  root (root may write anywhere); a full disk with a real file-size limit (RLIMIT_FSIZE).",
+        "- A read-only directory is made with mode 555, or for root (who writes through modes)",
+        "  with `chattr +i`; a full disk is a real file-size limit (RLIMIT_FSIZE) on the writer.",
         "- Data-parallel ranks each read the whole global batch and train on their slice: I/O",
         "  is replicated, compute and optimiser work are split.",
         "",

@@ -6,12 +6,14 @@ uninterrupted run bit for bit (one thread, deterministic algorithms).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -168,20 +170,49 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path, monkeypatch, code
     assert {p.name: p.read_bytes() for p in (tmp_path / "sae").iterdir()} == before
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
-def test_read_only_directory_keeps_the_checkpoint(tmp_path: Path) -> None:
-    x = torch.randn(512, 8)
-    cfg = saes.TrainConfig(batch_size=64, total_tokens=256, lr=1e-3, checkpoint_every=2)
-    saes.train(saes.TopKSAE(8, 16, k=2), x, cfg, checkpoint_dir=tmp_path / "ck", progress=False)
-    before = (tmp_path / "ck" / "checkpoint.safetensors").read_bytes()
-    longer = saes.TrainConfig(**{**cfg.to_dict(), "checkpoint_every": 1})
-    os.chmod(tmp_path / "ck", 0o555)
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """Make ``directory`` unwritable for this process: mode 555, or for root (who writes
+    through modes) the immutable attribute, where the file system supports it."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        os.chmod(directory, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(directory, 0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no way to make a directory read-only")
     try:
-        with pytest.raises(saes.WriteError, match="could not write"):
-            saes.train(saes.TopKSAE(8, 16, k=2), x, longer, checkpoint_dir=tmp_path / "ck", resume=True, progress=False)
+        yield
     finally:
-        os.chmod(tmp_path / "ck", 0o755)
-    assert (tmp_path / "ck" / "checkpoint.safetensors").read_bytes() == before
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_read_only_directory_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """The checkpoint directory turns read-only mid-run: the next checkpoint fails clearly."""
+    x = torch.randn(512, 8)
+    cfg = saes.TrainConfig(batch_size=64, total_tokens=512, lr=1e-3, checkpoint_every=2)
+    ck = tmp_path / "ck"
+    saved: dict[str, bytes] = {}
+    lock = contextlib.ExitStack()
+
+    def lock_at_step_3(info) -> None:
+        if info["step"] == 3:
+            saved["bytes"] = (ck / "checkpoint.safetensors").read_bytes()  # the step-2 checkpoint
+            lock.enter_context(read_only(ck))
+
+    with lock, pytest.raises(saes.WriteError, match="could not write .*checkpoint.safetensors.*previous version is intact"):
+        saes.train(saes.TopKSAE(8, 16, k=2), x, cfg, checkpoint_dir=ck, progress=False, callback=lock_at_step_3)
+    assert (ck / "checkpoint.safetensors").read_bytes() == saved["bytes"]
+    assert checkpoint.read(ck)[0]["step"] == 2
+    # An SAE directory that is read-only keeps its files too.
+    sae_dir = tmp_path / "sae"
+    saes.TopKSAE(8, 16, k=2).save(sae_dir)
+    before = {p.name: p.read_bytes() for p in sae_dir.iterdir()}
+    with read_only(sae_dir), pytest.raises(saes.WriteError, match="could not write"):
+        saes.TopKSAE(8, 16, k=2).save(sae_dir)
+    assert {p.name: p.read_bytes() for p in sae_dir.iterdir()} == before
 
 
 # ------------------------------------------------------------------------ harvest
