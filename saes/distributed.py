@@ -144,7 +144,8 @@ class DataParallel:
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = buf[offset : offset + n].view_as(p).to(p.dtype).clone()
+            # Views of the fresh buffer: nothing else holds it, so no copy is needed.
+            p.grad = buf[offset : offset + n].view_as(p).to(p.dtype)
             offset += n
         for p, has in zip(params, buf[offset:].tolist()):
             if not has:
