@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import torch
-from safetensors.torch import load_file
 
 from .errors import InterpError
 from .generation import DecodeState
@@ -158,13 +157,13 @@ class Steering:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Steering:
-        from safetensors import safe_open
+        from saes.io import read_tensors
 
         file = _vector_path(path)
-        with safe_open(str(file), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("steering", "{}"))
-        vector = load_file(file)["vector"]
-        if not meta:
+        tensors, header = read_tensors(file)  # checksum-verified: a damaged file is named, not used
+        meta = json.loads(header.get("steering", "{}"))
+        vector = tensors.get("vector")
+        if not meta or vector is None:
             raise ValueError(f"{file} holds no steering spec; save one with Steering.save()")
         return cls(meta["hook"], vector, meta["scale"], meta["positions"], meta.get("name", ""), meta.get("source", {}))
 

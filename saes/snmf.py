@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from .io import atomic_save_tensors, atomic_write_text
+from .io import atomic_save_tensors, atomic_write_text, read_tensors
 
 # A dense [N, d_mlp] float32 matrix plus its factors must fit comfortably in memory.
 DEFAULT_MAX_TOKENS = 200_000
@@ -142,7 +141,7 @@ class SNMFResult:
     def load(cls, directory: str | os.PathLike) -> SNMFResult:
         d = Path(directory)
         meta = json.loads((d / "snmf.json").read_text())
-        tensors = load_file(d / "snmf.safetensors")
+        tensors, _ = read_tensors(d / "snmf.safetensors")  # checksum-verified
         history = meta.pop("loss_history")
         best = meta.pop("best_iteration")
         for key in ("architecture", "rank", "d_mlp"):

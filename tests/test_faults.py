@@ -321,14 +321,18 @@ def _artefacts(tmp_path: Path) -> dict[str, tuple[Path, object]]:
         s = ActivationStore.open(tmp_path / "store")
         torch.cat(list(s.batches(64, shuffle=False)))
 
+    from interp.steering import Steering
+
+    Steering("blocks.0.hook_resid_post", torch.randn(8), 4.0, "all").save(tmp_path / "vec.safetensors")
     return {
+        "steering vector": (tmp_path / "vec.safetensors", lambda: Steering.load(tmp_path / "vec.safetensors")),
         "SAE weights": (tmp_path / "sae" / "sae_weights.safetensors", lambda: saes.load(tmp_path / "sae")),
         "checkpoint": (tmp_path / "ck" / "checkpoint.safetensors", lambda: checkpoint.read(tmp_path / "ck")),
         "store shard": (tmp_path / "store" / "shard_00002.safetensors", read_store),
     }
 
 
-ERRORS = {"SAE weights": saes.FormatError, "checkpoint": saes.CheckpointError, "store shard": StoreError}
+ERRORS = {"steering vector": saes.FormatError, "SAE weights": saes.FormatError, "checkpoint": saes.CheckpointError, "store shard": StoreError}
 
 
 @pytest.mark.parametrize("how", ["truncate", "flip"])
