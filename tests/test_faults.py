@@ -349,8 +349,8 @@ def test_damaged_files_are_detected_and_named(tmp_path: Path, how: str) -> None:
             path.write_bytes(pristine)
             trials += 1
         read()  # the pristine file reads again
-    record(f"A {'truncated' if how == 'truncate' else 'corrupted (one bit flipped)'} shard, SAE file or checkpoint "
-           "is detected and named", f"test_faults.py::test_damaged_files_are_detected_and_named[{how}]",
+    record(f"A {'truncated' if how == 'truncate' else 'corrupted (one bit flipped)'} store shard, SAE file, "
+           "checkpoint or steering vector is detected and named", f"test_faults.py::test_damaged_files_are_detected_and_named[{how}]",
            processes=1, faults=trials, read_as_garbage=0, seed=SEED)
 
 
