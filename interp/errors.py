@@ -8,28 +8,44 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from saes.errors import readme_hint
+
 
 class InterpError(Exception):
-    """Base class for errors about the user's input or files."""
+    """Base class for errors about the user's input or files.
+
+    Each class names the README section that covers it (``readme``); the message ends with it.
+    """
+
+    readme = "Errors"
+
+    def __str__(self) -> str:
+        # str(args[0]), not Exception's own: KeyError subclasses would repr() the message.
+        return readme_hint(str(self.args[0]) if self.args else "", self.readme)
 
 
 class HookNameError(InterpError, KeyError):
     """An unknown hook name."""
 
-    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable
-        return str(self.args[0]) if self.args else ""
+    readme = "Hooked models"
 
 
 class LayerRangeError(InterpError, IndexError):
     """A layer index outside the model."""
 
+    readme = "Hooked models"
+
 
 class ModelLoadError(InterpError):
     """A model that could not be found or loaded."""
 
+    readme = "Hooked models"
+
 
 class StoreError(InterpError):
     """An activation store that is missing, corrupted or does not match."""
+
+    readme = "Activation store"
 
 
 class ShapeError(InterpError, ValueError):

@@ -6,8 +6,21 @@ package's complaints apart from bugs deep inside torch.
 from __future__ import annotations
 
 
+def readme_hint(message: str, section: str) -> str:
+    """``message`` followed by the README section that explains what to do."""
+    return f"{message} (see README.md, section \"{section}\")" if section and message else message
+
+
 class SAEError(ValueError):
-    """Base class for bad input to the ``saes`` package."""
+    """Base class for bad input to the ``saes`` package.
+
+    Each class names the README section that covers it (``readme``); the message ends with it.
+    """
+
+    readme = "Sparse autoencoders (`saes`)"
+
+    def __str__(self) -> str:
+        return readme_hint(super().__str__(), self.readme)
 
 
 class ConfigError(SAEError):
@@ -33,9 +46,13 @@ class EmptyDataError(DataError):
 class CheckpointError(SAEError):
     """A checkpoint that is missing, corrupt, or written by another configuration."""
 
+    readme = "Nothing lost"
+
 
 class FormatError(SAEError):
     """An SAE directory this package cannot read."""
+
+    readme = "File formats"
 
 
 class WriteError(OSError, SAEError):
@@ -44,6 +61,8 @@ class WriteError(OSError, SAEError):
     Writes go to a temporary file renamed into place, so the previous version of the file
     (a checkpoint, an SAE) is left exactly as it was.
     """
+
+    readme = "Nothing lost"
 
 
 class UnknownKeyWarning(UserWarning):
