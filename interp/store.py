@@ -368,7 +368,8 @@ class ActivationStore:
         manifest = Manifest.read(d)
         if sum(s.rows for s in manifest.shards) == 0:
             raise StoreError(
-                f"the store at {d} is empty (no rows written yet); run or resume the harvest that creates it"
+                f"the store at {d} is empty: its {MANIFEST} lists no rows (none written yet); "
+                "run or resume the harvest that creates it"
             )
         if not manifest.complete:
             warnings.warn(

@@ -1,9 +1,22 @@
 """Shared fixtures: tiny models saved to disk, so loading goes through from_pretrained."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from interp.tiny import tiny_model
+
+try:
+    from hypothesis import settings
+
+    # The default run draws the same examples every time, so a result never depends on the
+    # day's luck; HYPOTHESIS_EXPLORE=1 draws fresh ones to hunt for new failing inputs.
+    settings.register_profile("repeatable", derandomize=True, print_blob=True)
+    settings.register_profile("explore", derandomize=False, print_blob=True)
+    settings.load_profile("explore" if os.environ.get("HYPOTHESIS_EXPLORE") else "repeatable")
+except ImportError:  # hypothesis comes with the test extra; without it those tests skip
+    pass
 
 
 @pytest.fixture(scope="session")
