@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     _say("harvest", f"{len(store):,} tokens x {{{resid}: {store.d}, {mlp}: {mlp_store.d}}} -> {out / 'store'} "
                     f"({store.n_shards} shard(s), {len(store) / max(seconds, 1e-9):,.0f} tokens/s)")
 
-    dictionaries = _train_saes(store, resid, model.name, args, out)
+    dictionaries = _train_saes(store, resid, args, out)
     dictionaries["snmf"] = _fit_snmf(mlp_store, mlp, args, out)
 
     eval_tokens = torch.stack([store.tokens_for(i).tokens for i in range(0, len(store), len(store) // 16 + 1)][:16])
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_saes(store: Any, hook: str, model_name: str, args: argparse.Namespace, out: Path) -> dict:
+def _train_saes(store: Any, hook: str, args: argparse.Namespace, out: Path) -> dict:
     """TopK, Matryoshka and MP SAEs of the same width and L0, trained in one sweep."""
     import saes
 
@@ -112,8 +112,7 @@ def _train_saes(store: Any, hook: str, model_name: str, args: argparse.Namespace
               "mp": saes.MPSAE(d, n, k=k)}
     config = saes.TrainConfig(batch_size=512, total_tokens=args.epochs * len(store), lr=2e-3, seed=args.seed)
     saes.train(list(models.values()), store, config, progress=True)
-    for name, sae in models.items():
-        sae.metadata.update(hook_name=hook, model_name=model_name)
+    for name, sae in models.items():  # each records the store's hook and model (saes.train)
         sae.save(out / name)
     _say("train", f"TopK, Matryoshka and MP SAEs, d_sae={n} k={k}, one sweep over {config.total_tokens:,} tokens "
                   f"in {time.perf_counter() - t:.0f}s -> {out}/{{topk,matryoshka,mp}}")

@@ -584,6 +584,19 @@ def initial_sample(
     return pending, torch.cat(finite)[:rows]
 
 
+def _record_origin(models: list[SAE], data: Any) -> None:
+    """An SAE trained on an activation store remembers the store's hook and model (its
+    ``hook_name``/``model_name`` metadata, where not set already), so steering, dashboards
+    and evaluation find the hook without being told. Read by duck typing: ``saes`` does
+    not import the store's package."""
+    hook, model_name = getattr(data, "hook", None), getattr(data, "model_name", None)
+    for m in models:
+        if isinstance(hook, str) and not m.metadata.get("hook_name"):
+            m.metadata["hook_name"] = hook
+        if isinstance(model_name, str) and not m.metadata.get("model_name"):
+            m.metadata["model_name"] = model_name
+
+
 def train(
     sae: SAE | Sequence[SAE],
     data: Any,
@@ -628,6 +641,7 @@ def train(
     single = isinstance(sae, SAE)
     models = [sae] if single else list(sae)  # type: ignore[arg-type]
     _check_models(models)
+    _record_origin(models, data)
     skip = cfg.on_nonfinite == "skip"
     source = make_source(data, models[0].d_in, cfg.batch_size, check_finite=not skip)
     trainer = Trainer(models, cfg, data=source.fingerprint(), checkpoint_dir=checkpoint_dir, resume=resume, log_path=log_path)

@@ -252,3 +252,17 @@ def test_no_pickle_anywhere(store_dir: Path) -> None:
             assert p.suffix == ".safetensors"
             n = int.from_bytes(raw[:8], "little")
             json.loads(raw[8 : 8 + n])
+
+
+def test_an_sae_trained_on_a_store_records_its_hook_and_model(store_dir: Path) -> None:
+    import saes
+
+    store = ActivationStore.open(store_dir, hook="h.b")
+    cfg = saes.TrainConfig(batch_size=8, total_tokens=16, init_rows=8)
+    sae = saes.TopKSAE(D, 6, k=2)
+    saes.train(sae, store, cfg, progress=False)
+    assert sae.metadata["hook_name"] == "h.b" and sae.metadata["model_name"] == "m"
+    # What the user set is kept.
+    mine = saes.TopKSAE(D, 6, k=2, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    saes.train(mine, store, cfg, progress=False)
+    assert mine.metadata["hook_name"] == "blocks.0.hook_resid_post" and mine.metadata["model_name"] == "m"
