@@ -160,7 +160,7 @@ class Steering:
         from saes.io import read_tensors
 
         file = _vector_path(path)
-        tensors, header = read_tensors(file)  # checksum-verified: a damaged file is named, not used
+        tensors, header = read_tensors(file, require_checksum=lambda m: "steering" in m)  # a damaged file is named, not used
         meta = json.loads(header.get("steering", "{}"))
         vector = tensors.get("vector")
         if not meta or vector is None:

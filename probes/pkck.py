@@ -135,7 +135,7 @@ class PKCKSubspace:
     def load(cls, path: str | os.PathLike) -> PKCKSubspace:
         from saes.io import read_tensors
 
-        tensors, header = read_tensors(path)
+        tensors, header = read_tensors(path, require_checksum=lambda m: "pkck" in m)
         if "pkck" not in header or "U" not in tensors:
             raise ValueError(f"{path} holds no PK/CK subspace; write one with PKCKSubspace.save()")
         meta = json.loads(header["pkck"])

@@ -141,7 +141,7 @@ class SNMFResult:
     def load(cls, directory: str | os.PathLike) -> SNMFResult:
         d = Path(directory)
         meta = json.loads((d / "snmf.json").read_text())
-        tensors, _ = read_tensors(d / "snmf.safetensors")  # checksum-verified
+        tensors, _ = read_tensors(d / "snmf.safetensors", require_checksum=True)  # only this package writes them
         history = meta.pop("loss_history")
         best = meta.pop("best_iteration")
         for key in ("architecture", "rank", "d_mlp"):

@@ -396,3 +396,25 @@ def test_full_disk_during_a_harvest_is_a_clear_error_and_resumes(tmp_path: Path)
     harvest(model, docs, "blocks.0.hook_resid_post", tmp_path / "s", **kw)
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / "full").iterdir())}
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / "s").iterdir())} == digests
+
+
+def test_every_single_bit_flip_of_a_small_file_is_detected(tmp_path: Path) -> None:
+    """Exhaustive where the random test samples: each of the 8 bits of every byte of a
+    steering file, the header (its checksum's own key included) as well as the data."""
+    from interp.steering import Steering
+
+    path = tmp_path / "vec.safetensors"
+    Steering("blocks.0.hook_resid_post", torch.randn(4), 4.0, "all").save(path)
+    pristine = path.read_bytes()
+    missed = []
+    for pos in range(len(pristine)):
+        for bit in range(8):
+            data = bytearray(pristine)
+            data[pos] ^= 1 << bit
+            path.write_bytes(bytes(data))
+            try:
+                Steering.load(path)
+                missed.append((pos, bit))
+            except saes.FormatError as err:
+                assert path.name in str(err)
+    assert not missed, f"{len(missed)} flips read as a valid file, e.g. {missed[:5]}"
