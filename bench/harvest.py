@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -370,8 +369,10 @@ def bench_rss(args: argparse.Namespace) -> list[dict]:
     return out
 
 
-def _forward_args(args: argparse.Namespace) -> list[str]:
-    keys = ["d_model", "n_layers", "n_heads", "layer", "context_length", "batch_size", "shard_tokens", "dtype"]
+def _forward_args(args: argparse.Namespace,
+                  keys: tuple[str, ...] = ("d_model", "n_layers", "n_heads", "layer", "context_length", "batch_size",
+                                           "shard_tokens", "dtype")) -> list[str]:
+    """``args``' sizes as command-line flags, for a child process measuring the same setup."""
     argv = []
     for k in keys:
         argv += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
@@ -385,12 +386,8 @@ def bench_saelens(args: argparse.Namespace) -> dict:
     by ``--saelens-python`` (a separate environment: SAELens is never installed with this project)."""
     if not args.saelens_python:
         return {"available": False, "note": "pass --saelens-python VENV/bin/python (a venv with sae-lens)"}
-    keys = ["d_model", "n_layers", "n_heads", "layer", "context_length", "batch_size", "speed_tokens", "repeats"]
-    argv = [args.saelens_python, str(ROOT / "bench" / "saelens_store.py")]
-    for k in keys:
-        argv += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
+    keys = ("d_model", "n_layers", "n_heads", "layer", "context_length", "batch_size", "speed_tokens", "repeats")
+    argv = [args.saelens_python, str(ROOT / "bench" / "saelens_store.py"), *_forward_args(args, keys)]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"available": False, "note": f"bench/saelens_store.py failed: {proc.stderr.strip()[-400:]}"}

@@ -28,14 +28,14 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 PEERS_PYTHON = "/tmp/peers-venv/bin/python"
+
+from workers import worker_python_and_env  # noqa: E402  (bench/ is the script's own directory)
 SHAPES = ["512,8192,32,2048", "768,16384,32,2048"]
 
 
@@ -143,13 +143,7 @@ def run_worker(ns: argparse.Namespace) -> None:
 
 def _spawn(worker: str, data: str, codes: str, k: int, ns: argparse.Namespace) -> dict:
     side = WORKERS[worker][2]
-    python = sys.executable if side == "ours" else ns.peers_python
-    env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), MKL_NUM_THREADS=str(ns.threads))
-    if ns.omp_wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = ns.omp_wait_policy
-    env.pop("PYTHONPATH", None)
-    if side == "ours":
-        env["PYTHONPATH"] = str(ROOT)
+    python, env = worker_python_and_env(side, ns.threads, ns.omp_wait_policy, ns.peers_python)
     cmd = [python, str(Path(__file__).resolve()), "--worker", worker, "--data", data, "--codes", codes, "--k", str(k),
            "--repeats", str(ns.repeats), "--threads", str(ns.threads), "--device", ns.device]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())

@@ -34,14 +34,14 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 PEERS_PYTHON = "/tmp/peers-venv/bin/python"
+
+from workers import worker_python_and_env  # noqa: E402  (bench/ is the script's own directory)
 CPU_SHAPES = ["512,8192,32,2048", "768,16384,32,2048"]
 GPU_SHAPE = "2304,65536,64,8192"
 LR = 2e-4
@@ -51,7 +51,6 @@ LR = 2e-4
 
 
 def _batches(path: str, batch: int, count: int, device: str):
-    import torch
     from safetensors.torch import load_file
 
     x = load_file(path)["x"].to(device)
@@ -269,13 +268,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def _spawn(worker: str, shape: str, data: str, ns: argparse.Namespace) -> dict:
     side = WORKERS[worker][2]
-    python = sys.executable if side == "ours" else ns.peers_python
-    env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), MKL_NUM_THREADS=str(ns.threads))
-    if ns.omp_wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = ns.omp_wait_policy
-    env.pop("PYTHONPATH", None)
-    if side == "ours":
-        env["PYTHONPATH"] = str(ROOT)
+    python, env = worker_python_and_env(side, ns.threads, ns.omp_wait_policy, ns.peers_python)
     if ns.device == "cpu":
         # sparsify's own switch for its eager decoder: it would otherwise launch its Triton
         # kernel whenever triton is importable, which fails on CPU tensors.

@@ -81,13 +81,6 @@ def _single_token(model: Any, text: str) -> int:
     return ids[0]
 
 
-def _layer_of(hook: str) -> int:
-    parts = hook.split(".")
-    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
-        raise InterpError(f"the dictionary's hook {hook!r} is not a per-layer hook (blocks.L....)")
-    return int(parts[1])
-
-
 def steer_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -95,6 +88,7 @@ def steer_eval(args: argparse.Namespace) -> int:
     from saes.io import atomic_write_text
 
     from . import load
+    from .model import layer_of
     from .steering_eval import compare_methods, mean_by_method, steering_chart
     from .world.lexicon import TOPICS
 
@@ -115,7 +109,10 @@ def steer_eval(args: argparse.Namespace) -> int:
     sae = saes.load(sae_dir)
     snmf = saes.SNMFResult.load(snmf_dir)
     hook = sae.metadata.get("hook_name") or ""
-    layer = _layer_of(hook)
+    layer = layer_of(hook)
+    if layer is None:
+        raise InterpError(f"the SAE's hook {hook!r} is not a per-layer hook (blocks.L....); "
+                          "steer-eval compares dictionaries of one layer")
     snmf_hook = snmf.config.get("hook_name", f"blocks.{layer}.mlp.hook_post")
     if snmf_hook != f"blocks.{layer}.mlp.hook_post":
         raise InterpError(f"the SAE reads {hook} but the SNMF was fit at {snmf_hook}; "

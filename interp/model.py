@@ -68,7 +68,7 @@ class HookedModel:
         for name in names:
             if name in self.points:
                 continue
-            layer = _layer_of(name)
+            layer = layer_of(name)
             if layer is not None and not 0 <= layer < self.n_layers:
                 raise LayerRangeError(
                     f"hook {name!r} names layer {layer}, but {self.name} has {self.n_layers} layers "
@@ -344,7 +344,8 @@ def _steered_positions(record: dict[str, list], shape: torch.Size) -> dict[str, 
     return out
 
 
-def _layer_of(name: str) -> int | None:
+def layer_of(name: str) -> int | None:
+    """The layer of a per-layer hook name (``blocks.L....``), or None for the others."""
     parts = name.split(".")
     if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
         return int(parts[1])
@@ -386,7 +387,7 @@ def _tl_hook_points(model: nn.Module) -> dict[str, HookPoint]:
     points = {}
     n_layers = model.cfg.n_layers
     for name, module in model.hook_dict.items():
-        layer = _layer_of(name)
+        layer = layer_of(name)
         if layer is None:
             order = (n_layers, 0) if name.startswith("ln_final") else (-1, 0)
         else:

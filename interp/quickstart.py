@@ -57,8 +57,6 @@ def world_texts(n_docs: int, seed: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import saes
-
     from . import load
     from .harvest import harvest
 
@@ -124,7 +122,7 @@ def _fit_snmf(store: Any, hook: str, args: argparse.Namespace, out: Path) -> tup
 
     t = time.perf_counter()
     rows = min(len(store), args.snmf_tokens)
-    A = torch.cat([b.float() for b in store.batches(4096, shuffle=False)])[:rows]
+    A = store[:rows].float()  # reads only the shards holding those rows
     result = saes.SNMF(rank=args.snmf_rank, sparsity=0.05, max_iter=args.snmf_iters, seed=args.seed).fit(A)
     result.config.update(hook_name=hook)
     result.save(out / "snmf")
@@ -179,11 +177,11 @@ def _print_table(table: dict) -> None:
     for name, row in table.items():
         # CE-loss recovered is measured against zero-ablating the hook; where zeroing it does
         # not raise the loss, the ratio means nothing and is not shown.
-        if row["ce_zero_ablation"] <= row["ce_clean"]:
+        no_ratio = row["ce_zero_ablation"] <= row["ce_clean"]
+        if no_ratio:
             undefined.append(f"{name} ({row['hook']}: zero-ablation CE {row['ce_zero_ablation']:.3f} "
                              f"<= clean {row['ce_clean']:.3f})")
-        cells = ["n/a" if k == "ce_loss_recovered" and row["ce_zero_ablation"] <= row["ce_clean"] else f"{row[k]:.3f}"
-                 for k, _ in shown]
+        cells = ["n/a" if no_ratio and k == "ce_loss_recovered" else f"{row[k]:.3f}" for k, _ in shown]
         print(f"    {name:<11}{row['hook']:<28}" + "".join(f"{c:>12}" for c in cells))
     if undefined:
         print("    CE rec. n/a: zeroing the hook does not raise the loss for " + "; ".join(undefined))

@@ -246,14 +246,13 @@ class RankComparison:
     """Rank-1 and rank-2 subspaces trained on the same items at the same hook, and their read-outs.
 
     ``readouts[rank]`` holds ``pk_share`` [n, steps] over the greedy answer of the *consider*
-    rendering for the items in ``rows``; ``by_type[rank]`` the per-step mean share for each
+    rendering of every item; ``by_type[rank]`` the per-step mean share for each
     interaction type (typed from the model's three answers, see :meth:`PKCKData.interaction`)
     and ``by_item_type[rank]`` for each planted item type, when the data has them.
     """
 
     hook: str
     spaces: dict[int, PKCKSubspace]
-    rows: torch.Tensor
     interaction: list[str]
     readouts: dict[int, dict[str, torch.Tensor]]
     separation: dict[int, list[float]]  # per step: AUROC of the balance, supportive vs conflicting
@@ -271,7 +270,7 @@ class RankComparison:
         counts = {t: self.interaction.count(t) for t in sorted(set(self.interaction))}
         return {
             "hook": self.hook,
-            "items_read": len(self.rows),
+            "items_read": len(self.interaction),
             "interaction_counts": counts,
             "ranks": {
                 str(r): {"n_train": s.n_train, "interchange_accuracy": s.fit.accuracy,
@@ -292,8 +291,7 @@ def compare_ranks(model: Any, data: PKCKData, hook: str, ranks: Sequence[int] = 
     """
     spaces = {r: train_pkck(model, data, hook, rank=r, steps=steps, lr=lr, seed=seed) for r in ranks}
     types = data.interaction()
-    rows = torch.arange(len(types))
-    prompts, last = data.tokens[rows, CONSIDER], data.last_pos[rows]
+    prompts, last = data.tokens[:, CONSIDER], data.last_pos
     supportive = torch.tensor([t == "supportive" for t in types])
     pair = torch.tensor([t in ("supportive", "conflicting") for t in types])
     readouts, separation, by_type, by_item = {}, {}, {}, {}
@@ -306,7 +304,7 @@ def compare_ranks(model: Any, data: PKCKData, hook: str, ranks: Sequence[int] = 
                          for s in range(shares.shape[1])]
         by_type[r] = shares_by_type(out, types)
         by_item[r] = shares_by_type(out, data.item_type) if data.item_type else {}
-    return RankComparison(hook, spaces, rows, types, readouts, separation, by_type, by_item)
+    return RankComparison(hook, spaces, types, readouts, separation, by_type, by_item)
 
 
 def rank_figure(comparison: RankComparison) -> Any:

@@ -158,16 +158,10 @@ class SNMFDictionary(torch.nn.Module):
         super().__init__()
         self.result, self.n_iter = result, n_iter
         self.d_sae, self.d_in = result.features.shape
-        self.metadata: dict = {"architecture": "snmf", **result.config}
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
-
-    @property
-    def W_dec(self) -> torch.Tensor:
-        """[rank, d_mlp]: the features, the analogue of an SAE's decoder rows."""
-        return self.result.features
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[n, rank] non-negative coefficients of ``x`` [n, d_mlp]."""

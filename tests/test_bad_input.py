@@ -163,18 +163,14 @@ def train_argv(draw) -> list[str]:
     return argv + ["--no-progress"]
 
 
-@settings(FUZZ, max_examples=100)
-@given(argv=train_argv())
-def test_any_train_command_line_ends_in_a_clear_message(argv: list[str]) -> None:
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    """Run ``interp`` with ``argv``; its exit status and what it wrote to stderr, which must
+    never be a traceback: 0 (done), 1 (the toolkit's error) or 2 (argparse's usage error)."""
     from interp.cli import main
 
-    # Valid but long runs are cut short: this is about what the command says, not training.
-    if "--tokens" in argv:
-        i = argv.index("--tokens") + 1
-        if argv[i].isdigit() and int(argv[i]) > 256:
-            argv[i] = "256"
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             code = main(argv)
         except SystemExit as exit_:  # argparse: usage error, exit status 2
@@ -183,6 +179,18 @@ def test_any_train_command_line_ends_in_a_clear_message(argv: list[str]) -> None
     event(f"exit status {code}")
     assert code in (0, 1, 2), (argv, code, message)
     assert "Traceback" not in message, (argv, message)
+    return code, message
+
+
+@settings(FUZZ, max_examples=100)
+@given(argv=train_argv())
+def test_any_train_command_line_ends_in_a_clear_message(argv: list[str]) -> None:
+    # Valid but long runs are cut short: this is about what the command says, not training.
+    if "--tokens" in argv:
+        i = argv.index("--tokens") + 1
+        if argv[i].isdigit() and int(argv[i]) > 256:
+            argv[i] = "256"
+    code, message = _run_cli(argv)
     if code:
         assert message.strip() and ("error:" in message), (argv, message)
 
@@ -349,19 +357,7 @@ def corpus_file() -> str:
 @settings(FUZZ, max_examples=40)
 @given(data=st.data())
 def test_any_harvest_command_line_ends_in_a_clear_message(data, tiny_gpt2_dir, corpus_file) -> None:
-    from interp.cli import main
-
     argv = data.draw(harvest_argv(str(tiny_gpt2_dir), corpus_file))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            code = main(argv)
-        except SystemExit as exit_:
-            code = exit_.code
-    message = err.getvalue()
-    event(f"exit status {code}")
-    assert code in (0, 1, 2), (argv, code, message)
-    assert "Traceback" not in message, (argv, message)
+    code, message = _run_cli(argv)
     if code:
         assert "error:" in message, (argv, message)

@@ -7,7 +7,6 @@ of the toolkit. ``interp world eval`` prints :func:`format_report` of :func:`eva
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path

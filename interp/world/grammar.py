@@ -24,7 +24,7 @@ from .config import WorldConfig
 from .dist import Dist, mix, point, uniform
 from .facts import FactBase
 from .lexicon import (
-    CATEGORY_VERBS, EVALUATIONS, HIERARCHY_PARENT, INSTRUCTION_PHRASES, INSTRUCTIONS, MEMBER_PARENT,
+    CATEGORY_VERBS, EVALUATIONS, HIERARCHY_PARENT, INSTRUCTION_PHRASES, INSTRUCTIONS,
     SENTIMENT_ADJECTIVES, SENTIMENT_VERBS, SENTIMENTS, SOURCES, TOPICS, UNKNOWN, Lexicon, hierarchy_ancestors,
     topic_categories, topic_members,
 )

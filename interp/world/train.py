@@ -82,7 +82,7 @@ def packed_batches(world: World, cfg: TrainConfig) -> Iterator[tuple[torch.Tenso
     """
     index = {w: i for i, w in enumerate(world.vocab)}
     width = cfg.model.n_positions
-    pad, bos = index[PAD], index[BOS]
+    pad = index[PAD]
     docs = world.iter_docs(None, seed=cfg.seed)
     pending: tuple[list[int], list[float]] | None = None
     while True:

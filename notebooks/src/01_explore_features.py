@@ -25,7 +25,7 @@ import probes
 import saes
 from interp.dashboards import build_dashboard
 from interp.world import World, labelled_batch
-from interp.world.labels import WORD_CLASSES
+from interp.world.labels import topic_words
 from interp.world.lexicon import TOPICS
 
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
@@ -106,8 +106,7 @@ print(saes.metrics.evaluate(sae, store[:]))
 # %%
 with torch.no_grad():
     codes = sae.encode(store[:].float())  # [rows, d_sae]
-content_classes = [WORD_CLASSES.index(c) for c in ("agent", "object", "place", "verb", "adjective")]
-content = torch.isin(word_class, torch.tensor(content_classes))  # [rows]
+content = topic_words(word_class)  # [rows]: agents, objects, places, verbs, adjectives
 onehot = torch.stack([topic == t for t in range(len(TOPICS))], dim=1)  # [rows, 8]
 report = probes.coverage(codes[content], onehot[content])
 for i, name in enumerate(TOPICS):

@@ -35,7 +35,7 @@ import probes
 import saes
 from interp.evaluate import token_batches
 from interp.world import World, labelled_batch
-from interp.world.labels import WORD_CLASSES
+from interp.world.labels import topic_words
 from interp.world.lexicon import HIERARCHY_MEMBERS, HIERARCHY_NODES, TOPICS
 
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
@@ -199,8 +199,7 @@ batch = labelled_batch(SIZES["label_docs"], seed=3, kind="topical", model=model,
 keep = batch.labels["topic"] >= 0
 keep[:, 0] = False  # BOS: not modelled by any dictionary
 topic = batch.labels["topic"][keep]
-content_classes = [WORD_CLASSES.index(c) for c in ("agent", "object", "place", "verb", "adjective")]
-content = torch.isin(batch.labels["word_class"][keep], torch.tensor(content_classes))
+content = topic_words(batch.labels["word_class"][keep])  # agents, objects, places, verbs, adjectives
 topic_onehot = torch.stack([topic == t for t in range(len(TOPICS))], dim=1)[content]  # [n_content, 8]
 
 hierarchy = batch.labels["hierarchy"][keep].bool()  # [n, 71] multi-hot

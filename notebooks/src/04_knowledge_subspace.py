@@ -28,9 +28,9 @@ import plotly.graph_objects as go
 import torch
 
 import interp
-import probes
 from interp.world import World, pkck_batch, pkck_items
-from probes.pkck import CONSIDER, IGNORE, USE, answer_all, read_generation, shares_by_type, shares_figure, train_pkck
+from probes.pkck import (CONSIDER, IGNORE, USE, answer_all, read_generation, separation_auroc, shares_by_type,
+                         shares_figure, train_pkck)
 
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 ONLINE = os.environ.get("INTERP_ONLINE", "") == "1"  # the cells that download a real model run only then
@@ -142,14 +142,10 @@ chosen = [i for i, t in enumerate(types) if t in ("supportive", "conflicting")]
 supportive = torch.tensor([types[i] == "supportive" for i in chosen])
 
 
-def balance(readout, step):
-    return 1 - (readout["pk_share"][chosen, step] - 0.5).abs() * 2
-
-
 # Step by step: at the answer position and over the explanation that follows
 # (", from memory|context|both"), where the model states its source.
 steps = read2["pk_share"].shape[1]
-by_step = {name: [probes.binary_auroc(balance(r, s), supportive) for s in range(steps)]
+by_step = {name: [separation_auroc(r["pk_share"][chosen, s], supportive) for s in range(steps)]
            for name, r in (("rank 2", read2), ("rank 1", read1))}
 separation = {name: max(2 * abs(a - 0.5) for a in values) for name, values in by_step.items()}
 print(f"{len(chosen)} items ({int(supportive.sum())} supportive, {int((~supportive).sum())} conflicting)")
