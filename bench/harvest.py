@@ -75,8 +75,8 @@ def make_docs(n_tokens: int, seed: int = 0) -> list[str]:
 def build_model(args: argparse.Namespace):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from interp.model import wrap_hf
-    from interp.tiny import tiny_tokenizer
+    from interp.model.hooked import wrap_hf
+    from interp.model.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer(VOCAB_WORDS)
     cfg = GPT2Config(vocab_size=len(tok), n_embd=args.d_model, n_layer=args.n_layers, n_head=args.n_heads,
@@ -106,7 +106,7 @@ def hooks_for(args: argparse.Namespace) -> list[str]:
 
 def windows(model, docs: list[str], args: argparse.Namespace) -> torch.Tensor:
     """The exact windows the harvest packs, for the bare-forward baseline."""
-    from interp.data import PackingConfig, iter_windows
+    from interp.activations.tokens import PackingConfig, iter_windows
 
     cfg = PackingConfig(args.context_length, True, model.bos_token_id, model.eos_token_id, model.pad_token_id or 0)
     rows = [ids for ids, n, _ in iter_windows(docs, model.tokenizer, cfg) if n == args.context_length]
@@ -137,7 +137,7 @@ def time_bare(base, tokens: torch.Tensor, batch: int) -> Timer:
 
 
 def time_harvest(model, docs, args, max_tokens: int) -> tuple[Timer, int, int]:
-    from interp.harvest import harvest
+    from interp.activations.harvest import harvest
 
     with tempfile.TemporaryDirectory() as d:
         with Timer() as t:

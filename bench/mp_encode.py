@@ -74,7 +74,7 @@ def worker_saes(path, k, repeats, device, gram="auto", cold=False):
     import torch
 
     import saes
-    from saes.kernels import mp as kmp
+    from saes.kernels import matching_pursuit as kmp
 
     x, W_dec, b_dec = _load(path, device)
     n, d = W_dec.shape

@@ -3,7 +3,7 @@
 A step is forward, backward and optimiser update (Adam for everyone) on one batch, with
 each library's own per-step bookkeeping:
 
-* ``saes``: :class:`saes.trainer.Trainer` with default settings (the loop ``saes.train``
+* ``saes``: :class:`saes.training.trainer.Trainer` with default settings (the loop ``saes.train``
   runs: batch checks, schedule, decoder-gradient projection, gradient clipping, Adam,
   decoder re-normalisation, dead-latent counters, periodic metrics);
 * ``sparsify``: EleutherAI sparsify's ``SparseCoder`` stepped the way its trainer does
@@ -109,7 +109,7 @@ def _saes_trainer(d, n, k, batch, batches, device, fused_adam=False):
 
         torch.optim.Adam = functools.partial(torch.optim.Adam, fused=True)
     import saes
-    from saes.trainer import Trainer
+    from saes.training.trainer import Trainer
 
     sae = saes.TopKSAE(d, n, k, device=device)
     cfg = saes.TrainConfig(batch_size=batch, total_tokens=batch * len(batches) * 100, init_rows=batch, device=device)

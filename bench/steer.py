@@ -16,7 +16,7 @@ import time
 import torch
 
 import interp
-from interp.steering import Steering
+from interp.interventions.steering import Steering
 
 
 def timed(fn, repeats: int) -> float:

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp.store import (  # noqa: E402
+from interp.activations.store import (  # noqa: E402
     MANIFEST,
     ActivationStore,
     HookInfo,

@@ -4,13 +4,13 @@
 >>> model = interp.load("world")                       # the shipped default model
 >>> logits, cache = model.run_with_cache("the cat", names=["blocks.0.hook_resid_post"])
 """
-from .errors import HookNameError, InterpError, LayerRangeError, ModelLoadError, ShapeError, StoreError
-from .evaluate import evaluate_sae
-from .harvest import HarvestConfig, harvest, run_harvest
-from .loading import load
-from .model import HookedModel
-from .steering import Clamp, Positions, Steering, calibrate_scale
-from .store import ActivationStore
+from interp.errors import HookNameError, InterpError, LayerRangeError, ModelLoadError, ShapeError, StoreError
+from interp.evaluation.splice import evaluate_sae
+from interp.activations.harvest import HarvestConfig, harvest, run_harvest
+from interp.model.loading import load
+from interp.model.hooked import HookedModel
+from interp.interventions.steering import Clamp, Positions, Steering, calibrate_scale
+from interp.activations.store import ActivationStore
 
 __all__ = [
     "load", "HookedModel", "harvest", "HarvestConfig", "run_harvest", "ActivationStore", "evaluate_sae",

@@ -5,10 +5,10 @@
 >>> result = probes.LinearProbe().fit(acts, labels)
 >>> report = probes.coverage(sae_codes, concept_labels)   # best single-latent AUROC per concept
 """
-from .directions import diff_in_means
-from .linear import LinearProbe, ProbeResult
-from .metrics import accuracy, auroc, binary_auroc, coverage
-from .sweep import accuracy_figure, layer_sweep, probe_hooks
+from probes.directions import diff_in_means
+from probes.linear import LinearProbe, ProbeResult
+from probes.metrics import accuracy, auroc, binary_auroc, coverage
+from probes.sweep import accuracy_figure, layer_sweep, probe_hooks
 
 __all__ = ["diff_in_means", "LinearProbe", "ProbeResult", "auroc", "binary_auroc", "accuracy", "coverage",
            "layer_sweep", "probe_hooks", "accuracy_figure"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .metrics import accuracy, auroc
+from probes.metrics import accuracy, auroc
 
 
 @dataclass

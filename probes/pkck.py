@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .subspace import InterchangeData, SubspaceFit, knowledge_shares, orient_axes, train_subspace
+from probes.subspace import InterchangeData, SubspaceFit, knowledge_shares, orient_axes, train_subspace
 
 IGNORE, USE, CONSIDER = 0, 1, 2  # rendering order in the token tensors
 INTERACTIONS = ("supportive", "conflicting", "other")
@@ -125,7 +125,7 @@ class PKCKSubspace:
 
     def save(self, path: str | os.PathLike) -> None:
         """One safetensors file: ``U`` and, in its header, the hook, rank and training record."""
-        from saes.io import atomic_save_tensors
+        from saes.formats.io import atomic_save_tensors
 
         meta = {"hook": self.hook, "rank": self.rank, "n_train": self.n_train, "orientation": self.orientation,
                 "interchange_accuracy": self.fit.accuracy, "losses": self.fit.losses}
@@ -133,7 +133,7 @@ class PKCKSubspace:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PKCKSubspace:
-        from saes.io import read_tensors
+        from saes.formats.io import read_tensors
 
         tensors, header = read_tensors(path, require_checksum=lambda m: "pkck" in m)
         if "pkck" not in header or "U" not in tensors:
@@ -235,7 +235,7 @@ def separation_auroc(pk_share: torch.Tensor, supportive: torch.Tensor) -> float:
     its AUROC for ``supportive`` [n] bool against ``pk_share`` [n]. A rank-1 read-out's share
     is a sign (0 or 1), so its balance is constant and the AUROC is 0.5.
     """
-    from .metrics import binary_auroc
+    from probes.metrics import binary_auroc
 
     balance = 1 - (pk_share - 0.5).abs() * 2
     return float(binary_auroc(balance, supportive))

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .linear import LinearProbe, ProbeResult
+from probes.linear import LinearProbe, ProbeResult
 
 
 def probe_hooks(acts: dict[str, torch.Tensor], labels: torch.Tensor, groups: torch.Tensor | None = None,

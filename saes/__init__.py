@@ -15,11 +15,11 @@ Architectures: :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`MatryoshkaSAE`,
 libraries' files). One trainer (:func:`train`, :class:`TrainConfig`), files in the SAELens
 layout (:meth:`SAE.save`, :func:`load`), :mod:`saes.metrics` and :mod:`saes.synthetic`.
 """
-from . import metrics, stats, synthetic
-from .base import SAE
-from .batchtopk import BatchTopKSAE
-from .config import TrainConfig
-from .errors import (
+from saes import metrics, stats, synthetic
+from saes.architectures.base import SAE
+from saes.architectures.batchtopk import BatchTopKSAE
+from saes.training.config import TrainConfig
+from saes.errors import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -30,13 +30,13 @@ from .errors import (
     ShapeMismatchError,
     WriteError,
 )
-from .inference import JumpReLUSAE, ReLUSAE
-from .io import load
-from .matryoshka import MatryoshkaSAE
-from .mp import MPSAE
-from .snmf import SNMF, SNMFResult
-from .topk import TopKSAE
-from .trainer import TrainResult, train
+from saes.architectures.inference import JumpReLUSAE, ReLUSAE
+from saes.formats.io import load
+from saes.architectures.matryoshka import MatryoshkaSAE
+from saes.architectures.mp import MPSAE
+from saes.snmf import SNMF, SNMFResult
+from saes.architectures.topk import TopKSAE
+from saes.training.trainer import TrainResult, train
 
 __all__ = [
     "SAE", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "MPSAE", "ReLUSAE", "JumpReLUSAE",

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import SAE
-from .errors import ShapeMismatchError
+from saes.architectures.base import SAE
+from saes.errors import ShapeMismatchError
 
 # ------------------------------------------------------------ reconstruction
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .base import SAE
-from .data import as_rows
+from saes.architectures.base import SAE
+from saes.training.data import as_rows
 
 
 @dataclass

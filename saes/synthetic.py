@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError
+from saes.errors import ConfigError
 
 
 @dataclass

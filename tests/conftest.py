@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from interp.tiny import tiny_model
+from interp.model.tiny import tiny_model
 
 try:
     from hypothesis import settings

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from interp.store import MANIFEST, HookInfo, Manifest, ShardInfo, act_key, atomic_write_text, write_shard
+from interp.activations.store import MANIFEST, HookInfo, Manifest, ShardInfo, act_key, atomic_write_text, write_shard
 
 HOOK = "blocks.0.hook_resid_post"
 

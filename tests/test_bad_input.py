@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import saes
 from interp.errors import InterpError
 from reliability import record
-from saes import checkpoint
+from saes.training import checkpoint
 from store_util import HOOK, write_store
 
 torch.set_num_threads(1)
@@ -218,7 +218,7 @@ def test_nonfinite_stops_the_run_naming_step_hook_and_token(tmp_path: Path) -> N
     x = torch.cat(_batches())
     x[70, 0] = float("nan")
     store = write_store(tmp_path / "store", x, shard_rows=64)
-    from interp.store import ActivationStore
+    from interp.activations.store import ActivationStore
 
     cfg = saes.TrainConfig(batch_size=32, total_tokens=len(x), lr=1e-3, init_rows=32, on_nonfinite="raise")
     with pytest.raises(saes.NonFiniteError) as err:
@@ -299,8 +299,8 @@ def test_a_device_this_machine_lacks_is_a_config_error() -> None:
 
 
 def test_hook_device_errors() -> None:
-    from interp.cli_train import _hook_devices
-    from interp.live import _check_devices
+    from interp.cli.train import _hook_devices
+    from interp.activations.live import _check_devices
 
     assert _hook_devices(["a=cpu"], ["a", "b"]) == {"a": "cpu"}
     with pytest.raises(InterpError, match="HOOK=DEVICE"):

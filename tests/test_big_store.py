@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import saes
-from interp.store import MANIFEST, act_key
+from interp.activations.store import MANIFEST, act_key
 from reliability import record, run
 from store_util import HOOK, write_store_chunks
 
@@ -31,7 +31,7 @@ import json, resource, sys
 import torch
 torch.set_num_threads(1)
 import saes
-from interp.store import ActivationStore
+from interp.activations.store import ActivationStore
 
 store_dir, out, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

@@ -14,7 +14,7 @@ import interp
 import saes
 from interp.dashboards import Dashboard, build_dashboard
 from interp.errors import InterpError
-from interp.tiny import tiny_model
+from interp.model.tiny import tiny_model
 from saes.metrics import auroc as exact_auroc
 
 WORDS = "the a cat dog bird sat ran flew on under over mat tree sky red blue big small happy sad and then it was".split()
@@ -343,7 +343,7 @@ def test_world_store_gets_planted_labels_automatically(tmp_path):
 
 
 def test_window_topics_agree_with_the_generators_topic_label():
-    from interp.dashboards.labels import window_topics
+    from interp.dashboards.latent_labels import window_topics
     from interp.world import World, labelled_batch
 
     world = World()
@@ -364,7 +364,7 @@ def test_window_topics_agree_with_the_generators_topic_label():
 
 def _window_topic_tables(world):
     """window_topics' tables, built the way WorldTokenLabels builds them."""
-    from interp.dashboards.labels import NON_TOPICAL_CLASSES, NON_TOPICAL_WORDS
+    from interp.dashboards.latent_labels import NON_TOPICAL_CLASSES, NON_TOPICAL_WORDS
     from interp.world.labels import WORD_CLASSES, lexical_tables
 
     t = lexical_tables(world)

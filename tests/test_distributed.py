@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 import saes
 from reliability import record
-from saes import distributed, synthetic
+from saes import synthetic
+from saes.training import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stated tolerance of the guarantee: max |two processes - one process| over every weight.
@@ -124,7 +125,7 @@ def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
     """Rank 0's disk fills up at the second checkpoint; every rank reports what it raised."""
     import json
 
-    import saes.io as io
+    import saes.formats.io as io
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -156,7 +157,7 @@ def test_a_failing_checkpoint_write_stops_every_rank_with_an_error(tmp_path: Pat
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["error"] == "WriteError" and "No space left on device" in r0["message"]
     assert r1["error"] == "CheckpointError" and "rank 0 could not write" in r1["message"]
-    from saes import checkpoint
+    from saes.training import checkpoint
 
     assert checkpoint.read(tmp_path / "ckpt")[0]["step"] == 5  # the first checkpoint, intact
 
@@ -184,7 +185,7 @@ def _interrupted_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path: Path) -> None:
-    from saes import checkpoint
+    from saes.training import checkpoint
 
     mp.spawn(_interrupted_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     assert checkpoint.read(tmp_path / "ckpt")[0]["step"] == 5
@@ -242,8 +243,8 @@ TEXTS = ["the cat sat on the mat and the dog ran under the tree"] * 40
 
 
 def _live(devices: dict[str, str] | None) -> dict:
-    from interp.live import train_live
-    from interp.tiny import tiny_model
+    from interp.activations.live import train_live
+    from interp.model.tiny import tiny_model
 
     torch.manual_seed(0)
     model = tiny_model("gpt2")
@@ -273,7 +274,7 @@ def test_store_hooks_trained_together_equal_each_trained_alone(tmp_path: Path) -
     """`interp train --store` with two --hook (one placed by --hook-device) gives each hook
     exactly the weights saes.train gives it alone."""
     from interp.cli import main
-    from interp.store import ActivationStore
+    from interp.activations.store import ActivationStore
     from store_util import write_store_chunks
 
     torch.set_num_threads(1)

@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 
 import saes
 from interp.errors import StoreError
-from interp.store import MANIFEST, ActivationStore
+from interp.activations.store import MANIFEST, ActivationStore
 from reliability import popen, record, run
-from saes import checkpoint
+from saes.training import checkpoint
 from store_util import write_store
 
 STEPS = 24
@@ -153,7 +153,7 @@ def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
 def test_unwritable_directory_is_a_clear_error(tmp_path: Path, monkeypatch, code: int) -> None:
-    import saes.io as io
+    import saes.formats.io as io
 
     sae = saes.TopKSAE(8, 16, k=2)
     sae.save(tmp_path / "sae")
@@ -222,7 +222,7 @@ import sys, time
 import torch
 torch.set_num_threads(1)
 import interp
-from interp.harvest import harvest
+from interp.activations.harvest import harvest
 
 model_dir, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 model = interp.load(model_dir, device="cpu")
@@ -321,7 +321,7 @@ def _artefacts(tmp_path: Path) -> dict[str, tuple[Path, object]]:
         s = ActivationStore.open(tmp_path / "store")
         torch.cat(list(s.batches(64, shuffle=False)))
 
-    from interp.steering import Steering
+    from interp.interventions.steering import Steering
 
     Steering("blocks.0.hook_resid_post", torch.randn(8), 4.0, "all").save(tmp_path / "vec.safetensors")
     return {
@@ -355,7 +355,7 @@ def test_damaged_files_are_detected_and_named(tmp_path: Path, how: str) -> None:
 
 
 def test_checksum_covers_every_tensor_byte(tmp_path: Path) -> None:
-    from saes.io import tensors_digest
+    from saes.formats.io import tensors_digest
 
     t = {"a": torch.randn(4, 3), "b": torch.arange(5)}
     d = tensors_digest(t)
@@ -369,9 +369,9 @@ def test_checksum_covers_every_tensor_byte(tmp_path: Path) -> None:
 def test_full_disk_during_a_harvest_is_a_clear_error_and_resumes(tmp_path: Path) -> None:
     """A shard write that fails as on a full disk (safetensors reports it as text) names the
     problem; the same harvest run again ends with the store an uninterrupted run writes."""
-    import interp.store as store_mod
-    from interp.harvest import harvest
-    from interp.tiny import tiny_model
+    import interp.activations.store as store_mod
+    from interp.activations.harvest import harvest
+    from interp.model.tiny import tiny_model
 
     model = tiny_model("gpt2")
     docs = ["the cat sat on the mat and the dog ran under the tree"] * 60
@@ -401,7 +401,7 @@ def test_full_disk_during_a_harvest_is_a_clear_error_and_resumes(tmp_path: Path)
 def test_every_single_bit_flip_of_a_small_file_is_detected(tmp_path: Path) -> None:
     """Exhaustive where the random test samples: each of the 8 bits of every byte of a
     steering file, the header (its checksum's own key included) as well as the data."""
-    from interp.steering import Steering
+    from interp.interventions.steering import Steering
 
     path = tmp_path / "vec.safetensors"
     Steering("blocks.0.hook_resid_post", torch.randn(4), 4.0, "all").save(path)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import interp
-from interp.features import describe_snmf, mlp_output_direction, top_examples, unembed_tokens
-from interp.tiny import tiny_model
+from interp.evaluation.features import describe_snmf, mlp_output_direction, top_examples, unembed_tokens
+from interp.model.tiny import tiny_model
 from saes import SNMF
 
 

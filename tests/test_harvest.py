@@ -1,6 +1,6 @@
 """Streaming harvest: content, data sources, resume, settings mismatch, bounded memory, CLI.
 
-Expected values are computed independently of interp.data / interp.harvest: the packing
+Expected values are computed independently of interp.activations.tokens / interp.activations.harvest: the packing
 rule is re-implemented here in a few lines and activations come from run_with_cache.
 """
 from __future__ import annotations
@@ -19,16 +19,16 @@ import pytest
 import torch
 
 from interp.errors import HookNameError, InterpError, StoreError
-from interp.harvest import harvest
-from interp.store import MANIFEST, ActivationStore
-from interp.tiny import tiny_model
+from interp.activations.harvest import harvest
+from interp.activations.store import MANIFEST, ActivationStore
+from interp.model.tiny import tiny_model
 
 WORDS = ("the a cat dog bird sat ran flew on under over mat tree sky red blue big small happy sad "
          "and then it was is saw ate sang loud quiet").split()
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
 CTX = 16
-# The module itself: `interp.harvest` may also name the function once the package exports it.
-harvest_mod = importlib.import_module("interp.harvest")
+# The module itself: `interp.activations.harvest` may also name the function once the package exports it.
+harvest_mod = importlib.import_module("interp.activations.harvest")
 
 
 def make_docs(n: int, seed: int = 0) -> list[str]:
@@ -360,7 +360,7 @@ def saved_model(tiny_gpt2_dir):
 
 
 def cli(argv: list[str]) -> int:
-    from interp.cli_harvest import register
+    from interp.cli.harvest import register
 
     parser = argparse.ArgumentParser(prog="interp")
     register(parser.add_subparsers(dest="command", required=True))

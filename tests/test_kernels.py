@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import saes
 from saes import kernels
 from saes.errors import ConfigError
-from saes.kernels import mp as kmp
+from saes.kernels import matching_pursuit as kmp
 from saes.kernels import torch_ref
 
 
@@ -91,7 +91,7 @@ def test_encoder_values_and_gradients_match_dense(batch_topk, x_grad):
     W, b, bd = _params(d, n)
     x = torch.randn(40, d, generator=torch.Generator().manual_seed(3)).requires_grad_(x_grad)
     enc = kernels.encode(x, W, b, bd, k, batch_topk=batch_topk)
-    z = saes.base.dense_codes(enc.values, enc.indices, n)
+    z = saes.architectures.base.dense_codes(enc.values, enc.indices, n)
     ref = _dense_encode(x, W, b, bd, k, batch_topk)
     torch.testing.assert_close(z, ref)
     gz = torch.randn(40, n, generator=torch.Generator().manual_seed(4))
@@ -130,7 +130,7 @@ def test_codes_among_a_subset_of_latents():
     h = ((x - bd) @ W + b)[:, cols]
     v, i = torch.topk(h, 6)
     ref = torch.zeros(32, n).scatter(1, cols[i], v.clamp_min(0))
-    z = saes.base.dense_codes(enc.values, enc.indices, n)
+    z = saes.architectures.base.dense_codes(enc.values, enc.indices, n)
     torch.testing.assert_close(z, ref)
     ga = torch.autograd.grad(z.square().sum(), (W, b, bd))
     gb = torch.autograd.grad(ref.square().sum(), (W, b, bd))
@@ -210,7 +210,7 @@ def test_backward_builds_no_dense_code_gradient_and_no_nkd_block(arch):
         "matryoshka": lambda: saes.MatryoshkaSAE(d, [128, 384, 512], k=k),
     }[arch]()
     x = torch.randn(N, d)
-    out = sae.training_forward(x, saes.base.batch_variance(x))
+    out = sae.training_forward(x, saes.architectures.base.batch_variance(x))
     loss = sum(out.losses.values())
     with _Shapes() as rec:
         loss.backward()
@@ -226,13 +226,13 @@ def test_backward_builds_no_dense_code_gradient_and_no_nkd_block(arch):
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 def test_aux_codes_give_the_auxk_loss_of_the_dense_pre_activations(arch):
-    from saes.trainer import auxk_loss
+    from saes.training.trainer import auxk_loss
 
     d, n = 16, 512
     sae = {"topk": lambda: saes.TopKSAE(d, n, 4), "batchtopk": lambda: saes.BatchTopKSAE(d, n, 4),
            "matryoshka": lambda: saes.MatryoshkaSAE(d, [64, 448], k=4)}[arch]()
     x = torch.randn(64, d)
-    var = saes.base.batch_variance(x)
+    var = saes.architectures.base.batch_variance(x)
     dead = torch.zeros(n, dtype=torch.bool)
     dead[::3] = True
     grads = []

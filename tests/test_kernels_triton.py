@@ -161,7 +161,7 @@ def _grads_of_encode_decode(x, W, b, bd, Wd, k, *, batch_topk=False, ends=None):
     loss = (out.float() - 1.0).square().sum() + enc.values.float().sum()
     wrt = [t for t in (x, W, b, bd, Wd) if t.requires_grad]
     grads = torch.autograd.grad(loss, wrt)
-    z = saes.base.dense_codes(enc.values.float(), enc.indices, W.shape[1])
+    z = saes.architectures.base.dense_codes(enc.values.float(), enc.indices, W.shape[1])
     return z.detach(), out.detach(), grads
 
 

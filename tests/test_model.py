@@ -8,8 +8,8 @@ import torch
 
 import interp
 from interp.errors import HookNameError, LayerRangeError, ModelLoadError
-from interp.hooks import count_hooks
-from interp.tiny import FAMILIES, tiny_model
+from interp.model.hooks import count_hooks
+from interp.model.tiny import FAMILIES, tiny_model
 
 TEXTS = ["the cat sat on the mat and then it ran", "a big blue bird flew over the tree"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.patching import (activation_patching, attribution_patching, head_patching, heatmap, illusion_check,
+from interp.interventions.patching import (activation_patching, attribution_patching, head_patching, heatmap, illusion_check,
                              logit_diff, patch_subspace)
-from interp.tiny import tiny_model
+from interp.model.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")

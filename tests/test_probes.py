@@ -60,7 +60,7 @@ def test_multiclass_probe_and_grouped_split():
 
 def test_layer_sweep_finds_where_a_planted_variable_appears():
     """On a tiny model whose embedding writes a label into the residual stream at layer 1 only."""
-    from interp.tiny import tiny_model
+    from interp.model.tiny import tiny_model
 
     model = tiny_model("gpt2", n_layers=3)
     g = torch.Generator().manual_seed(0)

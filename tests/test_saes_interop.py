@@ -26,7 +26,7 @@ def _trained_like(sae: saes.SAE, seed: int = 0) -> saes.SAE:
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        saes.base.unit_rows_(sae.W_dec)
+        saes.architectures.base.unit_rows_(sae.W_dec)
     sae.metadata.update(model_name="tiny-gpt2", hook_name="blocks.0.hook_resid_post")
     return sae.eval()
 

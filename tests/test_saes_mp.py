@@ -76,7 +76,7 @@ def test_gram_update_is_an_exact_rewrite():
     assert torch.equal(a.indices, b.indices)
     torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-5)
     # Same gradients too: the argmax is a constant in both.
-    var = saes.base.batch_variance(x)
+    var = saes.architectures.base.batch_variance(x)
     for sae in (direct, gram):
         sae.zero_grad()
         sae.training_forward(x, var).losses["mse"].backward()

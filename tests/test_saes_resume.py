@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import saes
-from saes import checkpoint, synthetic
+from saes import synthetic
+from saes.training import checkpoint
 
 torch.set_num_threads(1)
 
@@ -45,7 +46,7 @@ def _stop_at(step: int):
 
 
 class FakeStore:
-    """The part of interp.store.ActivationStore the trainer uses (shuffled, seeded epochs)."""
+    """The part of interp.activations.store.ActivationStore the trainer uses (shuffled, seeded epochs)."""
 
     def __init__(self, x: torch.Tensor, directory: str = "fake-store"):
         self.x, self.directory, self.hook = x, directory, "blocks.0.hook_resid_post"
@@ -150,10 +151,10 @@ def test_checkpoint_is_one_safetensors_file_replaced_atomically(tmp_path, monkey
         saes.train(_sweep(), DATA.x, CFG, checkpoint_dir=tmp_path, progress=False, callback=_stop_at(8))
     path = tmp_path / "checkpoint.safetensors"
     before = path.read_bytes()
-    meta = saes.io.read_tensors(path)[1]
+    meta = saes.formats.io.read_tensors(path)[1]
     assert meta["format"] == "saes-train-checkpoint" and json.loads(meta["state"])["step"] == 7
     # A crash while writing the next checkpoint leaves the previous one intact.
-    import saes.io as io
+    import saes.formats.io as io
 
     def broken(tensors, filename, metadata=None):
         with open(filename, "wb") as f:

@@ -8,8 +8,8 @@ import torch
 
 import saes
 from saes import kernels, synthetic
-from saes.base import remove_parallel_grad_
-from saes.init import geometric_median
+from saes.architectures.base import remove_parallel_grad_
+from saes.training.init import geometric_median
 
 torch.set_num_threads(1)
 DATA = synthetic.superposition(n_features=24, d=12, n_samples=2048, seed=0, mean_active=3)
@@ -113,7 +113,7 @@ def test_metrics_go_to_jsonl_and_the_progress_bar(tmp_path, capsys):
 
 
 def test_autocast_is_never_used_on_cpu():
-    from saes.trainer import _autocast
+    from saes.training.trainer import _autocast
 
     with _autocast(saes.TrainConfig(autocast="bfloat16"), torch.device("cpu"))():
         y = torch.ones(2, 2) @ torch.ones(2, 2)

@@ -18,9 +18,9 @@ import torch
 import interp
 import saes
 from interp.errors import ModelLoadError, StoreError
-from interp.store import MANIFEST, ActivationStore
+from interp.activations.store import MANIFEST, ActivationStore
 from reliability import ROOT, record
-from saes import checkpoint
+from saes.training import checkpoint
 from saes.errors import UnknownKeyWarning
 from store_util import write_store
 
@@ -121,7 +121,7 @@ def test_pickled_files_are_refused_without_running_them(tmp_path: Path, bomb) ->
         ActivationStore.open(store).verify()
     attacks += 1
     # A steering vector file.
-    from interp.steering import Steering
+    from interp.interventions.steering import Steering
 
     bomb(tmp_path / "vec.safetensors", marker)
     with pytest.raises(Exception) as err:

@@ -130,7 +130,7 @@ def test_encode_gives_held_out_tokens_the_best_non_negative_coefficients():
 
 def test_snmf_as_a_dictionary_evaluates_in_the_model_like_an_sae(tiny_gpt2_dir):
     import interp
-    from interp.evaluate import evaluate_sae
+    from interp.evaluation.splice import evaluate_sae
 
     model = interp.load(str(tiny_gpt2_dir))
     hook = "blocks.0.mlp.hook_post"

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import saes
-from interp.hooks import count_hooks
-from interp.steering import Clamp, Positions, Steering, calibrate_scale, next_token_kl
-from interp.tiny import tiny_model
+from interp.model.hooks import count_hooks
+from interp.interventions.steering import Clamp, Positions, Steering, calibrate_scale, next_token_kl
+from interp.model.tiny import tiny_model
 
 PROMPTS = ["the cat sat on the mat", "a dog ran", "the big blue bird flew over the tree"]
 HOOK = "blocks.0.hook_resid_post"

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from interp.errors import StoreError
-from interp.store import (
+from interp.activations.store import (
     MANIFEST,
     ActivationStore,
     HookInfo,

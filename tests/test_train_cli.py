@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import saes
-from interp import cli_train
-from interp.evaluate import evaluate_sae
-from interp.harvest import harvest
-from interp.live import LiveConfig, activation_batches, train_live
-from interp.tiny import tiny_model
+from interp.cli import train as cli_train
+from interp.evaluation.splice import evaluate_sae
+from interp.activations.harvest import harvest
+from interp.activations.live import LiveConfig, activation_batches, train_live
+from interp.model.tiny import tiny_model
 
 torch.set_num_threads(1)
 
@@ -152,7 +152,7 @@ def test_live_stream_is_aligned_and_replayable(model):
 
 
 def _in_order(model, hook, cfg):
-    from interp.evaluate import keep_mask, token_batches
+    from interp.evaluation.splice import keep_mask, token_batches
 
     for batch in token_batches(model, TEXTS, cfg.model_batch_size, context_length=cfg.context_length):
         _, cache = model.run_with_cache(batch.tokens, names=[hook], attention_mask=batch.attention_mask)
@@ -174,7 +174,7 @@ def test_live_training_resumes_exactly(tmp_path, model, monkeypatch):
     train_live(model, TEXTS, straight, cfg, live=live, checkpoint_dir=tmp_path / "a", log_dir=tmp_path / "a", progress=False)
 
     interrupted = build()
-    from saes.trainer import Trainer
+    from saes.training.trainer import Trainer
 
     real_step = Trainer.step
 

@@ -10,7 +10,7 @@
 Built in two streaming passes over an ActivationStore (see :mod:`.stream`): memory grows
 with the number of latents shown, never with the number of tokens.
 """
-from .build import build_dashboard
-from .data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
+from interp.dashboards.build import build_dashboard
+from interp.dashboards.data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
 
 __all__ = ["build_dashboard", "Dashboard", "LatentCard", "Example", "QuantileGroup", "LabelMatch"]

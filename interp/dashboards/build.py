@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import InterpError
-from ..features import mlp_output_direction, unembed_tokens, _unembedding
-from .data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
-from .labels import resolve_labels
-from .sources import chunks, code_source
-from .stream import FirstPass, SecondPass, draw_from_bins, quantile_groups
+from interp.errors import InterpError
+from interp.evaluation.features import mlp_output_direction, unembed_tokens, _unembedding
+from interp.dashboards.data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
+from interp.dashboards.latent_labels import resolve_labels
+from interp.dashboards.sources import chunks, code_source
+from interp.dashboards.stream import FirstPass, SecondPass, draw_from_bins, quantile_groups
 
 # Hooks whose activations live in the residual stream's space, so a decoder row can be read
 # through the unembedding as it is.

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from saes.io import atomic_write_text
+from saes.formats.io import atomic_write_text
 
 FORMAT = "interp-feature-dashboard"
 VERSION = 1
@@ -120,19 +120,19 @@ class Dashboard:
         """Plotly figures of one latent: ``"histogram"`` (firing values), ``"logits"`` (promoted and
         suppressed tokens; absent where the hook has no path to the unembedding) and
         ``"logit_histogram"`` (the decoder row's effect on every token's logit)."""
-        from .render import latent_figures
+        from interp.dashboards.render import latent_figures
 
         return latent_figures(self.card(latent))
 
     def examples_html(self, latent: int) -> str:
         """Top and quantile examples of one latent as HTML, tokens shaded by activation."""
-        from .render import examples_html
+        from interp.dashboards.render import examples_html
 
         return examples_html(self.card(latent))
 
     def to_html(self) -> str:
         """The whole dashboard as one self-contained HTML page (plotly.js inlined)."""
-        from .render import page_html
+        from interp.dashboards.render import page_html
 
         return page_html(self)
 
@@ -141,7 +141,7 @@ class Dashboard:
         atomic_write_text(path, self.to_html())
 
     def _repr_html_(self) -> str:
-        from .render import notebook_html
+        from interp.dashboards.render import notebook_html
 
         return notebook_html(self)
 

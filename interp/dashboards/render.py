@@ -10,7 +10,7 @@ import html
 import json
 from typing import Any
 
-from .data import Dashboard, Example, LatentCard, layer_id
+from interp.dashboards.data import Dashboard, Example, LatentCard, layer_id
 
 FIRE_RGB = "255, 110, 0"  # positive codes
 NEG_RGB = "40, 110, 255"  # negative codes (signed dictionaries)

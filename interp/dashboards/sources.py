@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InterpError
+from interp.errors import InterpError
 
 
 class SAECodes:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import WorldConfig
-from .datasets import LabelledBatch, PKCKItem, fact_prompts, labelled_batch, pkck_batch, pkck_items
-from .facts import Fact, FactBase
-from .generator import Doc, World
-from .labels import SCHEMA, describe_schema, encode_docs
-from .scorer import DocScore, score_doc
+from interp.world.config import WorldConfig
+from interp.world.datasets import LabelledBatch, PKCKItem, fact_prompts, labelled_batch, pkck_batch, pkck_items
+from interp.world.facts import Fact, FactBase
+from interp.world.generator import Doc, World
+from interp.world.labels import SCHEMA, describe_schema, encode_docs
+from interp.world.scorer import DocScore, score_doc
 
 __all__ = [
     "World", "WorldConfig", "Doc", "Fact", "FactBase", "score_doc", "DocScore",
@@ -46,6 +46,6 @@ def world_of_model(path: str | Path | None = None) -> World:
 
 def write_corpus(path, n: int, seed: int = 0, world: World | None = None) -> Path:
     """Write ``n`` labelled documents as JSONL (see :mod:`.corpus`)."""
-    from .corpus import write_corpus as _write
+    from interp.world.corpus import write_corpus as _write
 
     return _write(path, n, seed=seed, world=world)

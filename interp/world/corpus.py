@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .generator import Doc, World
-from .labels import CONTEXT_LABELS
+from interp.world.generator import Doc, World
+from interp.world.labels import CONTEXT_LABELS
 
 
 def doc_record(doc: Doc, doc_id: int) -> dict:

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from .generator import BOS, PAD, Doc, World
-from .grammar import ITEM_TYPES, Z
-from .labels import encode_docs
-from .lexicon import INSTRUCTIONS
-from .scorer import score_doc
+from interp.world.generator import BOS, PAD, Doc, World
+from interp.world.grammar import ITEM_TYPES, Z
+from interp.world.labels import encode_docs
+from interp.world.lexicon import INSTRUCTIONS
+from interp.world.scorer import score_doc
 
 QA_Z: Z = ("qa", None)
 
@@ -194,8 +194,8 @@ def pkck_batch(items: Sequence[PKCKItem], world: World | None = None) -> dict[st
     * ``answer_sources [n, 3]``: 0 memory, 1 context, 2 both, 3 none;
     * ``item_type [n]``: index into ``ITEM_TYPES``; ``source [n]``: 0 expert, 1 rumor.
     """
-    from .labels import ANSWER_SOURCES
-    from .lexicon import SOURCES
+    from interp.world.labels import ANSWER_SOURCES
+    from interp.world.lexicon import SOURCES
 
     world = world or World()
     index = {w: i for i, w in enumerate(world.vocab)}

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .datasets import fact_prompts, pkck_items
-from .generator import EOS, World
-from .grammar import ITEM_TYPES
-from .labels import lexical_tables
-from .lexicon import INSTRUCTIONS, TOPICS
-from .scorer import score_doc
+from interp.world.datasets import fact_prompts, pkck_items
+from interp.world.generator import EOS, World
+from interp.world.grammar import ITEM_TYPES
+from interp.world.labels import lexical_tables
+from interp.world.lexicon import INSTRUCTIONS, TOPICS
+from interp.world.scorer import score_doc
 
 # The bars the shipped model must clear (see WORLD.md). Never lowered to make a model pass.
 BARS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .lexicon import RELATIONS, Lexicon
+from interp.world.lexicon import RELATIONS, Lexicon
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .config import DEFAULT_CONFIG, WorldConfig
-from .facts import FactBase
-from .grammar import Grammar, Z
-from .lexicon import Lexicon
+from interp.world.config import DEFAULT_CONFIG, WorldConfig
+from interp.world.facts import FactBase
+from interp.world.grammar import Grammar, Z
+from interp.world.lexicon import Lexicon
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .config import WorldConfig
-from .dist import Dist, mix, point, uniform
-from .facts import FactBase
-from .lexicon import (
+from interp.world.config import WorldConfig
+from interp.world.dist import Dist, mix, point, uniform
+from interp.world.facts import FactBase
+from interp.world.lexicon import (
     CATEGORY_VERBS, EVALUATIONS, HIERARCHY_PARENT, INSTRUCTION_PHRASES, INSTRUCTIONS,
     SENTIMENT_ADJECTIVES, SENTIMENT_VERBS, SENTIMENTS, SOURCES, TOPICS, UNKNOWN, Lexicon, hierarchy_ancestors,
     topic_categories, topic_members,

@@ -17,9 +17,9 @@ from functools import lru_cache
 
 import torch
 
-from .generator import PAD, Doc, World
-from .grammar import DOC_KINDS, ITEM_TYPES, QA_PARTS, TEMPLATES
-from .lexicon import (
+from interp.world.generator import PAD, Doc, World
+from interp.world.grammar import DOC_KINDS, ITEM_TYPES, QA_PARTS, TEMPLATES
+from interp.world.lexicon import (
     CATEGORY_VERBS, COLORS, EVALUATIONS, FUNCTION_WORDS, HIERARCHY_NODES, HIERARCHY_PARENT,
     INSTRUCTIONS, MEMBER_PARENT, PUNCTUATION, RELATIONS, SENTIMENT_ADJECTIVES, SENTIMENT_VERBS, SENTIMENTS, SOURCES,
     SPECIAL_TOKENS, TOPICS, hierarchy_ancestors, topic_members,

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .dist import Dist
-from .generator import BOS, EOS, World
-from .grammar import Program, Z
+from interp.world.dist import Dist
+from interp.world.generator import BOS, EOS, World
+from interp.world.grammar import Program, Z
 
 _EOS_DIST = Dist({EOS: 1.0})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .generator import BOS, EOS, PAD, UNK
+from interp.world.generator import BOS, EOS, PAD, UNK
 
 
 def build_tokenizer(vocab: list[str], model_max_length: int = 128) -> Any:

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from .config import WorldConfig
-from .generator import BOS, PAD, World
-from .tokenizer import build_tokenizer
+from interp.world.config import WorldConfig
+from interp.world.generator import BOS, PAD, World
+from interp.world.tokenizer import build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def train(cfg: TrainConfig = TrainConfig(), out: str | Path | None = None, log=p
 
 def quick_check(model: Any, world: World) -> dict:
     """Fact recall and PK/CK accuracy on a small fixed sample (for the training log)."""
-    from .evaluate import fact_recall, qa_accuracy
+    from interp.world.evaluate import fact_recall, qa_accuracy
 
     with torch.no_grad():
         qa = qa_accuracy(model, world, n_items=90, seed=4242)

@@ -33,7 +33,7 @@ from plotly.subplots import make_subplots
 import interp
 import probes
 import saes
-from interp.evaluate import token_batches
+from interp.evaluation.splice import token_batches
 from interp.world import World, labelled_batch
 from interp.world.labels import topic_words
 from interp.world.lexicon import HIERARCHY_MEMBERS, HIERARCHY_NODES, TOPICS

@@ -35,10 +35,10 @@ from types import ModuleType
 
 import torch
 
-from ..errors import ConfigError
-from . import autograd, mp, torch_ref
-from .autograd import Selection
-from .mp import PursuitOutput
+from saes.errors import ConfigError
+from saes.kernels import autograd, matching_pursuit, torch_ref
+from saes.kernels.autograd import Selection
+from saes.kernels.matching_pursuit import PursuitOutput
 
 __all__ = [
     "backend", "topk", "batch_topk", "encode", "Encoded", "sparse_decode", "prefix_decode", "pursuit",
@@ -89,7 +89,7 @@ def backend(t: torch.Tensor) -> str:
 
 def _ops(t: torch.Tensor) -> ModuleType:
     if backend(t) == "triton":
-        from . import triton_ops  # imported lazily: triton is optional
+        from saes.kernels import triton_ops  # imported lazily: triton is optional
 
         return triton_ops
     return torch_ref
@@ -208,7 +208,7 @@ def pursuit(
 ) -> PursuitOutput:
     """Matching pursuit of ``r0 [N, d]`` over atoms ``D [n, d]`` scored by ``E [n, d]``.
 
-    See :func:`saes.kernels.mp.pursuit` for the options (signed codes, no re-selection,
+    See :func:`saes.kernels.matching_pursuit.pursuit` for the options (signed codes, no re-selection,
     threshold stopping, duplicate-support stopping, residual norms, Gram update).
     """
-    return mp.pursuit(r0, E, D, steps, ops=_ops(r0), **options)
+    return matching_pursuit.pursuit(r0, E, D, steps, ops=_ops(r0), **options)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import torch_ref
+from saes.kernels import torch_ref
 
 
 class _SharedOrder:

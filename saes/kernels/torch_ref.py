@@ -24,7 +24,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
+from saes.training import distributed
 
 # Use the block-max top-k above this many latents (below, torch.topk is as fast).
 BLOCK_TOPK_MIN_WIDTH = 2048

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import torch_ref
+from saes.kernels import torch_ref
 
 # Rows the fused encoder had to recompute densely (a tile held more of a row's top k than
 # it kept); read by the tests and benchmarks.
@@ -35,7 +35,7 @@ stats = {"dense_rows": 0}
 
 
 def _interpreting() -> bool:
-    from . import interpreter_on
+    from saes.kernels import interpreter_on
 
     return interpreter_on()
 

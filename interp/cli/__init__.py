@@ -1,0 +1,51 @@
+"""The `interp` command line. Each command lives in its own module with a ``register``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from interp.errors import InterpError
+
+# Modules that each add their commands to the parser, in the order `interp --help` lists them.
+COMMAND_MODULES = [
+    "interp.cli.quickstart",
+    "interp.cli.harvest",
+    "interp.cli.train",
+    "interp.cli.interventions",
+    "interp.cli.dashboard",
+    "interp.cli.pkck",
+    "interp.cli.world",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interp",
+        description="Mechanistic-interpretability toolkit: hooked models, activation stores, SAEs, probes, steering.",
+        epilog="Start with: interp quickstart",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from saes.errors import SAEError
+
+    try:
+        return int(args.func(args) or 0)
+    except (InterpError, SAEError) as err:
+        # The toolkit's own errors already say what to do; a traceback would bury that.
+        print(f"interp {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""`interp dashboard`: feature dashboards of chosen latents as one self-contained HTML file."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from interp.errors import InterpError
+
+EPILOG = """example:
+  interp dashboard --model world --sae runs/quickstart/sae --store runs/quickstart/store \\
+      --latents 0,1,2 --out features.html --json features.json
+  interp dashboard --model world --snmf runs/snmf --store runs/quickstart/store --latents 0-9 --out snmf.html
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("dashboard", help="feature dashboards (HTML, offline) of SAE or SNMF latents",
+                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="world", help="model the store was harvested from (default: world)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sae", help="SAE directory (saes.load)")
+    source.add_argument("--snmf", help="SNMF directory (SNMFResult.save), fit on --store's rows")
+    p.add_argument("--store", required=True, help="activation store directory")
+    p.add_argument("--hook", default=None, help="store hook to read (default: the SAE's hook, or the store's only one)")
+    p.add_argument("--latents", required=True, help="comma-separated latents, ranges allowed: 0,5,10-14")
+    p.add_argument("--out", default="features.html", help="HTML file to write")
+    p.add_argument("--json", default=None, help="also write the Neuronpedia-style JSON here")
+    p.add_argument("--examples", type=int, default=10, help="top examples per latent")
+    p.add_argument("--quantile-examples", type=int, default=5, help="examples per activation quantile group")
+    p.set_defaults(func=run)
+
+
+def parse_latents(text: str) -> list[int]:
+    out: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise InterpError(f"--latents {text!r} is not a list of integers; write e.g. 0,5,10-14") from None
+    if not out:
+        raise InterpError("--latents is empty; write e.g. 0,5,10-14")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import saes
+
+    from interp import load
+    from interp.dashboards import build_dashboard
+    from interp.activations.store import ActivationStore
+
+    latents = parse_latents(args.latents)
+    model = load(args.model)
+    if args.sae:
+        dictionary: Any = saes.load(args.sae)
+        hook = args.hook or dictionary.metadata.get("hook_name")
+    else:
+        dictionary = saes.SNMFResult.load(args.snmf)
+        hook = args.hook
+    store = ActivationStore.open(args.store, hook=hook, model=model)
+    dash = build_dashboard(model, dictionary, store, latents, n_examples=args.examples,
+                           n_quantile_examples=args.quantile_examples)
+    dash.save_html(args.out)
+    print(f"{len(latents)} latent(s) of {store.hook} over {len(store):,} tokens in {dash.seconds:.1f}s -> "
+          f"{args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)")
+    if args.json:
+        dash.save_json(args.json)
+        print(f"JSON -> {args.json}")
+    return 0

@@ -1,0 +1,106 @@
+"""`interp hooks` and `interp harvest`: list hook points, fill an activation store.
+
+:func:`register` adds both subcommands to the `interp` command's argparse subparsers; each
+handler takes the parsed ``args`` and returns an exit status.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HOOKS_EPILOG = """example:
+  interp hooks --model gpt2
+  interp hooks --model gpt2 --filter resid_post
+"""
+
+HARVEST_EPILOG = """example:
+  interp harvest --model gpt2 --hook blocks.6.hook_resid_post --hook blocks.6.hook_mlp_out \\
+      --data corpus.txt --tokens 2000000 --out runs/gpt2-l6 --context-length 128 --dtype bfloat16
+
+  --data is a .txt file (one document per line) or a .jsonl file (a "text" field, or the
+  field named by --text-field). Re-running the same command after an interruption resumes
+  after the last complete shard. Read the result with
+      interp.activations.store.ActivationStore.open("runs/gpt2-l6", hook="blocks.6.hook_resid_post")
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``hooks`` and ``harvest`` subcommands to ``subparsers``."""
+    p = subparsers.add_parser(
+        "hooks",
+        help="list a model's hook names with their per-token shapes",
+        description="List every hook name of a model with its per-token shape.",
+        epilog=HOOKS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
+    p.add_argument("--filter", default=None, help="only hooks whose name contains this text")
+    p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=run_hooks)
+
+    h = subparsers.add_parser(
+        "harvest",
+        help="run a model over text and store hook activations on disk",
+        description="Stream a dataset through a model and write hook activations to a sharded "
+        "safetensors store with a JSON manifest.",
+        epilog=HARVEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    h.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
+    h.add_argument("--hook", action="append", required=True, dest="hooks", metavar="HOOK",
+                   help="hook name to store; repeat for several hooks from the same forward pass")
+    h.add_argument("--data", required=True, help=".txt (one document per line) or .jsonl file")
+    h.add_argument("--tokens", type=int, default=None, help="number of token rows to store (default: all data)")
+    h.add_argument("--out", required=True, help="store directory (created; resumed if it holds this harvest)")
+    h.add_argument("--context-length", type=int, default=128, help="tokens per window (default 128)")
+    h.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    h.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the stored activations (default float32)")
+    h.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    h.add_argument("--shard-tokens", type=int, default=None, help="rows per shard (default: about 256 MiB)")
+    h.add_argument("--text-field", default="text", help="field of a .jsonl record holding the text")
+    h.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS) of every window")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar")
+    h.set_defaults(func=run_harvest)
+
+
+def run_hooks(args: argparse.Namespace) -> int:
+    from interp.model.loading import load
+
+    model = load(args.model, device=args.device)
+    names = [n for n in model.hook_names() if args.filter is None or args.filter in n]
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {tuple(model.hook_shape(name))}")
+    return 0
+
+
+def run_harvest(args: argparse.Namespace) -> int:
+    from interp.activations.harvest import harvest
+    from interp.model.loading import load
+
+    model = load(args.model, device=args.device)
+    model.check_hooks(args.hooks)  # fail on a typo before anything is written
+    store = harvest(
+        model,
+        args.data,
+        args.hooks,
+        args.out,
+        max_tokens=args.tokens,
+        context_length=args.context_length,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        exclude_bos=not args.keep_bos,
+        shard_tokens=args.shard_tokens,
+        text_field=args.text_field,
+        progress=not args.no_progress,
+    )
+    m = store.manifest
+    size = sum(s.bytes for s in m.shards)
+    print(
+        f"stored {m.n_tokens} tokens x {len(m.hooks)} hook(s) from {m.n_sequences} windows of "
+        f"{m.context_length} in {len(m.shards)} shard(s), {size / 2**20:.1f} MiB, at {store.directory}"
+    )
+    for hk in m.hooks:
+        print(f"  {hk.name}  shape {hk.shape}  d={hk.d}  {m.dtype}")
+    return 0

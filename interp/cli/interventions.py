@@ -1,0 +1,195 @@
+"""`interp steer`, `interp steer-eval` and `interp patch`."""
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from typing import Any
+
+from interp.errors import InterpError
+
+STEER_EPILOG = """examples:
+  interp steer --model world --sae runs/quickstart/sae --latent 12 --scale 8 --prompt "the"
+  interp steer --model world --vector runs/topic.safetensors --prompt "the" --prompt "a" --positions generated
+  interp steer --model world --sae runs/quickstart/sae --latent 12 --target-kl 0.5 --prompt "the"
+"""
+
+STEER_EVAL_EPILOG = """examples:
+  interp quickstart && interp steer-eval --from runs/quickstart            # SAE, SNMF and diff-in-means
+  interp steer-eval --from runs/quickstart --topics school,music --kl 0.25,0.5,1 --out runs/steer-eval
+
+writes OUT/steering.json (one row per topic, method and KL target) and OUT/steering.html
+(success against fluency, averaged over topics).
+"""
+
+PATCH_EPILOG = """example:
+  interp patch --model gpt2 --clean "When Mary and John went to the store, John gave a drink to" \\
+      --corrupted "When Mary and John went to the store, Mary gave a drink to" \\
+      --correct " Mary" --wrong " John" --out patch.html
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("steer", help="generate with and without a steering vector, side by side",
+                              epilog=STEER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="world")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sae", help="SAE directory; steer along the decoder row of --latent")
+    source.add_argument("--vector", help="a steering file written by Steering.save()")
+    p.add_argument("--latent", type=int, help="SAE latent (with --sae)")
+    p.add_argument("--hook", help="hook to steer at (default: the SAE's or the file's)")
+    p.add_argument("--scale", type=float, default=None, help="steering strength")
+    p.add_argument("--target-kl", type=float, default=None, help="calibrate the scale to this next-token KL instead")
+    p.add_argument("--positions", default="all", help="all | prompt | generated | last_prompt")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=steer)
+
+    e = subparsers.add_parser("steer-eval", help="SAE latent vs SNMF feature vs diff-in-means steering at matched KL (world)",
+                              epilog=STEER_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--model", default="world")
+    e.add_argument("--from", dest="source", default="runs/quickstart",
+                   help="a quickstart output directory: its topk/ SAE and snmf/ are used")
+    e.add_argument("--sae", default=None, help="SAE directory at blocks.L.hook_resid_post (default: FROM/topk)")
+    e.add_argument("--snmf", default=None, help="SNMF directory at blocks.L.mlp.hook_post (default: FROM/snmf)")
+    e.add_argument("--topics", default=None, help="comma-separated planted topics (default: all)")
+    e.add_argument("--kl", default="0.25,0.5,1.0", help="next-token KL targets the methods are matched at")
+    e.add_argument("--prompts", type=int, default=12, help="prompts per topic (openings of other topics' documents)")
+    e.add_argument("--new-tokens", type=int, default=16)
+    e.add_argument("--out", default="runs/steer-eval")
+    e.set_defaults(func=steer_eval)
+
+    q = subparsers.add_parser("patch", help="activation patching heat map (layer x position) as HTML",
+                              epilog=PATCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--model", default="world")
+    q.add_argument("--clean", required=True)
+    q.add_argument("--corrupted", required=True)
+    q.add_argument("--correct", required=True, help="the clean answer token")
+    q.add_argument("--wrong", required=True, help="the corrupted answer token")
+    q.add_argument("--hook-template", default="blocks.{layer}.hook_resid_pre")
+    q.add_argument("--attribution", action="store_true", help="the gradient approximation (one pass)")
+    q.add_argument("--out", default="patch.html")
+    q.set_defaults(func=patch)
+
+
+def _single_token(model: Any, text: str) -> int:
+    ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
+    if len(ids) != 1:
+        raise InterpError(f"{text!r} is {len(ids)} tokens for this tokenizer; --correct/--wrong need one token each")
+    return ids[0]
+
+
+def steer_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import saes
+    from saes.formats.io import atomic_write_text
+
+    from interp import load
+    from interp.model.hooked import layer_of
+    from interp.interventions.steering_eval import compare_methods, mean_by_method, steering_chart
+    from interp.world.lexicon import TOPICS
+
+    source = Path(args.source)
+    sae_dir = Path(args.sae) if args.sae else source / "topk"
+    snmf_dir = Path(args.snmf) if args.snmf else source / "snmf"
+    for what, d in (("SAE", sae_dir), ("SNMF", snmf_dir)):
+        if not d.exists():
+            raise InterpError(f"no {what} at {d}: run `interp quickstart` first (it writes {source}/topk and "
+                              f"{source}/snmf), or pass --sae/--snmf")
+    try:
+        kl = [float(x) for x in args.kl.split(",") if x.strip()]
+    except ValueError:
+        raise InterpError(f"--kl {args.kl!r}: give comma-separated numbers, e.g. --kl 0.25,0.5,1") from None
+    if not kl or any(k <= 0 for k in kl):
+        raise InterpError(f"--kl {args.kl!r}: KL targets must be positive")
+    model = load(args.model)
+    sae = saes.load(sae_dir)
+    snmf = saes.SNMFResult.load(snmf_dir)
+    hook = sae.metadata.get("hook_name") or ""
+    layer = layer_of(hook)
+    if layer is None:
+        raise InterpError(f"the SAE's hook {hook!r} is not a per-layer hook (blocks.L....); "
+                          "steer-eval compares dictionaries of one layer")
+    snmf_hook = snmf.config.get("hook_name", f"blocks.{layer}.mlp.hook_post")
+    if snmf_hook != f"blocks.{layer}.mlp.hook_post":
+        raise InterpError(f"the SAE reads {hook} but the SNMF was fit at {snmf_hook}; "
+                          f"compare dictionaries of one layer (the SNMF at blocks.{layer}.mlp.hook_post)")
+    topics = [t.strip() for t in args.topics.split(",")] if args.topics else list(TOPICS)
+    try:
+        rows = compare_methods(model, topics, layer, sae=sae, snmf=snmf, kl_targets=kl, n_prompts=args.prompts,
+                               new_tokens=args.new_tokens)
+    except ValueError as err:
+        raise InterpError(str(err)) from None
+    means = mean_by_method(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "steering.json", json.dumps({"layer": layer, "topics": topics, "kl_targets": kl,
+                                                         "rows": rows, "mean": [vars(r) for r in means]}, indent=2))
+    chart = steering_chart(means, topic=f"{len(topics)} topics (mean)")
+    atomic_write_text(out / "steering.html", chart.to_html(include_plotlyjs=True))
+    print(f"layer {layer}; {len(topics)} topics x {args.prompts} prompts; mean over topics")
+    print(f"{'method':<15}{'KL target':>10}{'KL':>8}{'success':>9}{'fluency':>9}")
+    for r in means:
+        print(f"{r.method:<15}{r.target_kl:>10.2f}{r.kl:>8.2f}{r.success:>9.3f}{r.fluency:>9.3f}")
+    print(f"wrote {out}/steering.json and steering.html")
+    return 0
+
+
+def steer(args: argparse.Namespace) -> int:
+    import saes
+
+    from interp import load
+    from interp.interventions.steering import Positions, Steering, calibrate_scale
+
+    model = load(args.model)
+    positions = Positions.parse(args.positions)
+    if args.sae:
+        if args.latent is None:
+            raise InterpError("--sae needs --latent: which latent's decoder row to steer with")
+        spec = Steering.from_sae(saes.load(args.sae), args.latent, scale=args.scale or 1.0, positions=positions,
+                                 hook=args.hook)
+    else:
+        spec = Steering.load(args.vector)
+        spec.positions = positions
+        spec.hook = args.hook or spec.hook
+        if args.scale is not None:
+            spec.scale = args.scale
+    if args.target_kl is not None:
+        spec, kl = calibrate_scale(model, spec, args.prompt, args.target_kl)
+        print(f"calibrated scale {spec.scale:.3g} reaches next-token KL {kl:.3g}")
+    elif args.scale is None and args.sae:
+        raise InterpError("give --scale S or --target-kl K")
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
+    plain = model.generate(args.prompt, **options)
+    steered = model.generate(args.prompt, steering=[spec], **options)
+    width = 48
+    print(f"{spec.name or 'vector'} at {spec.hook}, scale {spec.scale:.3g}, positions {json.dumps(spec.positions.to_dict())}")
+    for prompt, a, b in zip(args.prompt, plain.texts, steered.texts):
+        print(f"\nprompt: {prompt}")
+        left, right = textwrap.wrap(a, width) or [""], textwrap.wrap(b, width) or [""]
+        print(f"  {'unsteered':<{width}} | steered")
+        for i in range(max(len(left), len(right))):
+            print(f"  {(left[i] if i < len(left) else ''):<{width}} | {right[i] if i < len(right) else ''}")
+    return 0
+
+
+def patch(args: argparse.Namespace) -> int:
+    from interp import load
+    from interp.interventions.patching import activation_patching, attribution_patching, heatmap, logit_diff
+
+    model = load(args.model)
+    clean, corrupted = model.to_tokens(args.clean), model.to_tokens(args.corrupted)
+    if clean.shape != corrupted.shape:
+        raise InterpError(f"the clean prompt is {clean.shape[1]} tokens and the corrupted one {corrupted.shape[1]}; "
+                          "patching needs prompts of the same length")
+    metric = logit_diff(_single_token(model, args.correct), _single_token(model, args.wrong))
+    run = attribution_patching if args.attribution else activation_patching
+    result = run(model, clean, corrupted, metric, hook_template=args.hook_template)
+    heatmap(result, tokens=model.tokenizer.convert_ids_to_tokens(clean[0].tolist())).write_html(args.out)
+    best = divmod(int(result.scores.abs().argmax()), result.scores.shape[1])
+    print(f"clean {result.clean:.3f}, corrupted {result.corrupted:.3f}; strongest cell: "
+          f"{result.row_labels[best[0]]} at position {best[1]} ({float(result.scores[best]):.2f}); wrote {args.out}")
+    return 0

@@ -1,0 +1,300 @@
+"""`interp train` and `interp eval-sae`: train SAEs from a store or live, evaluate them.
+
+:func:`register` adds both subcommands to the `interp` command's argparse subparsers; each
+handler takes the parsed ``args`` and returns an exit status.
+
+Output of `interp train --out DIR` (one hook)::
+
+    DIR/cfg.json, DIR/sae_weights.safetensors    the SAE (load with saes.load(DIR))
+    DIR/checkpoint/checkpoint.safetensors          resumable training state (--resume)
+    DIR/train_log.jsonl                            metrics every --log-every steps
+
+With several ``--hook`` (live or from a store) each hook gets that layout in ``DIR/<hook>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from interp.errors import InterpError
+
+ARCHS = ("topk", "batchtopk", "matryoshka", "mp")
+
+TRAIN_EPILOG = """examples:
+  # from an activation store written by `interp harvest`
+  interp train --store runs/gpt2-l6 --arch topk --d-sae 16384 --k 32 --tokens 50000000 \\
+      --out saes/gpt2-l6-topk
+
+  # live, straight from the model (no store on disk); several --hook train at once
+  interp train --model gpt2 --hook blocks.6.hook_resid_post --data corpus.txt \\
+      --arch matryoshka --d-sae 16384 --k 32 --tokens 20000000 --out saes/gpt2-l6-mat
+
+  Re-run the same command with --resume to continue after an interruption; the resumed
+  run ends with exactly the weights an uninterrupted one would have.
+"""
+
+EVAL_EPILOG = """example:
+  interp eval-sae --sae saes/gpt2-l6-topk --model gpt2 --data heldout.txt --tokens 200000
+
+  Prints the metrics as JSON, then as a table: CE-loss recovered against zero ablation,
+  KL of the spliced model from the clean one, FVU, L0 and dead fraction at the hook.
+  The hook defaults to the one recorded in the SAE's cfg.json.
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` and ``eval-sae`` subcommands to ``subparsers``."""
+    t = subparsers.add_parser(
+        "train",
+        help="train an SAE (TopK, BatchTopK, Matryoshka, MP) from a store or live from a model",
+        description="Train a sparse autoencoder on hook activations, read from an activation store "
+        "(--store) or produced live by a model (--model, --hook, --data).",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", help="activation store directory (from `interp harvest`)")
+    src.add_argument("--model", help="model for live training: HF hub name, local directory, or 'world'")
+    t.add_argument("--hook", action="append", dest="hooks", metavar="HOOK",
+                   help="hook to train on; repeat it to train several hooks at once (each in DIR/<hook>/)")
+    t.add_argument("--data", help="live mode: .txt (one document per line) or .jsonl file")
+    t.add_argument("--arch", choices=ARCHS, default="topk", help="architecture (default topk)")
+    t.add_argument("--d-sae", type=int, required=True, help="number of latents")
+    t.add_argument("--k", type=int, required=True, help="active latents per token (MP: pursuit steps)")
+    t.add_argument("--groups", default=None,
+                   help="matryoshka group sizes, comma-separated, summing to --d-sae (default: doubling prefixes)")
+    t.add_argument("--per-token-topk", action="store_true",
+                   help="matryoshka: per-token TopK codes instead of BatchTopK")
+    t.add_argument("--tokens", type=int, required=True, help="training tokens")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    t.add_argument("--batch-size", type=int, default=4096, help="tokens per step (default 4096)")
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4/sqrt(d_sae/16384))")
+    t.add_argument("--seed", type=int, default=0, help="initialisation and data order (default 0)")
+    t.add_argument("--dead-tokens", type=int, default=10_000_000,
+                   help="tokens without firing before a latent counts as dead (default 10M)")
+    t.add_argument("--k-aux", type=int, default=None, help="AuxK latents (default d_in/2)")
+    t.add_argument("--no-auxk", action="store_true", help="switch the AuxK loss off")
+    t.add_argument("--normalize-input", action="store_true",
+                   help="scale inputs to E||x||^2 = d_in during training (folded into the saved weights)")
+    t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
+    t.add_argument("--log-every", type=int, default=50, help="steps between metric records (default 50)")
+    t.add_argument("--device", default=None, help="e.g. cpu or cuda (default: the model's / cuda when available)")
+    t.add_argument("--hook-device", action="append", dest="hook_devices", default=None, metavar="HOOK=DEVICE",
+                   help="train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
+    t.add_argument("--on-nonfinite", choices=("raise", "skip"), default="raise",
+                   help="NaN/inf activations: stop with an error naming them (default) or drop those rows")
+    t.add_argument("--context-length", type=int, default=128, help="live: tokens per window (default 128)")
+    t.add_argument("--model-batch-size", type=int, default=8, help="live: windows per forward pass (default 8)")
+    t.add_argument("--buffer-tokens", type=int, default=1 << 16, help="live: shuffle buffer rows (default 65536)")
+    t.add_argument("--text-field", default="text", help="live: field of a .jsonl record holding the text")
+    t.add_argument("--keep-bos", action="store_true", help="live: also train on position 0 (BOS)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "eval-sae",
+        help="CE-loss recovered, KL and reconstruction metrics of an SAE spliced into a model",
+        description="Splice an SAE's reconstruction into a model at its hook and report CE-loss "
+        "recovered (against zero ablation), the KL from the clean model, FVU, L0 and dead fraction.",
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("--sae", required=True, help="SAE directory (ours, SAELens or sparsify)")
+    e.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
+    e.add_argument("--data", required=True, help=".txt (one document per line) or .jsonl file")
+    e.add_argument("--hook", default=None, help="hook to splice at (default: the SAE's recorded hook)")
+    e.add_argument("--tokens", type=int, default=100_000, help="tokens to evaluate (default 100000)")
+    e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    e.add_argument("--context-length", type=int, default=None,
+                   help="tokens per window (default: the SAE's recorded context size, else 128)")
+    e.add_argument("--text-field", default="text", help="field of a .jsonl record holding the text")
+    e.add_argument("--keep-bos", action="store_true", help="also splice at position 0 (BOS)")
+    e.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    e.add_argument("--json", action="store_true", help="print only the JSON")
+    e.set_defaults(func=run_eval_sae)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def build_sae(arch: str, d_in: int, d_sae: int, k: int, groups: str | None = None, batch_topk: bool = True) -> Any:
+    """The SAE the command-line options describe."""
+    import saes
+
+    if arch == "topk":
+        return saes.TopKSAE(d_in, d_sae, k)
+    if arch == "batchtopk":
+        return saes.BatchTopKSAE(d_in, d_sae, k)
+    if arch == "mp":
+        return saes.MPSAE(d_in, d_sae, k)
+    sizes = None
+    if groups:
+        try:
+            sizes = [int(g) for g in groups.split(",") if g.strip()]
+        except ValueError:
+            raise InterpError(f"--groups must be comma-separated integers, got {groups!r}") from None
+    return saes.MatryoshkaSAE(d_in, sizes, k, d_sae=d_sae, batch_topk=batch_topk)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    import saes
+
+    return saes.TrainConfig(
+        batch_size=args.batch_size, total_tokens=args.tokens, lr=args.lr, seed=args.seed,
+        dead_tokens=args.dead_tokens, k_aux=args.k_aux, auxk=not args.no_auxk,
+        normalize_input=args.normalize_input, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, device=args.device, on_nonfinite=args.on_nonfinite,
+    )
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    m = result.metrics
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in
+            {"steps": result.steps, "tokens": result.tokens, "fvu": m.get("fvu"), "l0": m.get("l0"),
+             "dead_fraction": m.get("dead_fraction"), "stopped_early": result.stopped_early}.items()}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from saes.errors import SAEError
+
+    try:
+        return _train_from_store(args) if args.store else _train_live(args)
+    except SAEError as err:
+        raise InterpError(str(err)) from err
+
+
+def _train_from_store(args: argparse.Namespace) -> int:
+    import saes
+
+    from interp.activations.store import ActivationStore
+
+    if args.data:
+        raise InterpError("--data is for live training (--model); a store already holds its activations")
+    if args.hooks and len(args.hooks) > 1:
+        return _train_store_hooks(args)
+    if args.hook_devices:
+        raise InterpError("--hook-device places the SAEs of several --hook values; with one hook use --device")
+    store = ActivationStore.open(args.store, hook=args.hooks[0] if args.hooks else None)
+    sae = build_sae(args.arch, store.d, args.d_sae, args.k, args.groups, not args.per_token_topk)
+    sae.metadata.update(model_name=store.model_name, hook_name=store.hook, context_size=store.context_length,
+                        prepend_bos=getattr(store.manifest, "prepend_bos", None), dataset_path=str(Path(args.store).resolve()))
+    out = Path(args.out)
+    result = saes.train(sae, store, _train_config(args), checkpoint_dir=out / "checkpoint", resume=args.resume,
+                        log_path=out / "train_log.jsonl", progress=not args.no_progress)
+    if _main_process():  # under torchrun every rank trained; rank 0 saves and reports
+        sae.save(out)
+        print(json.dumps({"sae": str(out), "hook": store.hook, **_summary(result)}))
+    return 0
+
+
+def _train_store_hooks(args: argparse.Namespace) -> int:
+    """Several stored hooks at once: DIR/<hook>/ per hook, each on its --hook-device."""
+    from interp.activations.live import hook_dir_name
+    from interp.activations.store import ActivationStore
+    from interp.activations.store_train import train_store
+
+    store = ActivationStore.open(args.store, hook=args.hooks[0])
+    for hook in args.hooks[1:]:
+        store.select(hook)  # every hook must be in the store: fail before any training
+    saes_by_hook = {h: build_sae(args.arch, store.select(h).d, args.d_sae, args.k, args.groups,
+                                 not args.per_token_topk) for h in args.hooks}
+    out = Path(args.out)
+    dirs = {h: out / hook_dir_name(h) for h in args.hooks}
+    results = train_store(store, saes_by_hook, _train_config(args), resume=args.resume,
+                          checkpoint_dir={h: d / "checkpoint" for h, d in dirs.items()},
+                          log_dir={h: d / "train_log.jsonl" for h, d in dirs.items()},
+                          progress=not args.no_progress, devices=_hook_devices(args.hook_devices, args.hooks))
+    if _main_process():
+        for hook, result in results.items():
+            result.sae.save(dirs[hook])
+            print(json.dumps({"sae": str(dirs[hook]), "hook": hook, **_summary(result)}))
+    return 0
+
+
+def _main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _train_live(args: argparse.Namespace) -> int:
+    from interp.activations.live import LiveConfig, hook_dir_name, train_live
+    from interp.model.loading import load
+
+    if not args.hooks:
+        raise InterpError("live training needs --hook (repeat it for several hooks)")
+    if not args.data:
+        raise InterpError("live training needs --data (a .txt or .jsonl file)")
+    model = load(args.model, device=args.device)
+    model.check_hooks(args.hooks)
+    out = Path(args.out)
+    several = len(args.hooks) > 1
+    saes_by_hook = {}
+    for hook in args.hooks:
+        d_in = math.prod(model.hook_shape(hook))
+        saes_by_hook[hook] = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk)
+    live = LiveConfig(context_length=args.context_length, model_batch_size=args.model_batch_size,
+                      buffer_tokens=args.buffer_tokens, exclude_bos=not args.keep_bos, text_field=args.text_field)
+    cfg = _train_config(args)
+    cfg.device = cfg.device or str(model.device)
+    # One hook: DIR is the SAE directory (as for store training); several: DIR/<hook>/.
+    dirs = {hook: out / hook_dir_name(hook) if several else out for hook in args.hooks}
+    devices = _hook_devices(args.hook_devices, args.hooks)
+    results = train_live(
+        model, args.data, saes_by_hook, cfg, live=live, devices=devices,
+        checkpoint_dir={h: d / "checkpoint" for h, d in dirs.items()}, resume=args.resume,
+        log_dir={h: d / "train_log.jsonl" for h, d in dirs.items()}, progress=not args.no_progress,
+    )
+    for hook, result in results.items():
+        result.sae.save(dirs[hook])
+        print(json.dumps({"sae": str(dirs[hook]), "hook": hook, **_summary(result)}))
+    return 0
+
+
+def _hook_devices(specs: list[str] | None, hooks: list[str]) -> dict[str, str] | None:
+    """``["HOOK=DEVICE", ...]`` as a mapping, each hook one of the trained ones."""
+    if not specs:
+        return None
+    out: dict[str, str] = {}
+    for spec in specs:
+        hook, sep, device = spec.partition("=")
+        if not sep or not hook or not device:
+            raise InterpError(f"--hook-device takes HOOK=DEVICE (e.g. blocks.6.hook_resid_post=cuda:1), got {spec!r}")
+        if hook not in hooks:
+            raise InterpError(f"--hook-device names {hook!r}, which is not one of the --hook values {hooks}")
+        out[hook] = device
+    return out
+
+
+# ------------------------------------------------------------------------- eval-sae
+
+
+def run_eval_sae(args: argparse.Namespace) -> int:
+    import saes
+    from saes.errors import SAEError
+
+    from interp.evaluation.splice import evaluate_sae
+    from interp.model.loading import load
+
+    try:
+        sae = saes.load(args.sae)
+    except SAEError as err:
+        raise InterpError(str(err)) from err
+    hook = args.hook or sae.metadata.get("hook_name")
+    if not hook:
+        raise InterpError(f"{args.sae} records no hook name; pass --hook")
+    model = load(args.model, device=args.device)
+    context = args.context_length or sae.metadata.get("context_size") or 128
+    result = evaluate_sae(model, sae, hook, args.data, batch_size=args.batch_size, exclude_bos=not args.keep_bos,
+                          context_length=int(context), max_tokens=args.tokens, text_field=args.text_field,
+                          progress=False)
+    out = {"sae": str(args.sae), "model": model.name, **result.to_dict()}
+    print(json.dumps(out))
+    if not args.json:
+        print()
+        print(result.table())
+    return 0

@@ -1,0 +1,283 @@
+"""Steering: add a direction (or clamp an SAE latent) at a hook, at chosen positions.
+
+A :class:`Steering` is a declarative, serialisable spec: hook, vector, scale, positions.
+Positions keep two things apart, because under a KV cache every decode step sees a
+sequence of length one and indices computed per forward call would be wrong:
+
+* ``prompt``: indices relative to the prompt (``0`` first real token, ``-1`` last);
+* ``generated``: a window ``[start, stop)`` of generated steps (step ``j`` is the
+  position holding the j-th generated token).
+
+>>> spec = Steering.from_sae(sae, latent=12, scale=8.0, positions="all")
+>>> out = model.generate("the cat", max_new_tokens=10, steering=[spec])
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import torch
+
+from interp.errors import InterpError
+from interp.model.generation import DecodeState
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Which positions to steer.
+
+    ``prompt``: ``"all"``, None, or prompt-relative indices (negative count from the end).
+    ``generated``: ``"all"``, None, or a window ``(start, stop)`` of generated steps
+    (``stop`` None for open-ended).
+    """
+
+    prompt: Union[Literal["all"], tuple[int, ...], None] = ALL
+    generated: Union[Literal["all"], tuple[int, Union[int, None]], None] = ALL
+
+    @classmethod
+    def parse(cls, spec: Union[str, Positions, dict]) -> Positions:
+        """``"all"``, ``"prompt"``, ``"generated"``, a dict of the fields, or a Positions."""
+        if isinstance(spec, Positions):
+            return spec
+        if isinstance(spec, dict):
+            prompt = spec.get("prompt", None)
+            gen = spec.get("generated", None)
+            return cls(prompt if prompt in (ALL, None) else tuple(prompt),
+                       gen if gen in (ALL, None) else (int(gen[0]), None if gen[1] is None else int(gen[1])))
+        named = {"all": cls(ALL, ALL), "prompt": cls(ALL, None), "generated": cls(None, ALL),
+                 "last_prompt": cls((-1,), None)}
+        if spec not in named:
+            raise ValueError(f"unknown positions {spec!r}; use one of {', '.join(named)} or "
+                             "{'prompt': [...], 'generated': [start, stop]}")
+        return named[spec]
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt if self.prompt in (ALL, None) else list(self.prompt),
+                "generated": self.generated if self.generated in (ALL, None) else list(self.generated)}
+
+    def mask(self, state: DecodeState, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Bool [batch, width] of the current forward call's columns to steer; None for all of them."""
+        if state.offset >= state.prompt_length and self.generated == ALL:
+            return None  # a decode step of an open-ended generated window: the hot path
+        absolute = torch.arange(state.offset, state.offset + state.width, device=device)[None].expand(batch, -1)
+        in_prompt = absolute < state.prompt_length
+        out = torch.zeros(batch, state.width, dtype=torch.bool, device=device)
+        if self.prompt == ALL:
+            out |= in_prompt & (absolute >= state.pad.to(device)[:, None])
+        elif self.prompt is not None:
+            for index in self.prompt:
+                target = (state.pad.to(device) + index) if index >= 0 else torch.full(
+                    (batch,), state.prompt_length + index, device=device)
+                out |= in_prompt & (absolute == target[:, None])
+        if self.generated is not None:
+            step = absolute - state.prompt_length
+            window = step >= 0
+            if self.generated != ALL:
+                start, stop = self.generated
+                window &= step >= start
+                if stop is not None:
+                    window &= step < stop
+            out |= window
+        return out
+
+
+@dataclass
+class Steering:
+    """Add ``scale · vector`` to the activation at ``hook`` on the chosen positions."""
+
+    hook: str
+    vector: torch.Tensor  # the hook's per-token shape, e.g. [d_model]
+    scale: float = 1.0
+    positions: Union[Positions, str, dict] = ALL
+    name: str = ""
+    source: dict = field(default_factory=dict)  # where the vector came from (for the record)
+
+    def __post_init__(self) -> None:
+        self.positions = Positions.parse(self.positions)
+        self.vector = torch.as_tensor(self.vector).detach().float()
+
+    # -- constructors for the usual sources ----------------------------------------------
+    @classmethod
+    def from_sae(cls, sae: Any, latent: int, scale: float = 1.0, positions: Any = ALL, hook: str | None = None) -> Steering:
+        """The latent's decoder row (unit norm for trained SAEs) at the SAE's hook."""
+        hook = hook or _sae_hook(sae)
+        if not 0 <= latent < sae.W_dec.shape[0]:
+            raise ValueError(f"latent {latent} is outside the SAE's {sae.W_dec.shape[0]} latents")
+        return cls(hook, sae.W_dec[latent], scale, positions, name=f"sae latent {latent}",
+                   source={"kind": "sae", "latent": latent})
+
+    @classmethod
+    def from_snmf(cls, result: Any, feature: int, hook: str, scale: float = 1.0, positions: Any = ALL) -> Steering:
+        """An SNMF feature ``z_i / ‖z_i‖`` at ``blocks.L.mlp.hook_post`` (the space it lives in)."""
+        if not hook.endswith("mlp.hook_post"):
+            raise ValueError(f"SNMF features live in MLP neuron space: steer at blocks.L.mlp.hook_post, not {hook}")
+        z = result.features[feature]
+        return cls(hook, z / z.norm(), scale, positions, name=f"snmf feature {feature}",
+                   source={"kind": "snmf", "feature": feature})
+
+    @classmethod
+    def from_direction(cls, vector: torch.Tensor, hook: str, scale: float = 1.0, positions: Any = ALL,
+                       normalize: bool = True, name: str = "direction") -> Steering:
+        """A raw, difference-in-means or probe direction (unit-normalised unless told not to)."""
+        vector = torch.as_tensor(vector).float()
+        return cls(hook, vector / vector.norm() if normalize else vector, scale, positions, name=name,
+                   source={"kind": name, "normalized": normalize})
+
+    # -- applying ----------------------------------------------------------------------
+    def apply(self, x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
+        """``x`` [batch, pos, ...] with the steer added where ``where`` [batch, pos] is true (None: everywhere)."""
+        if tuple(self.vector.shape) != tuple(x.shape[2:]):
+            raise ValueError(f"steering vector has shape {tuple(self.vector.shape)} but {self.hook} carries "
+                             f"{tuple(x.shape[2:])} per token")
+        delta = self.scale * self.vector.to(x.device, x.dtype)
+        if where is None:
+            return x + delta
+        gate = where.reshape(*where.shape, *([1] * (x.ndim - 2))).to(x.dtype)
+        return x + gate * delta
+
+    def with_scale(self, scale: float) -> Steering:
+        return Steering(self.hook, self.vector, scale, self.positions, self.name, self.source)
+
+    # -- files -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"hook": self.hook, "scale": self.scale, "positions": self.positions.to_dict(), "name": self.name,
+                "source": self.source, "shape": list(self.vector.shape)}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """``path.safetensors`` holds the vector and its JSON spec (in the header metadata)."""
+        from saes.formats.io import atomic_save_tensors
+
+        atomic_save_tensors(_vector_path(path), {"vector": self.vector}, {"steering": json.dumps(self.to_dict())})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Steering:
+        from saes.formats.io import read_tensors
+
+        file = _vector_path(path)
+        tensors, header = read_tensors(file, require_checksum=lambda m: "steering" in m)  # a damaged file is named, not used
+        meta = json.loads(header.get("steering", "{}"))
+        vector = tensors.get("vector")
+        if not meta or vector is None:
+            raise ValueError(f"{file} holds no steering spec; save one with Steering.save()")
+        return cls(meta["hook"], vector, meta["scale"], meta["positions"], meta.get("name", ""), meta.get("source", {}))
+
+
+@dataclass
+class Clamp:
+    """Set one SAE latent to ``value`` at ``hook``, keeping the SAE's error term.
+
+    ``x ← decode(z with z[latent] = value) + (x − decode(encode(x)))``: only the latent's
+    contribution changes, so whatever the SAE fails to reconstruct passes through untouched.
+    """
+
+    sae: Any
+    latent: int
+    value: float
+    positions: Union[Positions, str, dict] = ALL
+    hook: str = ""
+
+    def __post_init__(self) -> None:
+        self.positions = Positions.parse(self.positions)
+        self.hook = self.hook or _sae_hook(self.sae)
+
+    @property
+    def name(self) -> str:
+        return f"clamp latent {self.latent} = {self.value}"
+
+    def apply(self, x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        sae_dtype = self.sae.W_dec.dtype
+        z = self.sae.encode(flat.to(sae_dtype))
+        # The clamp changes z[latent] only; decode is linear in z, so the edit is one row.
+        delta = (self.value - z[:, self.latent])[:, None] * self.sae.W_dec[self.latent][None]
+        gate = 1.0 if where is None else where.reshape(-1, 1).to(delta.dtype)
+        return (flat + (gate * delta).to(x.dtype)).reshape(x.shape)
+
+
+def _sae_hook(sae: Any) -> str:
+    hook = (getattr(sae, "metadata", None) or {}).get("hook_name")
+    if not hook:
+        raise InterpError("this SAE does not record its hook; pass hook='blocks.L.hook_resid_post' "
+                          "(--hook on the command line)")
+    return hook
+
+
+def _vector_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+
+
+def steering_hooks(specs: Sequence[Any], state: DecodeState, record: dict[str, list[torch.Tensor]] | None = None):
+    """``(hook name, fn)`` pairs applying each spec at its positions for the call in ``state``."""
+    pairs = []
+    for i, spec in enumerate(specs):
+        def fn(x: torch.Tensor, hook: Any, spec=spec, key=f"{i}:{spec.name or spec.hook}") -> torch.Tensor:
+            where = spec.positions.mask(state, x.shape[0], x.device)
+            if record is not None:
+                full = torch.ones(x.shape[:2], dtype=torch.bool) if where is None else where.cpu()
+                record.setdefault(key, []).append((state.offset, full))
+            return spec.apply(x, where)
+
+        pairs.append((spec.hook, fn))
+    return pairs
+
+
+# -- strength calibration -----------------------------------------------------------------
+@torch.no_grad()
+def next_token_kl(model: Any, specs: Sequence[Any], prompts: Any) -> float:
+    """Mean KL(clean ‖ steered) of the next-token distribution over the prompts' real tokens."""
+    tokens, mask = _left_padded(model, prompts)
+    state = DecodeState(prompt_length=tokens.shape[1], pad=(mask == 0).sum(1), width=tokens.shape[1])
+    clean = model(tokens, attention_mask=mask).float().log_softmax(-1)
+    with model.hooks(steering_hooks(specs, state)):
+        steered = model(tokens, attention_mask=mask).float().log_softmax(-1)
+    kl = (clean.exp() * (clean - steered)).sum(-1)  # [batch, pos]
+    real = mask.bool()
+    return float(kl[real].mean())
+
+
+def calibrate_scale(model: Any, spec: Steering, prompts: Any, target_kl: float, rel_tol: float = 0.05,
+                    max_iter: int = 40, start: float = 1.0) -> tuple[Steering, float]:
+    """The scale whose mean next-token KL from the clean model hits ``target_kl``, by bisection.
+
+    The SNMF paper's protocol for comparing steering methods at matched strength. Returns
+    the spec at that scale and the KL it reaches. The sign of ``spec.scale`` is kept.
+    """
+    if target_kl <= 0:
+        raise ValueError(f"target_kl must be positive, got {target_kl}")
+    sign = -1.0 if spec.scale < 0 else 1.0
+    kl_at = lambda s: next_token_kl(model, [spec.with_scale(sign * s)], prompts)  # noqa: E731
+    lo, hi = 0.0, start
+    kl = kl_at(hi)
+    for _ in range(24):  # grow the bracket until it holds the target
+        if kl >= target_kl:
+            break
+        lo, hi = hi, hi * 2
+        kl = kl_at(hi)
+    else:
+        raise ValueError(f"even scale {hi:g} reaches only KL {kl:.4g} < {target_kl}: this direction saturates "
+                             "below the target (or is zero); choose a smaller target_kl")
+    best = (hi, kl)
+    for _ in range(max_iter):
+        if abs(best[1] - target_kl) <= rel_tol * target_kl:
+            break
+        mid = (lo + hi) / 2
+        kl = kl_at(mid)
+        if abs(kl - target_kl) < abs(best[1] - target_kl):
+            best = (mid, kl)
+        lo, hi = (mid, hi) if kl < target_kl else (lo, mid)
+    return spec.with_scale(sign * best[0]), best[1]
+
+
+def _left_padded(model: Any, prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(prompts, torch.Tensor):
+        tokens = prompts if prompts.ndim == 2 else prompts[None]
+        return tokens.to(model.device), torch.ones_like(tokens).to(model.device)
+    tokens, mask = model.to_tokens(prompts, padding_side="left", return_attention_mask=True)
+    return tokens.to(model.device), mask.to(model.device)

@@ -1,0 +1,99 @@
+"""Token-by-token generation with an explicit KV cache, so hooks know where they are.
+
+HF's ``generate`` hides which absolute positions each forward call covers; steering that
+targets "the last prompt token" or "generated steps 3 to 10" needs exactly that. This loop
+owns it: before every forward call it records the call's first absolute position in a
+:class:`DecodeState` that hooks read. Left padding, attention masks and position ids are
+handled here, so a batch generates the same tokens as its prompts run one by one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from interp.model.hooked import HookedModel
+
+
+@dataclass
+class DecodeState:
+    """Where the current forward call sits in the generation.
+
+    ``prompt_length`` is the padded prompt width P; ``pad`` [batch] the left padding of each
+    row; ``offset`` the absolute position of the first column of the current call (0 for the
+    prompt pass and for every uncached pass, P + t − 1 for cached step t).
+    """
+
+    prompt_length: int
+    pad: torch.Tensor
+    offset: int = 0
+    width: int = 0  # columns in the current call
+
+
+@dataclass
+class GenerationResult:
+    """``tokens`` [batch, P + new] (prompt, left-padded, then new tokens) and their texts."""
+
+    tokens: torch.Tensor
+    prompt_length: int
+    attention_mask: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+    steered: dict[str, torch.Tensor] = field(default_factory=dict)  # spec name -> bool [batch, P + new]
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        return self.tokens[:, self.prompt_length:]
+
+
+def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+
+@torch.no_grad()
+def generate_tokens(model: HookedModel, tokens: torch.Tensor, mask: torch.Tensor, state: DecodeState,
+                    max_new_tokens: int, use_cache: bool = True, do_sample: bool = False, temperature: float = 1.0,
+                    top_k: int | None = None, seed: int | None = None, stop_at_eos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extend left-padded ``tokens`` [batch, P]; returns ``(tokens, mask)`` [batch, P + new].
+
+    Hooks already attached to ``model`` run on every forward call and may read ``state``.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    cache = _new_cache(model, len(tokens)) if use_cache else None
+    finished = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
+    for step in range(max_new_tokens):
+        start = 0 if (step == 0 or not use_cache) else tokens.shape[1] - 1
+        state.offset, state.width = start, tokens.shape[1] - start
+        if model.backend == "transformer_lens" and not bool(mask.all()):
+            raise ValueError("generation on a TransformerLens model takes prompts of equal length; "
+                             "run them one by one or load the HF model")
+        logits = model._forward(tokens, mask, start, cache)[:, -1]
+        nxt = _next_token(logits, do_sample, temperature, top_k, generator)
+        new_mask = (~finished).long()  # rows that already ended get masked padding
+        if stop_at_eos and model.eos_token_id is not None:
+            nxt = torch.where(finished, torch.full_like(nxt, model.pad_token_id), nxt)
+            finished |= nxt == model.eos_token_id
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, new_mask[:, None]], dim=1)
+        if bool(finished.all()):
+            break
+    return tokens, mask
+
+
+def _new_cache(model: HookedModel, batch: int) -> Any:
+    if model.backend == "transformer_lens":
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        return TransformerLensKeyValueCache.init_cache(model.model.cfg, model.device, batch)
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.model.config)

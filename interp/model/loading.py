@@ -1,0 +1,130 @@
+"""`interp.load`: one entry point for HF names, local paths, built models and TransformerLens."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from saes.architectures.base import parse_dtype as _parse_dtype
+
+from interp.errors import ModelLoadError
+from interp.model.hooked import HookedModel, wrap_hf, wrap_transformer_lens
+
+# Names that resolve to models shipped inside the package.
+DEFAULT_MODEL_ALIASES = ("world", "default")
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (None stays None); a clear error for anything else."""
+    return None if dtype is None else _parse_dtype(dtype)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve(x: str) -> tuple[str, str]:
+    """``(what from_pretrained gets, the name recorded in manifests)``."""
+    if x in DEFAULT_MODEL_ALIASES:
+        from interp.world import default_model_path  # imported late: the world is optional here
+
+        return str(default_model_path()), "world"
+    path = Path(x).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} exists but holds no config.json; point at a directory saved with save_pretrained()")
+        return str(path), str(path)
+    if x.startswith((".", "/", "~")) or os.sep + os.sep in x or x.count("/") > 1:
+        raise ModelLoadError(f"no model directory at {path}; check the path, or give a hub name like 'gpt2'")
+    return x, x
+
+
+def load(
+    x: str | os.PathLike | nn.Module,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> HookedModel:
+    """Load a causal LM as a :class:`HookedModel` with TransformerLens hook names.
+
+    ``x`` is a HF hub name or local directory (both through
+    ``AutoModelForCausalLM.from_pretrained``), ``"world"`` for the default model shipped with
+    the toolkit, an already-built HF ``PreTrainedModel``, or a TransformerLens
+    ``HookedTransformer``. HF weights are used as they are: no conversion.
+
+    >>> model = interp.load("world")
+    >>> model.hook_names()[:3]
+    ['hook_embed', 'hook_pos_embed', 'blocks.0.hook_resid_pre']
+    """
+    torch_dtype = parse_dtype(dtype)
+    if isinstance(x, nn.Module):
+        model = x
+        if type(model).__name__ == "HookedTransformer":
+            hooked = wrap_transformer_lens(model)
+            if tokenizer is not None:
+                hooked.tokenizer = tokenizer
+        elif hasattr(model, "config") and hasattr(model.config, "model_type"):
+            hooked = wrap_hf(model, tokenizer)
+        else:
+            raise ModelLoadError(
+                f"cannot hook a {type(model).__name__}: pass a HF PreTrainedModel, a TransformerLens "
+                "HookedTransformer, a hub name or a local path"
+            )
+    else:
+        source, name = _resolve(os.fspath(x))
+        hooked = wrap_hf(_from_pretrained(source, torch_dtype, trust_remote_code), tokenizer, name=name)
+        if tokenizer is None:
+            hooked.tokenizer = _tokenizer(source, trust_remote_code)
+    if device is not None or isinstance(x, (str, os.PathLike)):
+        hooked.model.to(device or default_device())
+    if torch_dtype is not None:
+        hooked.model.to(torch_dtype)
+    return hooked
+
+
+def _from_pretrained(source: str, dtype: torch.dtype | None, trust_remote_code: bool) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ModelLoadError(_remote_code_refused(source)) from None
+    except OSError as err:
+        if Path(source).exists():
+            raise ModelLoadError(f"could not load the model in {source}: {err}") from err
+        raise ModelLoadError(
+            f"could not load {source!r}: it is not a local directory and the hub could not be reached or has no "
+            f"such model ({err.__class__.__name__}). Offline, download it where there is a network "
+            f"(`huggingface-cli download {source}`) and pass the local directory, or point HF_HOME at a cache "
+            f"holding it."
+        ) from err
+
+
+def _tokenizer(source: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise ModelLoadError(_remote_code_refused(source)) from None
+        raise ModelLoadError(
+            f"could not load a tokenizer for {source!r} ({err}); pass one with interp.load(..., tokenizer=...)"
+        ) from err
+    except OSError as err:
+        raise ModelLoadError(
+            f"could not load a tokenizer for {source!r} ({err}); pass one with interp.load(..., tokenizer=...)"
+        ) from err
+
+
+def _remote_code_refused(source: str) -> str:
+    return (
+        f"{source!r} needs its own Python code to load (custom modelling files), and running code that "
+        "comes with a model is off by default. Read that code first; if you trust it, pass "
+        "interp.load(..., trust_remote_code=True)"
+    )

@@ -1,0 +1,677 @@
+"""The one training loop for every architecture, and sweeps that share one data stream.
+
+The loop owns: batching and data position, Adam with linear warm-up and decay, b_dec from
+the geometric median, tied initialisation, unit-norm decoder rows (parallel gradient
+component removed before each step, rows re-normalised after), AuxK with dead latents
+counted in tokens, optional input normalisation (folded into the weights at the end),
+bfloat16 autocast on CUDA only, gradient clipping, seeds, atomic checkpoints that resume
+exactly, JSONL metrics and the tqdm bar. Architectures supply only their encode, decode
+and loss terms (:meth:`saes.SAE.training_forward`).
+
+A sweep passes several SAEs: each batch is read (and checked, moved, normalised) once and
+every SAE takes its own step on it. With the same config, an SAE trained in a sweep ends
+with exactly the weights it would get trained alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saes import kernels
+from saes.training import checkpoint, distributed
+from saes.architectures.base import SAE, StepOutput, batch_variance, default_k_aux, remove_parallel_grad_, unit_rows_
+from saes.training.config import RUN_ONLY_FIELDS, TrainConfig
+from saes.training.data import check_batch, finite_rows, make_source
+from saes.training.distributed import DataParallel
+from saes.errors import CheckpointError, ConfigError, EmptyDataError, NonFiniteError
+from saes.training.init import geometric_median, normalisation_scale
+from saes.training.log import JsonlLog, postfix, progress_bar
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns for each SAE.
+
+    Attributes:
+        sae: the trained SAE (acting on raw activations: normalisation already folded in).
+        steps, tokens: optimiser steps and training rows of the whole run (resumes included).
+        metrics: the last logged step's numbers (the final step is always logged): ``fvu``,
+            ``l0``, ``dead_fraction``, ``auxk``, ``loss``, ``lr`` (and architecture extras).
+        history: every logged record of this run (this call only).
+        input_scale: the normalisation constant folded in at the end (1.0 when off).
+        checkpoint: path of the final checkpoint, if one was written.
+        stopped_early: the data ran out before ``total_tokens``.
+    """
+
+    sae: SAE
+    steps: int
+    tokens: int
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    input_scale: float = 1.0
+    checkpoint: Path | None = None
+    stopped_early: bool = False
+
+
+def auxk_loss(
+    sae: SAE, x: torch.Tensor, out: StepOutput, dead: torch.Tensor, k_aux: int, variance: torch.Tensor
+) -> torch.Tensor:
+    """AuxK: the top-``k_aux`` dead latents regress the (detached) residual ``x - x_hat``.
+
+    Decoded without ``b_dec`` (the residual already accounts for it), ReLU on the codes,
+    normalised by the batch variance of ``x`` like the main loss, and scaled down by
+    ``n_dead / k_aux`` while fewer than ``k_aux`` latents are dead (as sparsify does).
+    """
+    assert out.pre_acts is not None
+    n_dead = int(dead.sum())
+    k = min(k_aux, n_dead)
+    e = (x - out.x_hat).detach()
+    masked = out.pre_acts.masked_fill(~dead, -float("inf"))
+    values, indices = kernels.topk(masked, k)
+    e_hat = kernels.sparse_decode(values.clamp_min(0), indices, sae.W_dec)
+    scale = min(1.0, n_dead / k_aux)
+    return scale * (e_hat.float() - e.float()).pow(2).sum(-1).mean() / variance
+
+
+class _Slot:
+    """One SAE of a run with its optimiser and dead-latent counters."""
+
+    def __init__(self, sae: SAE, cfg: TrainConfig, device: torch.device):
+        self.sae = sae
+        self.cfg = cfg
+        self.lr = cfg.lr_for(sae.d_sae)
+        self.opt = torch.optim.Adam(sae.parameters(), lr=self.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+        # Tokens since each latent last fired; "dead" means >= dead_tokens.
+        self.since_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)
+        self.k_aux = cfg.k_aux or default_k_aux(sae.d_in, sae.d_sae)
+        self.k_aux = min(self.k_aux, sae.d_sae)
+        self.use_auxk = cfg.auxk and sae.supports_auxk
+        self.last: dict[str, float] = {}
+
+    def dead(self) -> torch.Tensor:
+        return self.since_fired >= self.cfg.dead_tokens
+
+    def step(
+        self, x: torch.Tensor, variance: torch.Tensor, lr_factor: float, autocast: Any, want: bool,
+        dp: DataParallel | None = None, global_rows: int | None = None,
+    ) -> dict[str, Any] | None:
+        """One step on ``x`` (this rank's rows); ``variance`` and ``global_rows`` describe the
+        whole batch, which in a data-parallel run spans all ranks."""
+        sae, cfg = self.sae, self.cfg
+        n_global = global_rows or x.shape[0]
+        lr = self.lr * lr_factor
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with autocast(), distributed.global_batch_selection(dp, n_global):
+            out = sae.training_forward(x, variance)
+            loss = sum(out.losses.values())
+            aux = None
+            if self.use_auxk:
+                dead = self.dead()
+                if bool(dead.any()):
+                    aux = auxk_loss(sae, x, out, dead, self.k_aux, variance)
+                    loss = loss + cfg.auxk_alpha * aux
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if dp is not None:
+            # Weighted so the sum is the gradient of the global mean loss, whatever the split.
+            dp.reduce_grads(list(sae.parameters()), x.shape[0] / n_global)
+        remove_parallel_grad_(sae.W_dec)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            unit_rows_(sae.W_dec)
+            active = out.values.detach() != 0  # signed MP codes fire too
+            fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
+            fired[out.indices[active]] = True
+            if dp is not None:
+                fired = dp.any_(fired)
+                threshold = getattr(sae, "threshold", None)
+                if isinstance(threshold, torch.Tensor) and threshold.ndim == 0:
+                    # The EMA of the smallest kept activation: the global batch's is the min over ranks.
+                    dp.min_(threshold)
+            self.since_fired += n_global
+            self.since_fired[fired] = 0
+        if not want:
+            return None
+        with torch.no_grad():
+            err = (out.x_hat.float() - x).pow(2).sum(-1).mean()
+            l0 = _l0(out.values.detach(), out.indices, sae.d_sae)
+            rec = {
+                "loss": float(loss.detach()),
+                "fvu": float(err / variance),
+                "l0": l0,
+                "dead_fraction": float(self.dead().float().mean()),
+                "auxk": float(aux.detach()) if aux is not None else 0.0,
+                "lr": lr,
+            }
+            for k, v in out.metrics.items():
+                rec[k] = float(v)
+        if dp is not None:
+            # Per-rank numbers -> the global batch's (row-weighted means); lr and dead are shared.
+            keys = [k for k in rec if k not in ("lr", "dead_fraction")]
+            for k, v in zip(keys, dp.weighted_mean([rec[k] for k in keys], x.shape[0] / n_global, x.device)):
+                rec[k] = v
+        self.last = rec
+        return rec
+
+
+def _l0(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -> float:
+    """Mean number of distinct latents with a non-zero code per token (repeats count once)."""
+    z = torch.zeros(values.shape[0], d_sae, device=values.device, dtype=torch.float32)
+    z.scatter_add_(1, indices, values.float())
+    return float((z != 0).sum(-1).float().mean())
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _state_tensors(slots: list[_Slot]) -> dict[str, torch.Tensor]:
+    # No RNG state is needed: the run draws randomness only from generators seeded by
+    # (seed, epoch) or at initialisation, and the data position restores both.
+    out: dict[str, torch.Tensor] = {}
+    for i, s in enumerate(slots):
+        for name, t in s.sae.state_dict().items():
+            out[f"sae{i}.state.{name}"] = t
+        out[f"sae{i}.since_fired"] = s.since_fired
+        names = {id(p): n for n, p in s.sae.named_parameters()}
+        for p, st in s.opt.state.items():
+            n = names[id(p)]
+            for key, value in st.items():
+                out[f"sae{i}.adam.{n}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return out
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    diffs = []
+    sc, nc = saved["config"], now["config"]
+    defaults = TrainConfig().to_dict()  # a field added since the checkpoint was written had its default
+    for key in sorted(set(sc) | set(nc)):
+        if key in RUN_ONLY_FIELDS:
+            continue
+        if sc.get(key, defaults.get(key)) != nc.get(key, defaults.get(key)):
+            diffs.append(f"{key}: checkpoint {sc.get(key)!r}, now {nc.get(key)!r}")
+    if len(saved["saes"]) != len(now["saes"]):
+        diffs.append(f"number of SAEs: checkpoint {len(saved['saes'])}, now {len(now['saes'])}")
+    else:
+        for i, (a, b) in enumerate(zip(saved["saes"], now["saes"])):
+            if a["architecture"] != b["architecture"]:
+                diffs.append(f"SAE {i} architecture: checkpoint {a['architecture']}, now {b['architecture']}")
+                continue
+            for key in sorted(set(a["config"]) | set(b["config"])):
+                if a["config"].get(key) != b["config"].get(key):
+                    diffs.append(f"SAE {i} {key}: checkpoint {a['config'].get(key)!r}, now {b['config'].get(key)!r}")
+    sd, nd = saved["data"], now["data"]
+    for key in ("kind", "d", "rows"):
+        if sd.get(key) != nd.get(key):
+            diffs.append(f"data {key}: checkpoint {sd.get(key)!r}, now {nd.get(key)!r}")
+    return diffs
+
+
+def _restore(slots: list[_Slot], tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    for i, s in enumerate(slots):
+        prefix = f"sae{i}.state."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        s.sae.load_state_dict(state)
+        s.since_fired.copy_(tensors[f"sae{i}.since_fired"].to(device))
+        params = dict(s.sae.named_parameters())
+        for name, p in params.items():
+            key = f"sae{i}.adam.{name}."
+            # Adam keeps its step counter on the CPU (unless capturable); moments go to the device.
+            st = {k[len(key):]: (v if k.endswith(".step") else v.to(device)) for k, v in tensors.items() if k.startswith(key)}
+            if st:
+                s.opt.state[p] = st
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> Callable[[], Any]:
+    on = device.type == "cuda" and cfg.autocast in ("auto", "bfloat16")
+    if on:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def init_seed(seed: int) -> int:
+    """The weight-initialisation seed for config seed ``seed``.
+
+    Mixed so that it never equals ``seed`` itself: data generated with
+    ``torch.Generator().manual_seed(seed)`` (as tests and synthetic data do) must not
+    reproduce the SAE's initial dictionary.
+    """
+    return (seed * 0x9E3779B1 + 0x5AE5) % (2**63)
+
+
+@torch.no_grad()
+def _initialise(sae: SAE, sample: torch.Tensor, cfg: TrainConfig) -> None:
+    if cfg.init_weights:
+        sae.reset_parameters(torch.Generator().manual_seed(init_seed(cfg.seed)))
+    if cfg.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(geometric_median(sample).to(sae.b_dec.dtype))
+    elif cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(sample.mean(0).to(sae.b_dec.dtype))
+    elif cfg.b_dec_init == "zeros":
+        sae.b_dec.zero_()
+    unit_rows_(sae.W_dec)
+
+
+def check_device(name: str | None) -> str | None:
+    """``name`` if this machine has such a device, else a ConfigError saying what it has."""
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={name!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ConfigError(f"device={name!r}: this machine has {n} CUDA device(s); train on 'cpu' or a device it has")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ConfigError(f"device={name!r}: training runs on 'cpu' or a GPU ('cuda', 'cuda:N')")
+    return name
+
+
+def _check_models(models: list[SAE]) -> None:
+    if not models:
+        raise ConfigError("train() needs at least one SAE")
+    for m in models:
+        if not isinstance(m, SAE):
+            raise ConfigError(f"train() takes SAEs from this package, got a {type(m).__name__}")
+        if not m.trainable:
+            raise ConfigError(
+                f"{type(m).__name__} is inference-only (read from another library's file); train a "
+                "TopKSAE, BatchTopKSAE, MatryoshkaSAE or MPSAE instead"
+            )
+    d = {m.d_in for m in models}
+    if len(d) > 1:
+        raise ConfigError(f"a sweep trains SAEs on one stream, so all need the same d_in; got {sorted(d)}")
+    if len({id(m) for m in models}) != len(models):
+        raise ConfigError("the same SAE object appears twice in the sweep; build separate SAEs")
+
+
+class Trainer:
+    """The training loop as an object: SAEs sharing one stream, stepped batch by batch.
+
+    :func:`train` drives one Trainer over one data source; :mod:`interp.activations.live` drives one
+    per hook in lockstep over a single model forward pass. Everything a run owns lives
+    here: optimisers, schedule, dead-latent counters, initialisation, checkpoints, the
+    JSONL log and the metric history.
+
+    Usage::
+
+        t = Trainer(saes, config, data=fingerprint, checkpoint_dir=..., resume=...)
+        if t.needs_init:
+            t.initialise(sample)          # [rows, d_in], the first rows of the stream
+        for x in stream_from(t.batches):  # skip what a resumed run already consumed
+            t.step(x)                     # logs and checkpoints as configured
+            if t.done: break
+        results = t.finish()
+
+    Args:
+        models: the SAEs (same ``d_in``).
+        config: the shared :class:`TrainConfig`.
+        data: a JSON-able description of the stream (``Source.fingerprint()``); a resumed
+            checkpoint must have been written for the same data.
+        checkpoint_dir, resume, log_path: as for :func:`train`.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[SAE],
+        config: TrainConfig,
+        *,
+        data: dict[str, Any] | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        log_path: str | os.PathLike | None = None,
+        log_extra: dict[str, Any] | None = None,
+        data_parallel: DataParallel | None | bool = True,
+    ):
+        models = list(models)
+        _check_models(models)
+        self.cfg = config
+        self.d_in = models[0].d_in
+        # True: join the launcher's process group when started by torchrun / accelerate.
+        self.dp: DataParallel | None = (
+            distributed.current() if data_parallel is True else (data_parallel or None)  # type: ignore[assignment]
+        )
+        self.is_main = self.dp is None or self.dp.is_main
+        if self.dp is not None:
+            self.device = self.dp.device(check_device(config.device))
+        else:
+            self.device = torch.device(check_device(config.device)) if config.device else models[0].device
+        for m in models:
+            m.to(self.device)
+            m.train()
+        self.slots = [_Slot(m, config, self.device) for m in models]
+        self.data = dict(data or {})
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.autocast = _autocast(config, self.device)
+        self.hook = (log_extra or {}).get("hook") or (data or {}).get("hook")
+        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "batches": 0, "input_scale": 1.0, "done": False,
+                                      "skipped_rows": 0}
+        self.histories: list[list[dict[str, Any]]] = [[] for _ in self.slots]
+        self.log_extra = dict(log_extra or {})
+        self.last_records: list[dict[str, Any]] | None = None
+        self.final_checkpoint: Path | None = None
+
+        saved = checkpoint.read(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if saved is not None and not resume:
+            raise CheckpointError(
+                f"{checkpoint.checkpoint_path(self.checkpoint_dir)} already exists (a run at step "
+                f"{saved[0].get('step')}); pass resume=True (--resume) to continue it, or use an empty directory"
+            )
+        if saved is not None:
+            state, tensors = saved
+            diffs = _differences(state, self._run_state())
+            if diffs:
+                raise CheckpointError(
+                    f"the checkpoint in {self.checkpoint_dir} was written by another configuration:\n  "
+                    + "\n  ".join(diffs)
+                    + "\nresume with the same settings and data, or start fresh in an empty directory"
+                )
+            try:
+                _restore(self.slots, tensors, self.device)
+            except (RuntimeError, KeyError, ValueError) as err:  # shapes or names that do not fit
+                raise CheckpointError(
+                    f"{checkpoint.checkpoint_path(self.checkpoint_dir)} holds tensors that do not fit these SAEs "
+                    f"({str(err).splitlines()[0][:300]}); it was not written for this run: start fresh in an "
+                    "empty directory"
+                ) from None
+            self.state.update({k: state.get(k, self.state[k]) for k in self.state})
+            for slot, last in zip(self.slots, state.get("metrics", [])):
+                slot.last = dict(last)
+        self.needs_init = saved is None
+        # Only rank 0 of a data-parallel run writes the log and the checkpoints.
+        self.log = JsonlLog(log_path if self.is_main else None,
+                            resume_step=int(self.state["step"]) if saved is not None else None)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def batches(self) -> int:
+        """Batches of the stream consumed so far (where a resumed stream restarts)."""
+        return int(self.state["batches"])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.state["tokens"])
+
+    @property
+    def input_scale(self) -> float:
+        return float(self.state["input_scale"])
+
+    @property
+    def done(self) -> bool:
+        return bool(self.state["done"]) or self.tokens >= self.cfg.total_tokens
+
+    def _run_state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "saes": [{"architecture": s.sae.architecture, "config": s.sae.arch_config()} for s in self.slots],
+            "data": self.data,
+            # The last logged numbers, so a finished run resumed later still reports them.
+            "metrics": [s.last for s in self.slots],
+            **self.state,
+        }
+
+    # ------------------------------------------------------------ loop
+
+    def initialise(self, sample: torch.Tensor) -> None:
+        """Normalisation scale, tied weights and b_dec from the first rows ``[rows, d_in]``."""
+        sample = sample[: self.cfg.init_rows].to(device=self.device, dtype=torch.float32)
+        scale = 1.0
+        if self.cfg.normalize_input:
+            scale = normalisation_scale(sample)
+        self.state["input_scale"] = scale
+        for s in self.slots:
+            _initialise(s.sae, sample * scale, self.cfg)
+            if self.dp is not None:
+                self.dp.broadcast_module(s.sae)  # every rank starts from rank 0's weights
+        self.needs_init = False
+
+    def step(self, x: torch.Tensor) -> list[dict[str, Any]] | None:
+        """One optimiser step of every SAE on the checked batch ``x [batch, d_in]``.
+
+        Returns the logged records on logging steps, else None. Checkpoints when due.
+        """
+        if self.needs_init:
+            raise RuntimeError("call initialise(sample) before the first step of a fresh run")
+        step = int(self.state["step"]) + 1
+        x = self._checked(x, step)
+        if x is None:  # every row was non-finite and on_nonfinite="skip": nothing to learn from
+            self.state["batches"] = self.batches + 1
+            return None
+        x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
+        scale = self.input_scale
+        if scale != 1.0:
+            x = x * scale
+        n = x.shape[0]
+        # Log every log_every steps, the first step, and the last one (so results report it).
+        want = step % self.cfg.log_every == 0 or step == 1 or self.tokens + n >= self.cfg.total_tokens
+        lr_factor = self.cfg.lr_factor(self.tokens, n)
+        variance = batch_variance(x)  # of the whole (global) batch, on every rank
+        local = self.dp.shard(x) if self.dp is not None else x
+        records = [s.step(local, variance, lr_factor, self.autocast, want, self.dp, n) for s in self.slots]
+        self.state["tokens"] = self.tokens + n
+        self.state["step"] = step
+        self.state["batches"] = self.batches + 1
+        logged = None
+        if want:
+            logged = []
+            for i, (s, rec) in enumerate(zip(self.slots, records)):
+                assert rec is not None
+                full = {"step": step, "tokens": self.tokens, **self.log_extra, "sae": i,
+                        "architecture": s.sae.architecture, **rec}
+                self.log.write(full)
+                self.histories[i].append(full)
+                logged.append(full)
+            self.last_records = logged
+        if self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        return logged
+
+    def _checked(self, raw: Any, step: int) -> torch.Tensor | None:
+        """The batch as ``[rows, d_in]``; non-finite rows raise, or are dropped with a warning."""
+        # Position in the stream: rows trained on plus rows dropped before.
+        where = {"hook": self.hook, "first_token": self.tokens + int(self.state["skipped_rows"])}
+        if self.cfg.on_nonfinite == "raise":
+            return check_batch(raw, self.d_in, self.batches, **where)
+        try:
+            return check_batch(raw, self.d_in, self.batches, **where)
+        except NonFiniteError as err:
+            x, bad = finite_rows(raw, self.d_in)
+            self.state["skipped_rows"] = int(self.state["skipped_rows"]) + len(bad)
+            usable = x.shape[0] >= max(2, self.dp.world if self.dp is not None else 1)
+            if self.is_main:
+                then = (f"step {step} trains on the other {x.shape[0]} rows" if usable
+                        else "the batch is skipped (too few finite rows)")
+                warnings.warn(f"{err}; on_nonfinite='skip': {then}", stacklevel=3)
+            return x if usable else None
+
+    def save_checkpoint(self) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        if self.dp is None:
+            return checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
+        # Rank 0 writes; every rank learns whether it could, so that a full disk stops the
+        # whole run with rank 0's error instead of leaving the others waiting in a collective.
+        failure: BaseException | None = None
+        if self.is_main:
+            try:
+                checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
+            except Exception as err:  # re-raised below, after the other ranks have heard
+                failure = err
+        if self.dp.any_(torch.tensor([failure is not None], device=self.device)).item():
+            if failure is not None:
+                raise failure
+            raise CheckpointError(
+                f"rank 0 could not write the checkpoint in {self.checkpoint_dir}; its error says why "
+                "(the previous checkpoint is intact)"
+            )
+        return checkpoint.checkpoint_path(self.checkpoint_dir)
+
+    def finish(self, stopped_early: bool = False) -> list[TrainResult]:
+        """Final checkpoint, fold the normalisation into the weights, close the log."""
+        self.state["done"] = True
+        try:
+            self.final_checkpoint = self.save_checkpoint()
+            if self.dp is not None:
+                self.dp.barrier()  # no rank returns before the final checkpoint exists
+        finally:
+            self.log.close()
+        results = []
+        for s, hist in zip(self.slots, self.histories):
+            s.sae.eval()
+            if self.input_scale != 1.0:
+                s.sae.fold_input_scale(self.input_scale)
+            results.append(
+                TrainResult(
+                    sae=s.sae,
+                    steps=int(self.state["step"]),
+                    tokens=self.tokens,
+                    metrics=dict(s.last),
+                    history=hist,
+                    input_scale=self.input_scale,
+                    checkpoint=self.final_checkpoint,
+                    stopped_early=stopped_early,
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        """Release the log without finishing (after an interruption)."""
+        self.log.close()
+
+
+def initial_sample(
+    stream: Iterator[Any], d_in: int, rows: int, skip_nonfinite: bool = False, hook: str | None = None
+) -> tuple[list[Any], torch.Tensor]:
+    """Pull batches from ``stream`` until ``rows`` rows: (the batches, their rows stacked).
+
+    The batches are still to be trained on: the sample is the start of the stream. With
+    ``skip_nonfinite`` the sample holds only finite rows (the batches stay as they are, the
+    training step drops their bad rows and says so).
+    """
+    pending: list[Any] = []
+    finite: list[torch.Tensor] = []
+    n = 0
+    for raw in stream:
+        if skip_nonfinite:
+            x, _ = finite_rows(raw, d_in)
+            pending.append(raw)
+        else:
+            x = check_batch(raw, d_in, len(pending), hook=hook, first_token=n)
+            pending.append(x)
+        finite.append(x)
+        n += x.shape[0]
+        if n >= rows:
+            break
+    if not pending:
+        raise EmptyDataError("the data yielded no batches; pass a non-empty stream of activations")
+    if n == 0:
+        raise EmptyDataError("the first batches hold no finite rows; check the harvest")
+    return pending, torch.cat(finite)[:rows]
+
+
+def _record_origin(models: list[SAE], data: Any) -> None:
+    """An SAE trained on an activation store remembers the store's hook and model (its
+    ``hook_name``/``model_name`` metadata, where not set already), so steering, dashboards
+    and evaluation find the hook without being told. Read by duck typing: ``saes`` does
+    not import the store's package."""
+    hook, model_name = getattr(data, "hook", None), getattr(data, "model_name", None)
+    for m in models:
+        if isinstance(hook, str) and not m.metadata.get("hook_name"):
+            m.metadata["hook_name"] = hook
+        if isinstance(model_name, str) and not m.metadata.get("model_name"):
+            m.metadata["model_name"] = model_name
+
+
+def train(
+    sae: SAE | Sequence[SAE],
+    data: Any,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    log_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult | list[TrainResult]:
+    """Train one SAE, or a sweep of SAEs reading each batch once.
+
+    Args:
+        sae: an SAE, or a list of SAEs with the same ``d_in`` (a sweep; returns a list).
+        data: a tensor ``[N, d_in]``, an ``ActivationStore``, or an iterable of batches.
+        config: training settings (:class:`TrainConfig`).
+        checkpoint_dir: where ``checkpoint.safetensors`` goes (every
+            ``config.checkpoint_every`` steps and at the end).
+        resume: continue the checkpoint in ``checkpoint_dir`` (a fresh start if there is
+            none yet). Without it, an existing checkpoint is an error rather than being
+            overwritten.
+        log_path: JSONL metrics file (one record per SAE per logged step).
+        progress: show the tqdm bar.
+        callback: called after every step with ``{"step", "tokens", "records"}``
+            (``records`` is None on steps that are not logged); raising from it stops
+            training (the last checkpoint stays valid).
+
+    Returns:
+        A :class:`TrainResult`, or a list of them for a sweep.
+
+    Example:
+        >>> import torch, saes
+        >>> data = saes.synthetic.superposition(n_features=32, d=16, n_samples=4096, seed=0)
+        >>> sae = saes.TopKSAE(16, 32, k=3)
+        >>> cfg = saes.TrainConfig(batch_size=256, total_tokens=20_000, lr=3e-3)
+        >>> result = saes.train(sae, data.x, cfg, progress=False)
+        >>> result.metrics["fvu"] < 0.5
+        True
+    """
+    cfg = config or TrainConfig()
+    single = isinstance(sae, SAE)
+    models = [sae] if single else list(sae)  # type: ignore[arg-type]
+    _check_models(models)
+    _record_origin(models, data)
+    skip = cfg.on_nonfinite == "skip"
+    source = make_source(data, models[0].d_in, cfg.batch_size, check_finite=not skip)
+    trainer = Trainer(models, cfg, data=source.fingerprint(), checkpoint_dir=checkpoint_dir, resume=resume, log_path=log_path)
+    stream: Iterator[Any] = source.iterate(cfg.batch_size, cfg.seed, skip=trainer.batches)
+    if trainer.needs_init:
+        # At most one pass over finite data: repeated rows add nothing to the estimates.
+        rows = min(cfg.init_rows, source.n_rows) if source.n_rows else cfg.init_rows
+        pending, sample = initial_sample(stream, trainer.d_in, rows, skip, trainer.hook)
+        trainer.initialise(sample)
+        stream = chain(pending, stream)
+    bar = progress_bar(cfg.total_tokens, trainer.tokens, progress and trainer.is_main)
+    stopped_early = False
+    try:
+        while not trainer.done:
+            raw = next(stream, None)
+            if raw is None:
+                stopped_early = True
+                break
+            before = trainer.tokens
+            logged = trainer.step(raw)
+            if logged:
+                bar.set_postfix(postfix(logged), refresh=False)
+            bar.update(trainer.tokens - before)
+            if callback is not None:
+                callback({"step": int(trainer.state["step"]), "tokens": trainer.tokens, "records": logged})
+    except BaseException:
+        trainer.close()
+        raise
+    finally:
+        bar.close()
+    results = trainer.finish(stopped_early)
+    return results[0] if single else results
