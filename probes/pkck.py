@@ -125,7 +125,7 @@ class PKCKSubspace:
 
     def save(self, path: str | os.PathLike) -> None:
         """One safetensors file: ``U`` and, in its header, the hook, rank and training record."""
-        from saes.formats.io import atomic_save_tensors
+        from saes.formats.durable import atomic_save_tensors
 
         meta = {"hook": self.hook, "rank": self.rank, "n_train": self.n_train, "orientation": self.orientation,
                 "interchange_accuracy": self.fit.accuracy, "losses": self.fit.losses}
@@ -133,7 +133,7 @@ class PKCKSubspace:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PKCKSubspace:
-        from saes.formats.io import read_tensors
+        from saes.formats.durable import read_tensors
 
         tensors, header = read_tensors(path, require_checksum=lambda m: "pkck" in m)
         if "pkck" not in header or "U" not in tensors:

@@ -31,12 +31,13 @@ from saes.errors import (
     WriteError,
 )
 from saes.architectures.inference import JumpReLUSAE, ReLUSAE
-from saes.formats.io import load
+from saes.formats import load
 from saes.architectures.matryoshka import MatryoshkaSAE
 from saes.architectures.mp import MPSAE
 from saes.snmf import SNMF, SNMFResult
 from saes.architectures.topk import TopKSAE
-from saes.training.trainer import TrainResult, train
+from saes.training.runner import train
+from saes.training.trainer import TrainResult
 
 __all__ = [
     "SAE", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "MPSAE", "ReLUSAE", "JumpReLUSAE",

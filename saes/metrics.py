@@ -1,6 +1,7 @@
 """Metrics for SAEs: reconstruction, sparsity, and ground-truth recovery.
 
-* :func:`fvu`, :func:`l0`, :func:`dead_fraction`, :func:`evaluate`: what every SAE reports.
+* :func:`fvu`, :func:`l0`, :func:`dead_fraction`, :func:`evaluate`: what every SAE reports;
+  :class:`ReconstructionStats` streams the same numbers over batches.
 * :func:`mmcs`, :func:`hungarian_cosine`: recovery of known directions (planted data).
 * :func:`absorption_rate`: how often a parent feature's latent stays silent when one of
   its children is present (feature absorption), against a known hierarchy.
@@ -58,6 +59,51 @@ def dead_fraction(z: torch.Tensor) -> float:
     return float(((z != 0).sum(0) == 0).float().mean())
 
 
+class ReconstructionStats:
+    """FVU, MSE, L0 and dead fraction accumulated batch by batch, in float64 sums.
+
+    One pass over any number of batches with memory of one ``[d_in]`` and one ``[d_sae]``
+    vector: :func:`evaluate` feeds it a tensor's batches, model-level evaluation feeds it
+    the activations it splices.
+    """
+
+    def __init__(self, d_sae: int) -> None:
+        self.err = 0.0  # summed squared reconstruction error
+        self.sum_sq = 0.0  # summed squared activations
+        self.sum_x: torch.Tensor | None = None  # [d_in] float64: summed activations
+        self.nnz = 0.0  # non-zero codes
+        self.fired = torch.zeros(d_sae, dtype=torch.bool)
+        self.rows = 0
+
+    @torch.no_grad()
+    def add(self, sae: Any, x: torch.Tensor, **encode_options: Any) -> None:
+        """Encode and decode the rows ``x [n, d_in]`` (float32, on the dictionary's device) and
+        add them to the sums. ``sae`` is any dictionary with ``encode_sparse``/``decode_sparse``."""
+        v, i = sae.encode_sparse(x, **encode_options)
+        x_hat = sae.decode_sparse(v, i).float()
+        self.err += float((x - x_hat).double().pow(2).sum())
+        xs = x.double()
+        self.sum_x = xs.sum(0) if self.sum_x is None else self.sum_x + xs.sum(0)
+        self.sum_sq += float(xs.pow(2).sum())
+        z = torch.zeros(x.shape[0], sae.d_sae, device=x.device).scatter_add_(1, i, v.float())
+        self.nnz += float((z != 0).sum())
+        self.fired |= (z != 0).any(0).cpu()
+        self.rows += x.shape[0]
+
+    def result(self) -> dict[str, float]:
+        """``fvu``, ``mse``, ``l0``, ``dead_fraction`` (never fired on these rows), ``tokens``."""
+        if self.rows == 0 or self.sum_x is None:
+            raise ShapeMismatchError("no data rows were added; add at least one batch before asking for metrics")
+        total_var = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.rows
+        return {
+            "fvu": self.err / max(total_var, 1e-30),
+            "mse": self.err / self.rows,
+            "l0": self.nnz / self.rows,
+            "dead_fraction": float((~self.fired).float().mean()),
+            "tokens": float(self.rows),
+        }
+
+
 @torch.no_grad()
 def evaluate(sae: SAE, data: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 4096, **encode_options: Any) -> dict[str, float]:
     """FVU, L0, dead fraction and MSE of ``sae`` over ``data`` (``[N, d_in]`` or batches).
@@ -70,35 +116,12 @@ def evaluate(sae: SAE, data: torch.Tensor | Iterable[torch.Tensor], batch_size: 
         batches: Iterable[torch.Tensor] = (data[i : i + batch_size] for i in range(0, data.shape[0], batch_size))
     else:
         batches = data
-    err = 0.0
-    sum_x = None
-    sum_sq = 0.0
-    n = 0
-    nnz = 0.0
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    stats = ReconstructionStats(sae.d_sae)
     for x in batches:
-        x = x.reshape(-1, sae.d_in).to(sae.device, torch.float32)
-        v, i = sae.encode_sparse(x, **encode_options)
-        x_hat = sae.decode_sparse(v, i).float()
-        err += float((x - x_hat).double().pow(2).sum())
-        xs = x.double()
-        sum_x = xs.sum(0) if sum_x is None else sum_x + xs.sum(0)
-        sum_sq += float(xs.pow(2).sum())
-        z = torch.zeros(x.shape[0], sae.d_sae, device=x.device).scatter_add_(1, i, v.float())
-        nnz += float((z != 0).sum())
-        fired |= (z != 0).any(0).cpu()
-        n += x.shape[0]
-    if n == 0:
+        stats.add(sae, x.reshape(-1, sae.d_in).to(sae.device, torch.float32), **encode_options)
+    if stats.rows == 0:
         raise ShapeMismatchError("evaluate() got no data rows")
-    assert sum_x is not None
-    total_var = sum_sq - float(sum_x.pow(2).sum()) / n
-    return {
-        "fvu": err / max(total_var, 1e-30),
-        "mse": err / n,
-        "l0": nnz / n,
-        "dead_fraction": float((~fired).float().mean()),
-        "tokens": float(n),
-    }
+    return stats.result()
 
 
 # ------------------------------------------------------- direction recovery

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from saes.formats.io import atomic_save_tensors, atomic_write_text, read_tensors
+from saes.formats.durable import atomic_save_tensors, atomic_write_text, read_tensors
 
 # A dense [N, d_mlp] float32 matrix plus its factors must fit comfortably in memory.
 DEFAULT_MAX_TOKENS = 200_000

@@ -21,6 +21,7 @@ from interp.errors import InterpError
 from reliability import record
 from saes.training import checkpoint
 from store_util import HOOK, write_store
+from test_cli import names_python_argument
 
 torch.set_num_threads(1)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -193,6 +194,8 @@ def test_any_train_command_line_ends_in_a_clear_message(argv: list[str]) -> None
     code, message = _run_cli(argv)
     if code:
         assert message.strip() and ("error:" in message), (argv, message)
+        # The command line's messages name its flags (--batch-size), never Python arguments.
+        assert not names_python_argument(message.replace(str(_tmp), "DIR")), (argv, message)
 
 
 # ------------------------------------------------------------------------ NaN / inf
@@ -300,7 +303,7 @@ def test_a_device_this_machine_lacks_is_a_config_error() -> None:
 
 def test_hook_device_errors() -> None:
     from interp.cli.train import _hook_devices
-    from interp.activations.live import _check_devices
+    from interp.activations.live import check_devices
 
     assert _hook_devices(["a=cpu"], ["a", "b"]) == {"a": "cpu"}
     with pytest.raises(InterpError, match="HOOK=DEVICE"):
@@ -308,10 +311,10 @@ def test_hook_device_errors() -> None:
     with pytest.raises(InterpError, match="not one of the --hook"):
         _hook_devices(["c=cpu"], ["a"])
     with pytest.raises(InterpError, match="not a device name"):
-        _check_devices({"a": "gpu7"}, ["a"])
+        check_devices({"a": "gpu7"}, ["a"])
     if not torch.cuda.is_available():
         with pytest.raises(InterpError, match="CUDA device"):
-            _check_devices({"a": "cuda:0"}, ["a"])
+            check_devices({"a": "cuda:0"}, ["a"])
 
 
 def test_numpy_and_torch_values_are_taken_as_what_they_mean() -> None:

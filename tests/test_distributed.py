@@ -125,12 +125,12 @@ def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
     """Rank 0's disk fills up at the second checkpoint; every rank reports what it raised."""
     import json
 
-    import saes.formats.io as io
+    import saes.formats.durable as durable
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     writes = {"n": 0}
-    real = io.save_file
+    real = durable.save_file
 
     def full_disk(tensors, filename, metadata=None):
         writes["n"] += 1
@@ -139,7 +139,7 @@ def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
         return real(tensors, filename, metadata=metadata)
 
     if rank == 0:
-        io.save_file = full_disk
+        durable.save_file = full_disk
     try:
         saes.train(sweep(), data(), config(), checkpoint_dir=Path(out) / "ckpt", progress=False)
         got = {"error": None}

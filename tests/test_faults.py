@@ -153,7 +153,7 @@ def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
 def test_unwritable_directory_is_a_clear_error(tmp_path: Path, monkeypatch, code: int) -> None:
-    import saes.formats.io as io
+    import saes.formats.durable as durable
 
     sae = saes.TopKSAE(8, 16, k=2)
     sae.save(tmp_path / "sae")
@@ -162,7 +162,7 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path, monkeypatch, code
     def refuse(*a, **k):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(durable.tempfile, "mkstemp", refuse)
     with pytest.raises(saes.WriteError) as err:
         saes.TopKSAE(8, 16, k=2).save(tmp_path / "sae")
     assert os.strerror(code) in str(err.value) and "previous version is intact" in str(err.value)
@@ -355,7 +355,7 @@ def test_damaged_files_are_detected_and_named(tmp_path: Path, how: str) -> None:
 
 
 def test_checksum_covers_every_tensor_byte(tmp_path: Path) -> None:
-    from saes.formats.io import tensors_digest
+    from saes.formats.durable import tensors_digest
 
     t = {"a": torch.randn(4, 3), "b": torch.arange(5)}
     d = tensors_digest(t)

@@ -41,7 +41,7 @@ def test_pkck_command_rejects_bad_ranks(capsys):
 
 def test_subspace_file_that_is_not_one_is_named(tmp_path):
     from probes.pkck import PKCKSubspace
-    from saes.formats.io import atomic_save_tensors
+    from saes.formats.durable import atomic_save_tensors
 
     atomic_save_tensors(tmp_path / "x.safetensors", {"W": torch.zeros(2)})
     with pytest.raises(ValueError, match="no PK/CK subspace"):

@@ -68,20 +68,20 @@ def test_saelens_layout_fields(tmp_path):
     assert cfg["hook_name"] == cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
     assert cfg["model_name"] == "tiny-gpt2" and cfg["normalize_activations"] == "none"
     assert cfg["saes"]["architecture"] == "topk"
-    tensors, _ = saes.formats.io.read_tensors(tmp_path / "topk" / "sae_weights.safetensors")
+    tensors, _ = saes.formats.durable.read_tensors(tmp_path / "topk" / "sae_weights.safetensors")
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {
         "W_enc": (16, 48), "b_enc": (48,), "W_dec": (48, 16), "b_dec": (16,)
     }
 
     _randomise(saes.BatchTopKSAE(16, 48, k=4)).save(tmp_path / "btk")
     cfg = json.loads((tmp_path / "btk" / "cfg.json").read_text())
-    tensors, _ = saes.formats.io.read_tensors(tmp_path / "btk" / "sae_weights.safetensors")
+    tensors, _ = saes.formats.durable.read_tensors(tmp_path / "btk" / "sae_weights.safetensors")
     assert cfg["architecture"] == "jumprelu"  # how SAELens saves BatchTopK for inference
     assert tensors["threshold"].shape == (48,) and torch.all(tensors["threshold"] == 0.2)
 
     _randomise(saes.MPSAE(16, 48, k=5)).save(tmp_path / "mp")
     cfg = json.loads((tmp_path / "mp" / "cfg.json").read_text())
-    tensors, _ = saes.formats.io.read_tensors(tmp_path / "mp" / "sae_weights.safetensors")
+    tensors, _ = saes.formats.durable.read_tensors(tmp_path / "mp" / "sae_weights.safetensors")
     assert cfg["architecture"] == "matching_pursuit" and cfg["max_iterations"] == 5
     assert cfg["residual_threshold"] == 0.0 and cfg["stop_on_duplicate_support"] is False
     assert set(tensors) == {"W_dec", "b_dec"}  # tied: no encoder tensors

@@ -151,17 +151,17 @@ def test_checkpoint_is_one_safetensors_file_replaced_atomically(tmp_path, monkey
         saes.train(_sweep(), DATA.x, CFG, checkpoint_dir=tmp_path, progress=False, callback=_stop_at(8))
     path = tmp_path / "checkpoint.safetensors"
     before = path.read_bytes()
-    meta = saes.formats.io.read_tensors(path)[1]
+    meta = saes.formats.durable.read_tensors(path)[1]
     assert meta["format"] == "saes-train-checkpoint" and json.loads(meta["state"])["step"] == 7
     # A crash while writing the next checkpoint leaves the previous one intact.
-    import saes.formats.io as io
+    import saes.formats.durable as durable
 
     def broken(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", broken)
+    monkeypatch.setattr(durable, "save_file", broken)
     with pytest.raises(OSError):
         saes.train(_sweep(), DATA.x, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)
     assert path.read_bytes() == before

@@ -12,6 +12,7 @@ from interp.cli import train as cli_train
 from interp.evaluation.splice import evaluate_sae
 from interp.activations.harvest import harvest
 from interp.activations.live import LiveConfig, activation_batches, train_live
+from interp.activations.tokens import TokenSource
 from interp.model.tiny import tiny_model
 
 torch.set_num_threads(1)
@@ -135,15 +136,16 @@ def test_evaluate_sae_identity_and_zero(model):
 def test_live_stream_is_aligned_and_replayable(model):
     # blocks.1.hook_resid_pre is blocks.0.hook_resid_post: aligned rows must be equal.
     hooks = [HOOK, "blocks.1.hook_resid_pre", "blocks.1.hook_mlp_out"]
-    cfg = LiveConfig(context_length=16, buffer_tokens=256)
-    a = list(activation_batches(model, TEXTS, hooks, 64, seed=3, config=cfg))
-    b = list(activation_batches(model, TEXTS, hooks, 64, seed=3, config=cfg))
+    cfg = LiveConfig(buffer_tokens=256)
+    source = TokenSource(TEXTS, context_length=16)
+    a = list(activation_batches(model, source, hooks, 64, seed=3, config=cfg))
+    b = list(activation_batches(model, source, hooks, 64, seed=3, config=cfg))
     assert len(a) > 5 and all(x[h].shape == (64, 32) for x in a for h in hooks)
     assert all(torch.equal(x[h], y[h]) for x, y in zip(a, b) for h in hooks)
     assert all(torch.equal(x[HOOK], x["blocks.1.hook_resid_pre"]) for x in a)
     assert not torch.equal(a[0][HOOK], a[0]["blocks.1.hook_mlp_out"])
     # Shuffled: the first batch is not simply the first 64 tokens in order.
-    in_order = torch.cat(list(_in_order(model, HOOK, cfg)))
+    in_order = torch.cat(list(_in_order(model, HOOK, source, cfg)))
     assert not torch.equal(a[0][HOOK], in_order[:64])
     # Every emitted row is one of the real (non-BOS) token activations.
     emitted = torch.cat([x[HOOK] for x in a])
@@ -151,12 +153,10 @@ def test_live_stream_is_aligned_and_replayable(model):
     assert torch.isin(emitted[:, 0], in_order[:, 0]).all()
 
 
-def _in_order(model, hook, cfg):
-    from interp.evaluation.splice import keep_mask, token_batches
-
-    for batch in token_batches(model, TEXTS, cfg.model_batch_size, context_length=cfg.context_length):
+def _in_order(model, hook, source, cfg):
+    for batch in source.batches(model, cfg.model_batch_size):
         _, cache = model.run_with_cache(batch.tokens, names=[hook], attention_mask=batch.attention_mask)
-        yield cache[hook][keep_mask(batch, True)]
+        yield cache[hook][source.keep_mask(batch)]
 
 
 class Interrupt(Exception):
@@ -165,13 +165,13 @@ class Interrupt(Exception):
 
 def test_live_training_resumes_exactly(tmp_path, model, monkeypatch):
     cfg = saes.TrainConfig(batch_size=64, total_tokens=64 * 12, lr=3e-3, checkpoint_every=4, log_every=2)
-    live = LiveConfig(context_length=16, buffer_tokens=256)
+    live = LiveConfig(buffer_tokens=256)
 
     def build():
         return {HOOK: saes.TopKSAE(32, 64, k=4), "blocks.1.hook_mlp_out": [saes.BatchTopKSAE(32, 64, k=4)]}
 
     straight = build()
-    train_live(model, TEXTS, straight, cfg, live=live, checkpoint_dir=tmp_path / "a", log_dir=tmp_path / "a", progress=False)
+    train_live(model, TEXTS, straight, cfg, context_length=16, live=live, checkpoint_dir=tmp_path / "a", log_dir=tmp_path / "a", progress=False)
 
     interrupted = build()
     from saes.training.trainer import Trainer
@@ -185,11 +185,11 @@ def test_live_training_resumes_exactly(tmp_path, model, monkeypatch):
 
     monkeypatch.setattr(Trainer, "step", flaky)
     with pytest.raises(Interrupt):
-        train_live(model, TEXTS, interrupted, cfg, live=live, checkpoint_dir=tmp_path / "b", log_dir=tmp_path / "b",
+        train_live(model, TEXTS, interrupted, cfg, context_length=16, live=live, checkpoint_dir=tmp_path / "b", log_dir=tmp_path / "b",
                    progress=False)
     monkeypatch.setattr(Trainer, "step", real_step)
     resumed = build()
-    results = train_live(model, TEXTS, resumed, cfg, live=live, checkpoint_dir=tmp_path / "b", log_dir=tmp_path / "b",
+    results = train_live(model, TEXTS, resumed, cfg, context_length=16, live=live, checkpoint_dir=tmp_path / "b", log_dir=tmp_path / "b",
                          resume=True, progress=False)
     assert results[HOOK].tokens == 64 * 12
     for hook in straight:

@@ -19,14 +19,14 @@ import os
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from interp.activations.tokens import PackingConfig, TokenBatch, describe_source, iter_batches
+from interp.activations.tokens import TokenBatch, TokenSource
 from interp.errors import InterpError, StoreError
 from interp.activations.store import (
     DTYPES,
@@ -39,12 +39,11 @@ from interp.activations.store import (
     atomic_write_text,
     check_shard_sizes,
     commit_shard,
-    parse_dtype,
     remove_stray_files,
     serialize_shard,
+    store_dtype,
 )
 
-DEFAULT_CONTEXT_LENGTH = 128
 # Default shard size: large enough that per-file overhead (fsync, manifest rewrite) is
 # negligible, small enough that one shard in RAM is harmless on a laptop.
 DEFAULT_SHARD_BYTES = 256 << 20
@@ -52,20 +51,27 @@ DEFAULT_SHARD_BYTES = 256 << 20
 
 @dataclass
 class HarvestConfig:
-    """Settings of one harvest (see :func:`harvest` for their meaning)."""
+    """Settings of one harvest besides its data (see :func:`harvest` for their meaning; the
+    data options are the :class:`TokenSource`'s)."""
 
     hooks: list[str]
     out: Path
     max_tokens: int | None = None
-    context_length: int | None = None
     batch_size: int = 8
     dtype: str = "float32"
-    exclude_bos: bool = True
-    prepend_bos: bool | None = None
     shard_tokens: int | None = None
-    text_field: str = "text"
     device: str | torch.device | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.hooks = [self.hooks] if isinstance(self.hooks, str) else list(dict.fromkeys(self.hooks))
+        self.out = Path(self.out)
+        self.dtype = store_dtype(self.dtype)
+
+
+def _options_for(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` that are fields of the dataclass ``cls``."""
+    return {f.name: options[f.name] for f in fields(cls) if f.name in options}
 
 
 @dataclass
@@ -184,6 +190,8 @@ def harvest(
             record), a list of strings, a token tensor ``[seq, pos]`` (used as windows) or
             1-D (packed), or a ``datasets`` Dataset/IterableDataset with a ``text_field``
             column. Read as a stream; see :mod:`interp.activations.tokens` for the packing rule.
+            Or a :class:`TokenSource`, which binds the data options (``context_length``,
+            ``exclude_bos``, ``prepend_bos``, ``text_field``) itself.
         hooks: hook names; all are saved from the same forward pass.
         out: store directory. If it holds an unfinished harvest with the same settings,
             the harvest resumes; different settings raise :class:`StoreError`.
@@ -202,28 +210,16 @@ def harvest(
     Returns:
         The store, reading the first hook (``store.select(name)`` reads another).
     """
+    options = dict(locals())  # every argument by name: each goes to the TokenSource or the HarvestConfig
     if isinstance(model, (str, os.PathLike)):
         from interp.model.loading import load  # only needed for this convenience
 
         model = load(str(model), device=device)
-    cfg = HarvestConfig(
-        hooks=[hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks)),
-        out=Path(out),
-        max_tokens=max_tokens,
-        context_length=context_length,
-        batch_size=batch_size,
-        dtype=parse_dtype(dtype),
-        exclude_bos=exclude_bos,
-        prepend_bos=prepend_bos,
-        shard_tokens=shard_tokens,
-        text_field=text_field,
-        device=device,
-        progress=progress,
-    )
-    return run_harvest(model, data, cfg)
+    source = TokenSource.of(**_options_for(TokenSource, options))  # data plus its options
+    return run_harvest(model, source, HarvestConfig(**_options_for(HarvestConfig, options)))
 
 
-def _wanted_manifest(model: Any, data: Any, cfg: HarvestConfig) -> tuple[Manifest, PackingConfig]:
+def _wanted_manifest(model: Any, source: TokenSource, cfg: HarvestConfig) -> Manifest:
     if not cfg.hooks:
         raise InterpError("give at least one hook to harvest (see `interp hooks --model ...`)")
     model.check_hooks(cfg.hooks)
@@ -232,39 +228,23 @@ def _wanted_manifest(model: Any, data: Any, cfg: HarvestConfig) -> tuple[Manifes
         raise InterpError(f"max_tokens must be positive, got {cfg.max_tokens}")
     if cfg.batch_size < 1:
         raise InterpError(f"batch_size must be at least 1, got {cfg.batch_size}")
-    ctx = cfg.context_length
-    if ctx is None:
-        is_windows = isinstance(data, torch.Tensor) and data.ndim == 2
-        ctx = int(data.shape[1]) if is_windows else DEFAULT_CONTEXT_LENGTH
-    bos = getattr(model, "bos_token_id", None)
-    eos = getattr(model, "eos_token_id", None)
-    pad = getattr(model, "pad_token_id", None)
-    prepend = (bos is not None) if cfg.prepend_bos is None else cfg.prepend_bos
-    packing = PackingConfig(ctx, prepend, bos, eos, pad if pad is not None else (eos if eos is not None else 0))
+    packing = source.packing(model)
+    ctx = packing.context_length
     store_dtype = DTYPES[cfg.dtype]
-    manifest = Manifest(
+    return Manifest(
         model=model.name,
         hooks=infos,
         dtype=cfg.dtype,
         context_length=ctx,
-        prepend_bos=prepend,
-        exclude_bos=cfg.exclude_bos,
-        source=describe_source(data, cfg.text_field),
+        prepend_bos=packing.prepend_bos,
+        exclude_bos=source.exclude_bos,
+        source=source.describe(),
         max_tokens=cfg.max_tokens,
         shard_tokens=_resolve_shard_tokens(cfg.shard_tokens, infos, store_dtype, ctx),
-        bos_token_id=bos,
-        eos_token_id=eos,
+        bos_token_id=packing.bos_token_id,
+        eos_token_id=packing.eos_token_id,
         batch_size=cfg.batch_size,
     )
-    return manifest, packing
-
-
-def _keep_mask(batch: TokenBatch, exclude_bos: bool) -> torch.Tensor:
-    """``[batch, pos]`` bool: the positions whose activations are stored."""
-    keep = batch.attention_mask.bool()  # padding by the mask, never by token id
-    if exclude_bos:
-        keep[:, 0] &= ~batch.bos_at_start
-    return keep
 
 
 class _Committer:
@@ -299,9 +279,11 @@ class _Committer:
             self._pool.shutdown(wait=True)
 
 
-def run_harvest(model: Any, data: Any, cfg: HarvestConfig) -> ActivationStore:
-    """:func:`harvest` with its settings in a :class:`HarvestConfig`."""
-    wanted, packing = _wanted_manifest(model, data, cfg)
+def run_harvest(model: Any, source: TokenSource | Any, cfg: HarvestConfig) -> ActivationStore:
+    """:func:`harvest` with its data in a :class:`TokenSource` (plain data takes the default
+    options) and its other settings in a :class:`HarvestConfig`."""
+    source = TokenSource.of(source)
+    wanted = _wanted_manifest(model, source, cfg)
     manifest = _prepare_directory(cfg.out, wanted)
     out = cfg.out
     first_hook = manifest.hooks[0].name
@@ -340,13 +322,9 @@ def run_harvest(model: Any, data: Any, cfg: HarvestConfig) -> ActivationStore:
             # Restart at a batch boundary so every batch is the one an uninterrupted run
             # would have computed; windows before start_seq are recomputed and dropped.
             batch_start = start_seq // cfg.batch_size * cfg.batch_size
-            batches = iter_batches(
-                data, getattr(model, "tokenizer", None), packing, cfg.batch_size,
-                text_field=cfg.text_field, start_seq=batch_start,
-            )
-            for batch in batches:
+            for batch in source.batches(model, cfg.batch_size, start_seq=batch_start):
                 skip = max(0, start_seq - batch.first_seq)
-                keep = _keep_mask(batch, cfg.exclude_bos)
+                keep = source.keep_mask(batch)
                 keep[:skip] = False  # windows the interrupted run already stored
                 kept = _forward(model, batch, keep, manifest.hooks, device, store_dtype)
                 done = _buffer_batch(buf, flush, batch, keep, kept, skip, done, limit)

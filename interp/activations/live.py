@@ -1,15 +1,16 @@
 """Live SAE training: activations straight from a model's forward pass, no store on disk.
 
-:func:`activation_batches` runs the model over packed windows of a dataset, gathers the
-activations of one or more hooks from each forward pass (real tokens only, BOS excluded by
-default, exactly like the harvest), mixes them in a bounded shuffle buffer and yields
-``{hook: [batch, d]}`` batches whose rows are the same tokens for every hook.
+:func:`activation_batches` runs the model over the windows of a :class:`TokenSource`, gathers
+the activations of one or more hooks from each forward pass (the positions of the source's
+keep mask: real tokens, BOS excluded by default, exactly like the harvest), mixes them in a
+bounded shuffle buffer and yields ``{hook: [batch, d]}`` batches whose rows are the same
+tokens for every hook.
 
-:func:`train_live` feeds those batches to one :class:`saes.training.trainer.Trainer` per hook, all in
-lockstep: one forward pass trains every hook's SAEs. Each hook gets its own checkpoint and
-JSONL log; a resumed run replays the stream from its start (re-running the model for the
-batches already trained on, which keeps the shuffle buffer, and so the weights, identical to
-an uninterrupted run).
+:func:`train_live` makes that one stream with a lane per hook and hands it to
+:func:`saes.training.runner.run`: one forward pass trains every hook's SAEs. Each hook gets
+its own checkpoint and JSONL log; a resumed run replays the stream from its start
+(re-running the model for the batches already trained on, which keeps the shuffle buffer,
+and so the weights, identical to an uninterrupted run).
 
 >>> import saes
 >>> from interp.activations.live import train_live
@@ -28,72 +29,66 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from itertools import chain
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from saes import SAE, TrainConfig, TrainResult
-from saes.errors import SAEError
-from saes.training.log import postfix, progress_bar
-from saes.training.trainer import Trainer
+from saes.errors import EmptyDataError
+from saes.training.runner import Lane, Stream, run
 
-from interp.activations.tokens import describe_source
+from interp.activations.tokens import TokenBatch, TokenSource
 from interp.errors import InterpError, ShapeError
-from interp.evaluation.splice import keep_mask, token_batches
 
 
 @dataclass
 class LiveConfig:
-    """How activations are produced for live training.
+    """How activations are produced for live training (the data options are the
+    :class:`TokenSource`'s).
 
     Attributes:
-        context_length: tokens per window.
         model_batch_size: windows per forward pass.
         buffer_tokens: rows per hook held in the shuffle buffer (memory bound: about
             ``buffer_tokens * sum(d) * 4`` bytes). About half is handed out each time it
             fills, the rest stays to mix with later windows.
-        exclude_bos: skip the BOS position of each window (as the harvest does).
-        prepend_bos: BOS at the start of every window; default when the model has one.
-        text_field: field of .jsonl records / dataset rows holding the text.
     """
 
-    context_length: int = 128
-    model_batch_size: int = 8
-    buffer_tokens: int = 1 << 16
-    exclude_bos: bool = True
-    prepend_bos: bool | None = None
-    text_field: str = "text"
+    # metadata: the help of the command line's options (interp/cli/options.py).
+    model_batch_size: int = field(default=8, metadata={"help": "windows per forward pass"})
+    buffer_tokens: int = field(default=1 << 16, metadata={"help": "shuffle buffer rows"})
 
 
-def _hook_rows(model: Any, batch: Any, hooks: Sequence[str], exclude_bos: bool) -> dict[str, torch.Tensor]:
+def _hook_rows(model: Any, batch: TokenBatch, hooks: Sequence[str], source: TokenSource) -> dict[str, torch.Tensor]:
     """One forward pass: per hook the kept rows ``[rows, d]`` as float32 on the CPU."""
     device = model.device
     mask = batch.attention_mask.to(device)  # always passed: HF warns about unmasked padding otherwise
     with torch.inference_mode():
         _, cache = model.run_with_cache(batch.tokens.to(device), list(hooks), attention_mask=mask, return_logits=False)
-    keep = keep_mask(batch, exclude_bos).to(device)
+    keep = source.keep_mask(batch).to(device)
     return {h: cache[h].reshape(*keep.shape, -1)[keep].float().cpu() for h in hooks}
 
 
 def activation_batches(
     model: Any,
-    data: Any,
+    source: TokenSource | Any,
     hooks: str | Sequence[str],
     batch_size: int,
     *,
     seed: int = 0,
     config: LiveConfig | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Shuffled ``{hook: [batch_size, d]}`` activation batches from one pass over ``data``.
+    """Shuffled ``{hook: [batch_size, d]}`` activation batches from one pass over ``source``
+    (a :class:`TokenSource`, or data read with its default options).
 
     Rows are aligned across hooks (row i is the same token everywhere). The order depends
-    only on ``data``, ``seed`` and the config, so the stream can be replayed exactly. The
+    only on the source, ``seed`` and the config, so the stream can be replayed exactly. The
     final partial batch is dropped.
     """
     cfg = config or LiveConfig()
+    source = TokenSource.of(source)
     hooks = [hooks] if isinstance(hooks, str) else list(hooks)
     model.check_hooks(hooks)
     if batch_size < 1:
@@ -101,8 +96,7 @@ def activation_batches(
     gen = torch.Generator().manual_seed(seed)
     target = max(cfg.buffer_tokens, 2 * batch_size)
     pool: dict[str, torch.Tensor] = {}
-    windows = token_batches(model, data, cfg.model_batch_size, context_length=cfg.context_length,
-                            prepend_bos=cfg.prepend_bos, text_field=cfg.text_field)
+    windows = source.batches(model, cfg.model_batch_size)
 
     def emit(n_out: int) -> Iterator[dict[str, torch.Tensor]]:
         nonlocal pool
@@ -114,7 +108,7 @@ def activation_batches(
         pool = {h: t[n_out:].clone() for h, t in pool.items()}
 
     for batch in windows:
-        rows = _hook_rows(model, batch, hooks, cfg.exclude_bos)
+        rows = _hook_rows(model, batch, hooks, source)
         pool = rows if not pool else {h: torch.cat([pool[h], rows[h]]) for h in hooks}
         n = next(iter(pool.values())).shape[0]
         if n >= target:
@@ -125,11 +119,7 @@ def activation_batches(
         yield from emit(n // batch_size * batch_size)
 
 
-def _as_list(x: SAE | Sequence[SAE]) -> list[SAE]:
-    return [x] if isinstance(x, SAE) else list(x)
-
-
-def _check_devices(devices: Mapping[str, str | torch.device] | None, hooks: list[str]) -> dict[str, str]:
+def check_devices(devices: Mapping[str, str | torch.device] | None, hooks: list[str]) -> dict[str, str]:
     """``devices`` as hook -> device name, every hook trained and every device usable."""
     out: dict[str, str] = {}
     for hook, device in (devices or {}).items():
@@ -163,6 +153,26 @@ def _per_hook(where: PathOrPerHook, hook: str, suffix: str) -> Path | None:
     return Path(where) / f"{hook_dir_name(hook)}{suffix}"
 
 
+def hook_lane(
+    hook: str,
+    saes: SAE | Sequence[SAE],
+    config: TrainConfig,
+    *,
+    data: dict[str, Any],
+    origin: dict[str, Any],
+    devices: Mapping[str, str],
+    checkpoint_dir: PathOrPerHook,
+    log_dir: PathOrPerHook,
+) -> Lane:
+    """The runner lane of one hook: its own device (``devices`` from :func:`check_devices`),
+    checkpoint ``checkpoint_dir/<hook>/`` and log ``log_dir/<hook>.jsonl`` (or the paths a
+    mapping gives), its records tagged with the hook."""
+    return Lane(
+        hook, saes, replace(config, device=devices[hook]) if hook in devices else config, data,
+        checkpoint_dir=_per_hook(checkpoint_dir, hook, ""), log_path=_per_hook(log_dir, hook, ".jsonl"),
+        log_extra={"hook": hook}, origin=origin,
+    )
+
 def train_live(
     model: Any,
     data: Any,
@@ -181,10 +191,11 @@ def train_live(
 
     Args:
         model: a HookedModel.
-        data: a .txt/.jsonl path, a list of strings, token ids or a dataset (as the harvest).
+        data: a .txt/.jsonl path, a list of strings, token ids or a dataset (as the harvest),
+            or a :class:`TokenSource` holding the data options (text field, BOS handling).
         saes_by_hook: hook name -> an SAE or a sweep of SAEs for that hook.
         config: the :class:`saes.TrainConfig` shared by every hook.
-        context_length: shorthand for ``live.context_length``.
+        context_length: window length of plain ``data`` (default 128).
         live: how activations are produced (:class:`LiveConfig`).
         checkpoint_dir: checkpoints go to ``checkpoint_dir/<hook>/`` (or give a mapping
             hook -> directory).
@@ -201,87 +212,50 @@ def train_live(
     """
     cfg = config or TrainConfig()
     lc = live or LiveConfig()
-    if context_length is not None:
-        lc = LiveConfig(**{**lc.__dict__, "context_length": context_length})
+    source = TokenSource.of(data, context_length=context_length)
     hooks = list(saes_by_hook)
     if not hooks:
         raise InterpError("train_live needs at least one hook with its SAE(s)")
     model.check_hooks(hooks)
-    placed = _check_devices(devices, hooks)
-    source = describe_source(data, lc.text_field)
-    prepend = (model.bos_token_id is not None) if lc.prepend_bos is None else lc.prepend_bos
-    trainers: dict[str, Trainer] = {}
+    placed = check_devices(devices, hooks)
+    described = {"source": source.describe(), "live": _live_settings(source, lc)}
+    origin = {"model_name": model.name, "context_size": source.context_length,
+              "prepend_bos": source.packing(model).prepend_bos}
+    lanes = []
+    for hook in hooks:
+        d = _hook_width(model, hook, saes_by_hook[hook])
+        data_desc = {"kind": "live", "d": d, "rows": None, "model": model.name, "hook": hook, **described}
+        lanes.append(hook_lane(hook, saes_by_hook[hook], cfg, data=data_desc, origin={**origin, "hook_name": hook},
+                               devices=placed, checkpoint_dir=checkpoint_dir, log_dir=log_dir))
+
+    def batches_from(start: int) -> Iterator[dict[str, torch.Tensor]]:
+        # Replayed from the start: the batches before `start` were trained on before an interruption.
+        return islice(activation_batches(model, source, hooks, cfg.batch_size, seed=cfg.seed, config=lc), start, None)
+
+    stream = Stream(lanes, batches_from, keyed=True, sample_rows=cfg.init_rows,
+                    empty="the data produced no activations; check the data path and context length")
     try:
-        for hook in hooks:
-            shape = tuple(int(s) for s in model.hook_shape(hook))
-            d = math.prod(shape)
-            for sae in _as_list(saes_by_hook[hook]):
-                if sae.d_in != d:
-                    raise ShapeError(
-                        f"an SAE for {hook} has d_in={sae.d_in}, but {hook} of {model.name} has per-token shape "
-                        f"{list(shape)} (d={d}); build it with d_in={d}"
-                    )
-                sae.metadata.update(model_name=model.name, hook_name=hook, context_size=lc.context_length,
-                                    prepend_bos=prepend)
-            fingerprint = {"kind": "live", "d": d, "rows": None, "model": model.name, "hook": hook,
-                           "source": source, "live": lc.__dict__}
-            hook_cfg = replace(cfg, device=placed[hook]) if hook in placed else cfg
-            trainers[hook] = Trainer(
-                _as_list(saes_by_hook[hook]), hook_cfg, data=fingerprint,
-                checkpoint_dir=_per_hook(checkpoint_dir, hook, ""), resume=resume,
-                log_path=_per_hook(log_dir, hook, ".jsonl"), log_extra={"hook": hook},
+        return run([stream], resume=resume, progress=progress)
+    except EmptyDataError as err:
+        raise InterpError(str(err)) from None
+
+
+def _hook_width(model: Any, hook: str, saes: SAE | Sequence[SAE]) -> int:
+    """The per-token size ``d`` at ``hook``; raises unless every SAE for it has ``d_in = d``."""
+    shape = tuple(int(s) for s in model.hook_shape(hook))
+    d = math.prod(shape)
+    for sae in [saes] if isinstance(saes, SAE) else saes:
+        if sae.d_in != d:
+            raise ShapeError(
+                f"an SAE for {hook} has d_in={sae.d_in}, but {hook} of {model.name} has per-token shape "
+                f"{list(shape)} (d={d}); build it with d_in={d}"
             )
-    except SAEError:
-        for t in trainers.values():
-            t.close()
-        raise
+    return d
 
-    stream: Iterator[dict[str, torch.Tensor]] = activation_batches(model, data, hooks, cfg.batch_size, seed=cfg.seed, config=lc)
-    fresh = [t for t in trainers.values() if t.needs_init]
-    if fresh:
-        # A fresh hook starts at batch 0, so its sample is the start of the stream.
-        pending: list[dict[str, torch.Tensor]] = []
-        rows = 0
-        for b in stream:
-            pending.append(b)
-            rows += next(iter(b.values())).shape[0]
-            if rows >= cfg.init_rows:
-                break
-        if not pending:
-            raise InterpError("the data produced no activations; check the data path and context length")
-        for hook, t in trainers.items():
-            if t.needs_init:
-                t.initialise(torch.cat([b[hook] for b in pending]))
-        stream = chain(pending, stream)
 
-    start = min(t.batches for t in trainers.values())
-    bar = progress_bar(cfg.total_tokens, min(t.tokens for t in trainers.values()), progress)
-    stopped_early = True
-    try:
-        for index, batch in enumerate(stream):
-            if all(t.done for t in trainers.values()):
-                stopped_early = False
-                break
-            if index < start:
-                continue  # replayed for a resumed run: trained on before the interruption
-            before = min(t.tokens for t in trainers.values())
-            for hook, t in trainers.items():
-                # Hooks resumed from different checkpoints step only from their own position.
-                if t.batches == index and not t.done:
-                    logged = t.step(batch[hook])
-                    if logged and hook == hooks[0]:
-                        bar.set_postfix(postfix(logged), refresh=False)
-            bar.update(min(t.tokens for t in trainers.values()) - before)
-        else:
-            stopped_early = not all(t.done for t in trainers.values())
-    except BaseException:
-        for t in trainers.values():
-            t.close()
-        raise
-    finally:
-        bar.close()
-    results: dict[str, TrainResult | list[TrainResult]] = {}
-    for hook, t in trainers.items():
-        res = t.finish(stopped_early=stopped_early and not t.done)
-        results[hook] = res[0] if isinstance(saes_by_hook[hook], SAE) else res
-    return results
+def _live_settings(source: TokenSource, live: LiveConfig) -> dict[str, Any]:
+    # What a checkpoint records of how the stream is made; the keys (and their order) are
+    # those of the LiveConfig that once held the data options too, so old checkpoints match.
+    return {"context_length": source.context_length, "model_batch_size": live.model_batch_size,
+            "buffer_tokens": live.buffer_tokens, "exclude_bos": source.exclude_bos,
+            "prepend_bos": source.prepend_bos, "text_field": source.text_field}

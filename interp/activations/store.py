@@ -39,7 +39,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from saes.formats.io import atomic_write_text, fsync_dir, os_error_of  # noqa: F401  (atomic_write_text re-exported)
+from saes import dtypes
+from saes.formats.durable import atomic_write_text, os_error_of, publish  # noqa: F401  (atomic_write_text re-exported)
 
 from interp.errors import StoreError, close_matches
 from interp.activations.manifest import checked_manifest
@@ -48,22 +49,16 @@ MANIFEST = "manifest.json"
 FORMAT = "interp-activation-store"
 VERSION = 1
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+# The dtypes a store may hold (no float64: activations do not need it).
+DTYPES: dict[str, torch.dtype] = {name: dtypes.DTYPES[name] for name in ("float32", "bfloat16", "float16")}
 
 
-def parse_dtype(name: str | torch.dtype) -> str:
-    """The store dtype name for ``name`` ("float32", "bfloat16" or "float16")."""
-    if isinstance(name, torch.dtype):
-        for k, v in DTYPES.items():
-            if v == name:
-                return k
-    elif name in DTYPES:
-        return name
-    raise StoreError(f"unsupported store dtype {name!r}; use one of {sorted(DTYPES)}")
+def store_dtype(name: str | torch.dtype) -> str:
+    """The store dtype name for ``name`` ("float32", "bfloat16" or "float16"), as manifests record it."""
+    found = dtypes.name_in(name, DTYPES)
+    if found is None:
+        raise StoreError(f"unsupported store dtype {name!r}; use one of {sorted(DTYPES)}")
+    return found
 
 
 def act_key(hook: str) -> str:
@@ -239,22 +234,13 @@ def commit_shard(directory: Path, index: int, tmp: Path) -> tuple[str, int, str]
     """
     final = directory / shard_name(index)
     try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         # Hash what is on disk (read back from the page cache), not what we meant to write.
-        digest = sha256_file(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, final)
+        digest, size = publish(tmp, final, mode=None, inspect=lambda p: (sha256_file(p), p.stat().st_size))
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
         failed = _write_failed(directory, index, err)
         if failed is err:
             raise
         raise failed from err
-    fsync_dir(directory)
     return final.name, size, digest
 
 
@@ -634,7 +620,7 @@ class ActivationStore:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        out_dtype = DTYPES[parse_dtype(dtype)] if dtype is not None else None
+        out_dtype = DTYPES[store_dtype(dtype)] if dtype is not None else None
 
         def emit(t: torch.Tensor) -> torch.Tensor:
             if device is not None or out_dtype is not None:

@@ -5,7 +5,8 @@ lockstep, one batch of every hook per round, with each hook's SAEs wherever ``de
 puts them (one GPU per layer, say). Each hook is an ordinary :class:`saes.training.trainer.Trainer`
 over its own stream (the same seeded shard order and shuffle for every hook, so row ``i``
 of a round is the same token everywhere), with its own checkpoint and log, so a hook
-trained here ends with exactly the weights ``saes.train`` gives it alone.
+trained here ends with exactly the weights ``saes.train`` gives it alone. This module only
+builds those streams; :func:`saes.training.runner.run` steps them.
 
 Example::
 
@@ -15,9 +16,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
-from itertools import chain
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,20 @@ import torch
 
 from saes import SAE, TrainConfig, TrainResult
 from saes.training.data import StoreSource
-from saes.errors import SAEError
-from saes.training.log import postfix, progress_bar
-from saes.training.trainer import Trainer, initial_sample
+from saes.training.runner import Stream, run
+from saes.training.trainer import check_models
 
 from interp.errors import InterpError
-from interp.activations.live import PathOrPerHook, _as_list, _check_devices, _per_hook
+from interp.activations.live import PathOrPerHook, check_devices, hook_lane
 from interp.activations.store import ActivationStore
+
+
+def store_origin(store: ActivationStore) -> dict[str, Any]:
+    """The metadata an SAE trained on ``store`` (at its selected hook) records: model, hook,
+    context length, BOS setting and the store's directory."""
+    return {"model_name": store.model_name, "hook_name": store.hook, "context_size": store.context_length,
+            "prepend_bos": getattr(store.manifest, "prepend_bos", None),
+            "dataset_path": str(Path(store.directory).resolve())}
 
 
 def train_store(
@@ -62,53 +68,16 @@ def train_store(
     if not hooks:
         raise InterpError("train_store needs at least one hook with its SAE(s)")
     base = store if isinstance(store, ActivationStore) else ActivationStore.open(store, hook=hooks[0])
-    placed = _check_devices(devices, hooks)
-    views = {h: base.select(h) for h in hooks}
-    trainers: dict[str, Trainer] = {}
-    streams: dict[str, Iterator[Any]] = {}
-    try:
-        for h in hooks:
-            models = _as_list(saes_by_hook[h])
-            for sae in models:
-                sae.metadata.update(model_name=base.model_name, hook_name=h, context_size=base.context_length,
-                                    dataset_path=str(Path(base.directory).resolve()))
-            source = StoreSource(views[h], models[0].d_in, cfg.batch_size)
-            trainers[h] = Trainer(
-                models, replace(cfg, device=placed[h]) if h in placed else cfg, data=source.fingerprint(),
-                checkpoint_dir=_per_hook(checkpoint_dir, h, ""), resume=resume,
-                log_path=_per_hook(log_dir, h, ".jsonl"), log_extra={"hook": h},
-            )
-            stream = source.iterate(cfg.batch_size, cfg.seed, skip=trainers[h].batches)
-            if trainers[h].needs_init:
-                rows = min(cfg.init_rows, len(views[h]))
-                pending, sample = initial_sample(stream, models[0].d_in, rows, cfg.on_nonfinite == "skip", h)
-                trainers[h].initialise(sample)
-                stream = chain(pending, stream)
-            streams[h] = stream
-    except SAEError:
-        for t in trainers.values():
-            t.close()
-        raise
-
-    bar = progress_bar(cfg.total_tokens * len(hooks), sum(t.tokens for t in trainers.values()), progress)
-    try:
-        while not all(t.done for t in trainers.values()):
-            for h, t in trainers.items():
-                if t.done:
-                    continue
-                before = t.tokens
-                logged = t.step(next(streams[h]))  # store streams are endless (epochs)
-                if logged and h == hooks[0]:
-                    bar.set_postfix(postfix(logged), refresh=False)
-                bar.update(t.tokens - before)
-    except BaseException:
-        for t in trainers.values():
-            t.close()
-        raise
-    finally:
-        bar.close()
-    results: dict[str, TrainResult | list[TrainResult]] = {}
-    for h, t in trainers.items():
-        res = t.finish()
-        results[h] = res[0] if isinstance(saes_by_hook[h], SAE) else res
-    return results
+    placed = check_devices(devices, hooks)
+    streams = []
+    for h in hooks:
+        view = base.select(h)
+        sweep = [saes_by_hook[h]] if isinstance(saes_by_hook[h], SAE) else list(saes_by_hook[h])
+        check_models(sweep)  # before its d_in is read
+        source = StoreSource(view, sweep[0].d_in, cfg.batch_size)
+        lane = hook_lane(h, saes_by_hook[h], cfg, data=source.fingerprint(), origin=store_origin(view), devices=placed,
+                         checkpoint_dir=checkpoint_dir, log_dir=log_dir)
+        # Bound now: each stream keeps its own source.
+        streams.append(Stream([lane], lambda start, source=source: source.iterate(cfg.batch_size, cfg.seed, skip=start),
+                              sample_rows=min(cfg.init_rows, len(view))))
+    return run(streams, resume=resume, progress=progress)

@@ -19,6 +19,9 @@ A 1-D token tensor is treated as an already separated token stream and packed th
 a 2-D token tensor ``[seq, pos]`` is taken as ready-made windows, unchanged.
 
 Nothing here holds more than one chunk of documents and one batch of windows at a time.
+
+:class:`TokenSource` binds a data source to these options once (text field, context length,
+BOS and EOS handling); the harvest, live training and SAE evaluation all read through it.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,8 @@ import torch
 
 from interp.errors import InterpError, ShapeError
 
+# Tokens per window when neither the caller nor a 2-D token tensor says otherwise.
+DEFAULT_CONTEXT_LENGTH = 128
 # Documents are tokenised this many at a time: the fast tokenizer is much quicker on a
 # list than on single strings, and the chunk stays small whatever the dataset size.
 _TOKENIZE_CHUNK = 256
@@ -330,3 +335,117 @@ def iter_batches(
             bos.clear()
     if rows:
         yield make()
+
+
+# --------------------------------------------------------------------------- the source
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if value is None or default is None or isinstance(value, torch.Tensor):
+        return value is default
+    return bool(value == default)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenSource:
+    """A data source bound to how it becomes windows: the data options, given once.
+
+    Attributes:
+        data: a ``.txt`` path (one document per line), a ``.jsonl`` path (``text_field`` per
+            record), a list of strings, a token tensor ``[seq, pos]`` (used as windows) or
+            1-D (packed), or a ``datasets`` Dataset/IterableDataset with a ``text_field`` column.
+        text_field: field of .jsonl records / dataset rows holding the text.
+        context_length: tokens per window; None = a 2-D token tensor's width, else 128
+            (resolved on construction, so it is always an int afterwards).
+        prepend_bos: BOS at the start of every packed window; None = when the model has one.
+            Documents are always separated by the model's EOS token (when it has one).
+        exclude_bos: the keep mask leaves out position 0 of windows that start with BOS
+            (its activation is an outlier no SAE models). Padding is never kept.
+        attention_mask: ``[seq, pos]`` for a padded 2-D token tensor: its windows are then
+            used as they are, with this mask (the packing options do not apply).
+    """
+
+    # metadata: the help and flags of the command line's data options (interp/cli/options.py).
+    data: Any = field(metadata={"help": ".txt file (one document per line) or .jsonl file", "metavar": "FILE"})
+    text_field: str = field(default="text", metadata={"help": "field of a .jsonl record holding the text"})
+    context_length: int | None = field(default=None, metadata={
+        "help": "tokens per window", "cli_default": DEFAULT_CONTEXT_LENGTH})
+    prepend_bos: bool | None = None
+    exclude_bos: bool = field(default=True, metadata={
+        "help": "leave out position 0 (BOS) of every window", "flag": "--keep-bos",
+        "off_help": "also use position 0 (BOS) of every window"})
+    attention_mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.context_length is None:
+            windows = isinstance(self.data, torch.Tensor) and self.data.ndim == 2
+            object.__setattr__(self, "context_length", int(self.data.shape[1]) if windows else DEFAULT_CONTEXT_LENGTH)
+
+    @classmethod
+    def of(cls, data: Any, **options: Any) -> TokenSource:
+        """``data`` as a TokenSource: the one place plain data and keyword options meet.
+
+        ``data`` may already be a TokenSource; options must then be left at their defaults
+        (the source has bound them already).
+        """
+        if not isinstance(data, TokenSource):
+            return cls(data, **options)
+        defaults = {f.name: f.default for f in fields(cls)}
+        given = sorted(k for k, v in options.items() if not _is_default(v, defaults[k]))
+        if given:
+            raise InterpError(
+                f"the data is a TokenSource, which already sets {', '.join(given)}; set "
+                f"{'them' if len(given) > 1 else 'it'} in the TokenSource, not as an argument too"
+            )
+        return data
+
+    def packing(self, model: Any) -> PackingConfig:
+        """How text becomes windows for ``model``: its BOS first (unless switched off), its
+        EOS between documents, padding with its pad id (else EOS, else 0)."""
+        bos = getattr(model, "bos_token_id", None)
+        eos = getattr(model, "eos_token_id", None)
+        pad = getattr(model, "pad_token_id", None)
+        prepend = (bos is not None) if self.prepend_bos is None else self.prepend_bos
+        assert self.context_length is not None  # resolved in __post_init__
+        return PackingConfig(self.context_length, prepend, bos, eos, pad if pad is not None else (eos if eos is not None else 0))
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's description of the data (see :func:`describe_source`)."""
+        desc = describe_source(self.data, self.text_field)
+        if self.attention_mask is not None:
+            mask = self.attention_mask.detach().to("cpu", torch.int64).contiguous()
+            desc["attention_mask"] = hashlib.sha256(mask.numpy().tobytes()).hexdigest()[:16]
+        return desc
+
+    def batches(
+        self, model: Any, batch_size: int, *, start_seq: int = 0, max_seqs: int | None = None
+    ) -> Iterator[TokenBatch]:
+        """Consecutive windows for ``model`` in batches of ``batch_size`` (see :func:`iter_batches`)."""
+        if self.attention_mask is not None and isinstance(self.data, torch.Tensor) and self.data.ndim == 2:
+            yield from self._masked_batches(model, batch_size, start_seq, max_seqs)
+            return
+        if isinstance(self.data, (str, os.PathLike)):
+            describe_source(self.data, self.text_field)  # a missing file or a wrong field fails here, clearly
+        yield from iter_batches(self.data, getattr(model, "tokenizer", None), self.packing(model), batch_size,
+                                text_field=self.text_field, start_seq=start_seq, max_seqs=max_seqs)
+
+    def _masked_batches(self, model: Any, batch_size: int, start_seq: int, max_seqs: int | None) -> Iterator[TokenBatch]:
+        # Ready-made padded windows: used as given, BOS detected by token id.
+        assert self.attention_mask is not None
+        if batch_size < 1:
+            raise InterpError(f"batch_size must be at least 1, got {batch_size}")
+        end = self.data.shape[0] if max_seqs is None else min(max_seqs, self.data.shape[0])
+        bos = getattr(model, "bos_token_id", None)
+        for a in range(start_seq, end, batch_size):
+            tok = self.data[a : min(a + batch_size, end)].to(torch.int64)
+            mask = self.attention_mask[a : min(a + batch_size, end)].to(torch.int64)
+            at_start = (tok[:, 0] == bos) if bos is not None else torch.zeros(len(tok), dtype=torch.bool)
+            yield TokenBatch(tok, mask, at_start, a)
+
+    def keep_mask(self, batch: TokenBatch) -> torch.Tensor:
+        """``[batch, pos]`` bool: the positions whose activations are read (real tokens,
+        minus the BOS position with ``exclude_bos``). A new tensor: the batch is untouched."""
+        keep = batch.attention_mask.bool().clone()
+        if self.exclude_bos:
+            keep[:, 0] &= ~batch.bos_at_start
+        return keep

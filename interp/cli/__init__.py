@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from interp.cli.options import TABLE_DEST, to_flags, warnings_in_flags
 from interp.errors import InterpError
 
 # Modules that each add their commands to the parser, in the order `interp --help` lists them.
@@ -39,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from saes.errors import SAEError
 
+    table = getattr(args, TABLE_DEST, None)
     try:
-        return int(args.func(args) or 0)
+        with warnings_in_flags(table):
+            return int(args.func(args) or 0)
     except (InterpError, SAEError) as err:
-        # The toolkit's own errors already say what to do; a traceback would bury that.
-        print(f"interp {args.command}: error: {err}", file=sys.stderr)
+        # The toolkit's own errors already say what to do; a traceback would bury that. They
+        # name Python arguments (for library users); here they name this command's flags.
+        print(f"interp {args.command}: error: {to_flags(str(err), table)}", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from interp.cli.options import also_names
 from interp.errors import InterpError
 
 EPILOG = """example:
@@ -28,6 +29,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", default=None, help="also write the Neuronpedia-style JSON here")
     p.add_argument("--examples", type=int, default=10, help="top examples per latent")
     p.add_argument("--quantile-examples", type=int, default=5, help="examples per activation quantile group")
+    also_names(p, {"hook": "--hook", "latents": "--latents", "n_examples": "--examples",
+                   "n_quantile_examples": "--quantile-examples"})
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from interp.activations.harvest import HarvestConfig
+from interp.activations.store import DTYPES
+from interp.activations.tokens import TokenSource
+from interp.cli.options import add_config_options, also_names
+
 HOOKS_EPILOG = """example:
   interp hooks --model gpt2
   interp hooks --model gpt2 --filter resid_post
@@ -49,17 +54,18 @@ def register(subparsers: Any) -> None:
     h.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
     h.add_argument("--hook", action="append", required=True, dest="hooks", metavar="HOOK",
                    help="hook name to store; repeat for several hooks from the same forward pass")
-    h.add_argument("--data", required=True, help=".txt (one document per line) or .jsonl file")
     h.add_argument("--tokens", type=int, default=None, help="number of token rows to store (default: all data)")
     h.add_argument("--out", required=True, help="store directory (created; resumed if it holds this harvest)")
-    h.add_argument("--context-length", type=int, default=128, help="tokens per window (default 128)")
-    h.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    h.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the stored activations (default float32)")
+    add_config_options(h, HarvestConfig, ["batch_size", "dtype"], overrides={
+        "batch_size": {"help": "windows per forward pass"},
+        "dtype": {"help": "dtype of the stored activations", "choices": list(DTYPES)}})
     h.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
-    h.add_argument("--shard-tokens", type=int, default=None, help="rows per shard (default: about 256 MiB)")
-    h.add_argument("--text-field", default="text", help="field of a .jsonl record holding the text")
-    h.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS) of every window")
+    add_config_options(h, HarvestConfig, ["shard_tokens"], overrides={
+        "shard_tokens": {"help": "rows per shard", "default_text": "about 256 MiB"}})
+    add_config_options(h, TokenSource, ["data", "text_field", "context_length", "exclude_bos"], required=["data"],
+                       overrides={"exclude_bos": {"off_help": "also store position 0 (BOS) of every window"}})
+    also_names(h, {"max_tokens": "--tokens", "hooks": "--hook", "hook": "--hook", "batch_size": "--batch-size",
+                   "shard_tokens": "--shard-tokens", "dtype": "--dtype"})
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
     h.set_defaults(func=run_harvest)
 
@@ -90,7 +96,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         context_length=args.context_length,
         batch_size=args.batch_size,
         dtype=args.dtype,
-        exclude_bos=not args.keep_bos,
+        exclude_bos=args.exclude_bos,
         shard_tokens=args.shard_tokens,
         text_field=args.text_field,
         progress=not args.no_progress,

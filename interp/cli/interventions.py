@@ -6,6 +6,7 @@ import json
 import textwrap
 from typing import Any
 
+from interp.cli.options import also_names, positive
 from interp.errors import InterpError
 
 STEER_EPILOG = """examples:
@@ -40,11 +41,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--latent", type=int, help="SAE latent (with --sae)")
     p.add_argument("--hook", help="hook to steer at (default: the SAE's or the file's)")
     p.add_argument("--scale", type=float, default=None, help="steering strength")
-    p.add_argument("--target-kl", type=float, default=None, help="calibrate the scale to this next-token KL instead")
+    p.add_argument("--target-kl", type=positive(float), default=None,
+                   help="calibrate the scale to this next-token KL instead")
     p.add_argument("--positions", default="all", help="all | prompt | generated | last_prompt")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=0)
+    also_names(p, {"hook": "--hook", "latent": "--latent", "scale": "--scale", "target_kl": "--target-kl",
+                   "positions": "--positions", "max_new_tokens": "--max-new-tokens"})
     p.set_defaults(func=steer)
 
     e = subparsers.add_parser("steer-eval", help="SAE latent vs SNMF feature vs diff-in-means steering at matched KL (world)",
@@ -59,6 +63,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--prompts", type=int, default=12, help="prompts per topic (openings of other topics' documents)")
     e.add_argument("--new-tokens", type=int, default=16)
     e.add_argument("--out", default="runs/steer-eval")
+    also_names(e, {"kl_targets": "--kl", "n_prompts": "--prompts", "new_tokens": "--new-tokens", "topics": "--topics"})
     e.set_defaults(func=steer_eval)
 
     q = subparsers.add_parser("patch", help="activation patching heat map (layer x position) as HTML",
@@ -85,7 +90,7 @@ def steer_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import saes
-    from saes.formats.io import atomic_write_text
+    from saes.formats.durable import atomic_write_text
 
     from interp import load
     from interp.model.hooked import layer_of
@@ -158,7 +163,10 @@ def steer(args: argparse.Namespace) -> int:
         if args.scale is not None:
             spec.scale = args.scale
     if args.target_kl is not None:
-        spec, kl = calibrate_scale(model, spec, args.prompt, args.target_kl)
+        try:
+            spec, kl = calibrate_scale(model, spec, args.prompt, args.target_kl)
+        except ValueError as err:  # the direction cannot reach the target: a message, not a traceback
+            raise InterpError(str(err)) from None
         print(f"calibrated scale {spec.scale:.3g} reaches next-token KL {kl:.3g}")
     elif args.scale is None and args.sae:
         raise InterpError("give --scale S or --target-kl K")

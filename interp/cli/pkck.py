@@ -45,7 +45,7 @@ def _ranks(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from probes.pkck import answer_all, compare_ranks, rank_figure, shares_figure
-    from saes.formats.io import atomic_write_text
+    from saes.formats.durable import atomic_write_text
 
     from interp import load
     from interp.world import pkck_batch, pkck_items

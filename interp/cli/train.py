@@ -19,9 +19,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from interp.activations.tokens import TokenSource
+from interp.activations.live import LiveConfig
+from interp.cli.options import add_config_options, also_names, config_values
 from interp.errors import InterpError
+from saes.architectures import registry
+from saes.training.config import TrainConfig
 
-ARCHS = ("topk", "batchtopk", "matryoshka", "mp")
+# Every architecture registered as trainable from the command line (saes.architectures.registry).
+ARCHS = registry.cli_names()
 
 TRAIN_EPILOG = """examples:
   # from an activation store written by `interp harvest`
@@ -60,7 +66,6 @@ def register(subparsers: Any) -> None:
     src.add_argument("--model", help="model for live training: HF hub name, local directory, or 'world'")
     t.add_argument("--hook", action="append", dest="hooks", metavar="HOOK",
                    help="hook to train on; repeat it to train several hooks at once (each in DIR/<hook>/)")
-    t.add_argument("--data", help="live mode: .txt (one document per line) or .jsonl file")
     t.add_argument("--arch", choices=ARCHS, default="topk", help="architecture (default topk)")
     t.add_argument("--d-sae", type=int, required=True, help="number of latents")
     t.add_argument("--k", type=int, required=True, help="active latents per token (MP: pursuit steps)")
@@ -68,30 +73,21 @@ def register(subparsers: Any) -> None:
                    help="matryoshka group sizes, comma-separated, summing to --d-sae (default: doubling prefixes)")
     t.add_argument("--per-token-topk", action="store_true",
                    help="matryoshka: per-token TopK codes instead of BatchTopK")
-    t.add_argument("--tokens", type=int, required=True, help="training tokens")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    t.add_argument("--batch-size", type=int, default=4096, help="tokens per step (default 4096)")
-    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4/sqrt(d_sae/16384))")
-    t.add_argument("--seed", type=int, default=0, help="initialisation and data order (default 0)")
-    t.add_argument("--dead-tokens", type=int, default=10_000_000,
-                   help="tokens without firing before a latent counts as dead (default 10M)")
-    t.add_argument("--k-aux", type=int, default=None, help="AuxK latents (default d_in/2)")
-    t.add_argument("--no-auxk", action="store_true", help="switch the AuxK loss off")
-    t.add_argument("--normalize-input", action="store_true",
-                   help="scale inputs to E||x||^2 = d_in during training (folded into the saved weights)")
-    t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
-    t.add_argument("--log-every", type=int, default=50, help="steps between metric records (default 50)")
-    t.add_argument("--device", default=None, help="e.g. cpu or cuda (default: the model's / cuda when available)")
+    add_config_options(t, TrainConfig, required=["total_tokens"])
     t.add_argument("--hook-device", action="append", dest="hook_devices", default=None, metavar="HOOK=DEVICE",
                    help="train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
-    t.add_argument("--on-nonfinite", choices=("raise", "skip"), default="raise",
-                   help="NaN/inf activations: stop with an error naming them (default) or drop those rows")
-    t.add_argument("--context-length", type=int, default=128, help="live: tokens per window (default 128)")
-    t.add_argument("--model-batch-size", type=int, default=8, help="live: windows per forward pass (default 8)")
-    t.add_argument("--buffer-tokens", type=int, default=1 << 16, help="live: shuffle buffer rows (default 65536)")
-    t.add_argument("--text-field", default="text", help="live: field of a .jsonl record holding the text")
-    t.add_argument("--keep-bos", action="store_true", help="live: also train on position 0 (BOS)")
+    also_names(t, {"d_sae": "--d-sae", "k": "--k", "hook": "--hook", "hooks": "--hook", "resume": "--resume",
+                   "group_sizes": "--groups"})
+    add_config_options(t, LiveConfig, ["model_batch_size", "buffer_tokens"], overrides={
+        "model_batch_size": {"help": "live: windows per forward pass", "positive": True},
+        "buffer_tokens": {"help": "live: shuffle buffer rows", "positive": True}})
+    add_config_options(t, TokenSource, ["data", "text_field", "context_length", "exclude_bos"], overrides={
+        "data": {"help": "live: .txt (one document per line) or .jsonl file"},
+        "text_field": {"help": "live: field of a .jsonl record holding the text"},
+        "context_length": {"help": "live: tokens per window"},
+        "exclude_bos": {"off_help": "live: also train on position 0 (BOS)"}})
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
 
@@ -105,14 +101,14 @@ def register(subparsers: Any) -> None:
     )
     e.add_argument("--sae", required=True, help="SAE directory (ours, SAELens or sparsify)")
     e.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
-    e.add_argument("--data", required=True, help=".txt (one document per line) or .jsonl file")
     e.add_argument("--hook", default=None, help="hook to splice at (default: the SAE's recorded hook)")
     e.add_argument("--tokens", type=int, default=100_000, help="tokens to evaluate (default 100000)")
     e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    e.add_argument("--context-length", type=int, default=None,
-                   help="tokens per window (default: the SAE's recorded context size, else 128)")
-    e.add_argument("--text-field", default="text", help="field of a .jsonl record holding the text")
-    e.add_argument("--keep-bos", action="store_true", help="also splice at position 0 (BOS)")
+    add_config_options(e, TokenSource, ["data", "text_field", "context_length", "exclude_bos"], required=["data"],
+                       overrides={"context_length": {"cli_default": None, "default_text": "the SAE's recorded "
+                                                     "context size, else 128"},
+                                  "exclude_bos": {"off_help": "also splice at position 0 (BOS)"}})
+    also_names(e, {"hook": "--hook", "max_tokens": "--tokens", "batch_size": "--batch-size"})
     e.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
     e.add_argument("--json", action="store_true", help="print only the JSON")
     e.set_defaults(func=run_eval_sae)
@@ -122,33 +118,21 @@ def register(subparsers: Any) -> None:
 
 
 def build_sae(arch: str, d_in: int, d_sae: int, k: int, groups: str | None = None, batch_topk: bool = True) -> Any:
-    """The SAE the command-line options describe."""
-    import saes
-
-    if arch == "topk":
-        return saes.TopKSAE(d_in, d_sae, k)
-    if arch == "batchtopk":
-        return saes.BatchTopKSAE(d_in, d_sae, k)
-    if arch == "mp":
-        return saes.MPSAE(d_in, d_sae, k)
-    sizes = None
-    if groups:
+    """The SAE the command-line options describe: the registry's class for ``--arch``, given
+    the options it takes (``--groups`` and ``--per-token-topk`` only mean something to
+    families with ``group_sizes`` / ``batch_topk`` settings; others ignore them)."""
+    cls = registry.for_cli(arch)
+    settings: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "k": k, "batch_topk": batch_topk}
+    if groups and "group_sizes" in registry.settings_of(cls):
         try:
-            sizes = [int(g) for g in groups.split(",") if g.strip()]
+            settings["group_sizes"] = [int(g) for g in groups.split(",") if g.strip()]
         except ValueError:
             raise InterpError(f"--groups must be comma-separated integers, got {groups!r}") from None
-    return saes.MatryoshkaSAE(d_in, sizes, k, d_sae=d_sae, batch_topk=batch_topk)
+    return registry.build(cls, settings)
 
 
-def _train_config(args: argparse.Namespace) -> Any:
-    import saes
-
-    return saes.TrainConfig(
-        batch_size=args.batch_size, total_tokens=args.tokens, lr=args.lr, seed=args.seed,
-        dead_tokens=args.dead_tokens, k_aux=args.k_aux, auxk=not args.no_auxk,
-        normalize_input=args.normalize_input, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, device=args.device, on_nonfinite=args.on_nonfinite,
-    )
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**config_values(TrainConfig, args))
 
 
 def _summary(result: Any) -> dict[str, Any]:
@@ -169,8 +153,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train_from_store(args: argparse.Namespace) -> int:
     import saes
+    from saes.training.runner import record_origin
 
     from interp.activations.store import ActivationStore
+    from interp.activations.store_train import store_origin
 
     if args.data:
         raise InterpError("--data is for live training (--model); a store already holds its activations")
@@ -180,8 +166,7 @@ def _train_from_store(args: argparse.Namespace) -> int:
         raise InterpError("--hook-device places the SAEs of several --hook values; with one hook use --device")
     store = ActivationStore.open(args.store, hook=args.hooks[0] if args.hooks else None)
     sae = build_sae(args.arch, store.d, args.d_sae, args.k, args.groups, not args.per_token_topk)
-    sae.metadata.update(model_name=store.model_name, hook_name=store.hook, context_size=store.context_length,
-                        prepend_bos=getattr(store.manifest, "prepend_bos", None), dataset_path=str(Path(args.store).resolve()))
+    record_origin([sae], store_origin(store))
     out = Path(args.out)
     result = saes.train(sae, store, _train_config(args), checkpoint_dir=out / "checkpoint", resume=args.resume,
                         log_path=out / "train_log.jsonl", progress=not args.no_progress)
@@ -237,15 +222,15 @@ def _train_live(args: argparse.Namespace) -> int:
     for hook in args.hooks:
         d_in = math.prod(model.hook_shape(hook))
         saes_by_hook[hook] = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk)
-    live = LiveConfig(context_length=args.context_length, model_batch_size=args.model_batch_size,
-                      buffer_tokens=args.buffer_tokens, exclude_bos=not args.keep_bos, text_field=args.text_field)
+    live = LiveConfig(**config_values(LiveConfig, args))
+    source = TokenSource(**config_values(TokenSource, args))
     cfg = _train_config(args)
     cfg.device = cfg.device or str(model.device)
     # One hook: DIR is the SAE directory (as for store training); several: DIR/<hook>/.
     dirs = {hook: out / hook_dir_name(hook) if several else out for hook in args.hooks}
     devices = _hook_devices(args.hook_devices, args.hooks)
     results = train_live(
-        model, args.data, saes_by_hook, cfg, live=live, devices=devices,
+        model, source, saes_by_hook, cfg, live=live, devices=devices,
         checkpoint_dir={h: d / "checkpoint" for h, d in dirs.items()}, resume=args.resume,
         log_dir={h: d / "train_log.jsonl" for h, d in dirs.items()}, progress=not args.no_progress,
     )
@@ -289,7 +274,7 @@ def run_eval_sae(args: argparse.Namespace) -> int:
         raise InterpError(f"{args.sae} records no hook name; pass --hook")
     model = load(args.model, device=args.device)
     context = args.context_length or sae.metadata.get("context_size") or 128
-    result = evaluate_sae(model, sae, hook, args.data, batch_size=args.batch_size, exclude_bos=not args.keep_bos,
+    result = evaluate_sae(model, sae, hook, args.data, batch_size=args.batch_size, exclude_bos=args.exclude_bos,
                           context_length=int(context), max_tokens=args.tokens, text_field=args.text_field,
                           progress=False)
     out = {"sae": str(args.sae), "model": model.name, **result.to_dict()}

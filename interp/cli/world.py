@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from interp.cli.options import add_config_options, changed_fields, config_values
+from interp.world.config import WorldConfig
+from interp.world.evaluate import EvalConfig
+from interp.world.train import TrainConfig as WorldTrainConfig
 
 TRAIN_EPILOG = """example:
   interp world train --out runs/world-model      # about 10 min on 2 CPU cores
@@ -14,6 +20,8 @@ EVAL_EPILOG = """example:
   interp world eval                               # the shipped default model
   interp world eval --model runs/world-model --json report.json
 """
+# `interp world eval --quick`: smaller samples; flags given with it still apply.
+QUICK_EVAL = {"heldout_docs": 100, "qa_items": 200, "topic_prompts": 2}
 CORPUS_EPILOG = """example:
   interp world corpus --n 1000 --seed 0 --out world.jsonl
 """
@@ -35,9 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None,
                    help="model directory to write (default: the package's default_model/)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2, as the recipe was timed)")
+    add_config_options(p, WorldTrainConfig, ["steps", "seed", "threads"], keep_unset=True)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a model on its world",
@@ -46,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model directory (default: the shipped default model)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    p.add_argument("--quick", action="store_true", help="smaller samples (seconds instead of a minute)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smaller samples (seconds instead of a minute): {_settings(QUICK_EVAL)}")
+    add_config_options(p, EvalConfig, keep_unset=True)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("corpus", help="write labelled documents as JSONL",
@@ -54,21 +62,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        epilog=CORPUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1000, help="number of documents (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--world-seed", type=int, default=0, help="world seed: names and facts (default: 0)")
+    add_config_options(p, WorldConfig, ["seed"], prefix="world")
     p.add_argument("--out", required=True, help="JSONL file to write")
     p.set_defaults(func=_corpus)
 
 
+def _settings(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
 def _train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from interp.world import default_model_path
-    from interp.world.train import TrainConfig, train
+    from interp.world.train import train
 
-    cfg = TrainConfig()
-    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("threads", args.threads))
-               if v is not None}
-    cfg = replace(cfg, **changes)
+    cfg = replace(WorldTrainConfig(), **changed_fields(WorldTrainConfig, args))
     out = Path(args.out) if args.out else default_model_path()
     _, summary = train(cfg, out=out)
     print(f"trained in {summary['train_seconds']:.0f}s wall, {summary['cpu_seconds']:.0f}s CPU; wrote {out}")
@@ -77,10 +84,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from interp.world import default_model_path
-    from interp.world.evaluate import EvalConfig, evaluate, format_report, load_model
+    from interp.world.evaluate import evaluate, format_report, load_model
 
     path = Path(args.model) if args.model else default_model_path()
-    cfg = EvalConfig(heldout_docs=100, qa_items=200, topic_prompts=2) if args.quick else EvalConfig()
+    cfg = EvalConfig(**QUICK_EVAL) if args.quick else EvalConfig()
+    cfg = replace(cfg, **changed_fields(EvalConfig, args))
     report = evaluate(load_model(path), config=cfg)
     report["model"] = str(path)
     print(format_report(report))
@@ -91,10 +99,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from interp.world.config import WorldConfig
     from interp.world.corpus import write_corpus
     from interp.world.generator import World
 
-    path = write_corpus(args.out, args.n, seed=args.seed, world=World(WorldConfig(seed=args.world_seed)))
+    world = World(WorldConfig(**config_values(WorldConfig, args, prefix="world")))
+    path = write_corpus(args.out, args.n, seed=args.seed, world=world)
     print(f"wrote {args.n} documents to {path}")
     return 0

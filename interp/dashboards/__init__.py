@@ -11,6 +11,7 @@ Built in two streaming passes over an ActivationStore (see :mod:`.stream`): memo
 with the number of latents shown, never with the number of tokens.
 """
 from interp.dashboards.build import build_dashboard
-from interp.dashboards.data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
+from interp.dashboards.dashboard import Dashboard
+from interp.dashboards.data import Example, LabelMatch, LatentCard, QuantileGroup
 
 __all__ = ["build_dashboard", "Dashboard", "LatentCard", "Example", "QuantileGroup", "LabelMatch"]

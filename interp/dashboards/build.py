@@ -9,8 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
-from interp.evaluation.features import mlp_output_direction, unembed_tokens, _unembedding
-from interp.dashboards.data import Dashboard, Example, LabelMatch, LatentCard, QuantileGroup
+from interp.dashboards.dashboard import Dashboard
+from interp.dashboards.data import Example, LabelMatch, LatentCard, QuantileGroup
+from interp.evaluation.features import mlp_output_direction, unembed_tokens, unembedding
 from interp.dashboards.latent_labels import resolve_labels
 from interp.dashboards.sources import chunks, code_source
 from interp.dashboards.stream import FirstPass, SecondPass, draw_from_bins, quantile_groups
@@ -214,7 +215,7 @@ def _residual_directions(model: Any, hook: str, directions: torch.Tensor) -> tor
 def _add_logits(card: LatentCard, model: Any, direction: torch.Tensor, k: int) -> None:
     table = unembed_tokens(model, direction, k)
     card.promoted, card.suppressed = table["promoted"], table["suppressed"]
-    W_U = _unembedding(model)
+    W_U = unembedding(model)
     logits = (W_U @ direction.to(W_U.device, W_U.dtype)).float().cpu()
     counts = torch.histc(logits, bins=40, min=float(logits.min()), max=float(logits.max()) + 1e-6)
     edges = torch.linspace(float(logits.min()), float(logits.max()) + 1e-6, 41)

@@ -1,4 +1,4 @@
-"""HTML and plotly views of a :class:`~interp.dashboards.data.Dashboard`.
+"""HTML and plotly views of a :class:`~interp.dashboards.dashboard.Dashboard` and its cards.
 
 The page is self-contained: plotly.js is inlined once in ``<head>``, every figure's JSON
 sits in a ``<script type="application/json">`` block, and one inline script draws them all.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from interp.dashboards.data import Dashboard, Example, LatentCard, layer_id
+from interp.dashboards.data import Example, LatentCard, layer_id
+
+if TYPE_CHECKING:  # the Dashboard's views call these functions: the dependency runs one way
+    from interp.dashboards.dashboard import Dashboard
 
 FIRE_RGB = "255, 110, 0"  # positive codes
 NEG_RGB = "40, 110, 255"  # negative codes (signed dictionaries)

@@ -20,7 +20,7 @@ def unembed_tokens(model: Any, direction: torch.Tensor, k: int = 10) -> dict[str
 
     The final norm is left out, as in the usual logit-lens reading of a direction.
     """
-    W_U = _unembedding(model)  # [vocab, d_model]
+    W_U = unembedding(model)  # [vocab, d_model]
     logits = W_U @ direction.to(W_U.device, W_U.dtype)
     top, bottom = logits.topk(k), (-logits).topk(k)
     name = model.tokenizer.convert_ids_to_tokens
@@ -28,7 +28,8 @@ def unembed_tokens(model: Any, direction: torch.Tensor, k: int = 10) -> dict[str
             "suppressed": list(zip(name(bottom.indices.tolist()), (-bottom.values).tolist()))}
 
 
-def _unembedding(model: Any) -> torch.Tensor:
+def unembedding(model: Any) -> torch.Tensor:
+    """``W_U`` as ``[vocab, d_model]`` whatever the backend (TransformerLens keeps it transposed)."""
     if model.backend == "transformer_lens":
         return model.model.W_U.T.detach()
     return model.model.get_output_embeddings().weight.detach()

@@ -23,7 +23,8 @@ from typing import Any, Literal, Union
 import torch
 
 from interp.errors import InterpError
-from interp.model.generation import DecodeState
+from interp.evaluation.losses import token_kl
+from interp.model.generation import DecodeState, edit_hooks, left_padded
 
 ALL = "all"
 
@@ -151,13 +152,13 @@ class Steering:
 
     def save(self, path: str | os.PathLike) -> None:
         """``path.safetensors`` holds the vector and its JSON spec (in the header metadata)."""
-        from saes.formats.io import atomic_save_tensors
+        from saes.formats.durable import atomic_save_tensors
 
         atomic_save_tensors(_vector_path(path), {"vector": self.vector}, {"steering": json.dumps(self.to_dict())})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Steering:
-        from saes.formats.io import read_tensors
+        from saes.formats.durable import read_tensors
 
         file = _vector_path(path)
         tensors, header = read_tensors(file, require_checksum=lambda m: "steering" in m)  # a damaged file is named, not used
@@ -213,33 +214,16 @@ def _vector_path(path: str | os.PathLike) -> Path:
     return path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
 
 
-def steering_hooks(specs: Sequence[Any], state: DecodeState, record: dict[str, list[torch.Tensor]] | None = None):
-    """``(hook name, fn)`` pairs applying each spec at its positions for the call in ``state``."""
-    pairs = []
-    for i, spec in enumerate(specs):
-        def fn(x: torch.Tensor, hook: Any, spec=spec, key=f"{i}:{spec.name or spec.hook}") -> torch.Tensor:
-            where = spec.positions.mask(state, x.shape[0], x.device)
-            if record is not None:
-                full = torch.ones(x.shape[:2], dtype=torch.bool) if where is None else where.cpu()
-                record.setdefault(key, []).append((state.offset, full))
-            return spec.apply(x, where)
-
-        pairs.append((spec.hook, fn))
-    return pairs
-
-
 # -- strength calibration -----------------------------------------------------------------
 @torch.no_grad()
 def next_token_kl(model: Any, specs: Sequence[Any], prompts: Any) -> float:
     """Mean KL(clean ‖ steered) of the next-token distribution over the prompts' real tokens."""
-    tokens, mask = _left_padded(model, prompts)
+    tokens, mask = left_padded(model, prompts)
     state = DecodeState(prompt_length=tokens.shape[1], pad=(mask == 0).sum(1), width=tokens.shape[1])
-    clean = model(tokens, attention_mask=mask).float().log_softmax(-1)
-    with model.hooks(steering_hooks(specs, state)):
-        steered = model(tokens, attention_mask=mask).float().log_softmax(-1)
-    kl = (clean.exp() * (clean - steered)).sum(-1)  # [batch, pos]
-    real = mask.bool()
-    return float(kl[real].mean())
+    clean = model(tokens, attention_mask=mask)
+    with model.hooks(edit_hooks(specs, state)):
+        steered = model(tokens, attention_mask=mask)
+    return float(token_kl(clean, steered)[mask.bool()].mean())
 
 
 def calibrate_scale(model: Any, spec: Steering, prompts: Any, target_kl: float, rel_tol: float = 0.05,
@@ -274,10 +258,3 @@ def calibrate_scale(model: Any, spec: Steering, prompts: Any, target_kl: float, 
         lo, hi = (mid, hi) if kl < target_kl else (lo, mid)
     return spec.with_scale(sign * best[0]), best[1]
 
-
-def _left_padded(model: Any, prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(prompts, torch.Tensor):
-        tokens = prompts if prompts.ndim == 2 else prompts[None]
-        return tokens.to(model.device), torch.ones_like(tokens).to(model.device)
-    tokens, mask = model.to_tokens(prompts, padding_side="left", return_attention_mask=True)
-    return tokens.to(model.device), mask.to(model.device)

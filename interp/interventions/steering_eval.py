@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from interp.evaluation.losses import next_token_nll
 from interp.interventions.steering import Steering, calibrate_scale
 
 
@@ -53,8 +54,7 @@ def topic_success(new_tokens: torch.Tensor, topic_index: int, word_topics: torch
 @torch.no_grad()
 def fluency(model: Any, tokens: torch.Tensor, mask: torch.Tensor, prompt_length: int) -> float:
     """Mean per-token loss of the generated tokens under the unsteered model."""
-    logits = model(tokens, attention_mask=mask).float().log_softmax(-1)
-    nll = -logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [n, T-1]: loss of token t+1
+    nll = next_token_nll(model(tokens, attention_mask=mask), tokens)  # [n, T-1]: loss of token t+1
     generated = mask[:, 1:].bool().clone()
     generated[:, : prompt_length - 1] = False
     return float(nll[generated].mean())

@@ -5,11 +5,17 @@ targets "the last prompt token" or "generated steps 3 to 10" needs exactly that.
 owns it: before every forward call it records the call's first absolute position in a
 :class:`DecodeState` that hooks read. Left padding, attention masks and position ids are
 handled here, so a batch generates the same tokens as its prompts run one by one.
+
+Steering enters as *positioned edits*: any object with a ``hook`` name, a ``name``, a
+``positions.mask(state, batch, device)`` and an ``apply(x, where)`` (see
+:class:`PositionedEdit`). The model knows only that shape; the steering module supplies the
+edits, so the model never imports it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -45,6 +51,65 @@ class GenerationResult:
     @property
     def new_tokens(self) -> torch.Tensor:
         return self.tokens[:, self.prompt_length:]
+
+
+class EditPositions(Protocol):
+    def mask(self, state: DecodeState, batch: int, device: torch.device) -> torch.Tensor | None: ...
+
+
+class PositionedEdit(Protocol):
+    """An edit of one hook's activation at chosen positions (a steering vector, a clamp)."""
+
+    hook: str
+    name: str
+    positions: EditPositions
+
+    def apply(self, x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor: ...
+
+
+def left_padded(model: HookedModel, prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts (texts, or token ids ``[pos]``/``[batch, pos]``) as left-padded ids and their
+    attention mask ``[batch, pos]`` on the model's device.
+
+    Left padding puts every prompt's last token in the last column, which is where the next
+    token is read; given ids are taken as unpadded.
+    """
+    if isinstance(prompts, torch.Tensor):
+        tokens = prompts if prompts.ndim == 2 else prompts[None]
+        mask = torch.ones_like(tokens)
+    else:
+        tokens, mask = model.to_tokens(prompts, padding_side="left", return_attention_mask=True)
+    return tokens.to(model.device), mask.to(model.device)
+
+
+def edit_hooks(edits: Sequence[PositionedEdit], state: DecodeState,
+               record: dict[str, list[tuple[int, torch.Tensor]]] | None = None) -> list[tuple[str, Any]]:
+    """``(hook name, fn)`` pairs applying each edit at its positions for the call in ``state``.
+
+    With ``record``, each call's steered columns are noted per edit (see :func:`edited_positions`).
+    """
+    pairs = []
+    for i, edit in enumerate(edits):
+        def fn(x: torch.Tensor, hook: Any, edit=edit, key=f"{i}:{edit.name or edit.hook}") -> torch.Tensor:
+            where = edit.positions.mask(state, x.shape[0], x.device)
+            if record is not None:
+                full = torch.ones(x.shape[:2], dtype=torch.bool) if where is None else where.cpu()
+                record.setdefault(key, []).append((state.offset, full))
+            return edit.apply(x, where)
+
+        pairs.append((edit.hook, fn))
+    return pairs
+
+
+def edited_positions(record: dict[str, list[tuple[int, torch.Tensor]]], shape: torch.Size) -> dict[str, torch.Tensor]:
+    """Bool [batch, total] per edit: which absolute positions were edited at least once."""
+    out = {}
+    for key, calls in record.items():
+        where = torch.zeros(shape, dtype=torch.bool)
+        for offset, mask in calls:
+            where[:, offset: offset + mask.shape[1]] |= mask
+        out[key] = where
+    return out
 
 
 def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,

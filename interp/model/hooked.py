@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-from interp.model.families import TABLES, ArchTable
 from interp.errors import HookNameError, LayerRangeError, ModelLoadError, close_matches
+from interp.model.families import TABLES, ArchTable
+from interp.model.generation import (DecodeState, GenerationResult, PositionedEdit, edit_hooks, edited_positions,
+                                     generate_tokens, left_padded)
 from interp.model.hooks import HookFn, HookPoint, HookSet, StopForward, stop_after
-
-if TYPE_CHECKING:
-    from interp.model.generation import GenerationResult
 
 NameOrPredicate = Union[str, Callable[[str], bool]]
 TokensOrText = Union[str, Sequence[str], torch.Tensor]
@@ -291,7 +290,7 @@ class HookedModel:
         self,
         tokens_or_text: TokensOrText,
         max_new_tokens: int = 20,
-        steering: Sequence[Any] = (),
+        steering: Sequence[PositionedEdit] = (),
         hooks: Sequence[tuple[NameOrPredicate, HookFn]] = (),
         use_cache: bool = True,
         do_sample: bool = False,
@@ -311,37 +310,18 @@ class HookedModel:
         >>> out = model.generate(["the cat", "a dog"], max_new_tokens=8, steering=[spec])
         >>> out.texts, out.new_tokens.shape
         """
-        from interp.model.generation import DecodeState, GenerationResult, generate_tokens
-        from interp.interventions.steering import steering_hooks
-
-        if isinstance(tokens_or_text, torch.Tensor):
-            tokens = tokens_or_text if tokens_or_text.ndim == 2 else tokens_or_text[None]
-            mask = torch.ones_like(tokens)
-        else:
-            tokens, mask = self.to_tokens(tokens_or_text, padding_side="left", return_attention_mask=True)
-        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        tokens, mask = left_padded(self, tokens_or_text)
         state = DecodeState(prompt_length=tokens.shape[1], pad=(mask == 0).sum(1))
         record: dict[str, list] | None = {} if return_steered else None
-        with self.hooks([*hooks, *steering_hooks(steering, state, record)]):
+        with self.hooks([*hooks, *edit_hooks(steering, state, record)]):
             out, out_mask = generate_tokens(self, tokens, mask, state, max_new_tokens, use_cache=use_cache,
                                             do_sample=do_sample, temperature=temperature, top_k=top_k, seed=seed,
                                             stop_at_eos=stop_at_eos)
         texts = self.to_string(out[:, tokens.shape[1]:]) if self.tokenizer is not None else []
         result = GenerationResult(out, tokens.shape[1], out_mask, texts)
         if record is not None:
-            result.steered = _steered_positions(record, out.shape)
+            result.steered = edited_positions(record, out.shape)
         return result
-
-
-def _steered_positions(record: dict[str, list], shape: torch.Size) -> dict[str, torch.Tensor]:
-    """Bool [batch, total] per spec: which absolute positions were steered at least once."""
-    out = {}
-    for key, calls in record.items():
-        where = torch.zeros(shape, dtype=torch.bool)
-        for offset, mask in calls:
-            where[:, offset: offset + mask.shape[1]] |= mask
-        out[key] = where
-    return out
 
 
 def layer_of(name: str) -> int | None:

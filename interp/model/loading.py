@@ -8,17 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from saes.architectures.base import parse_dtype as _parse_dtype
+from saes.dtypes import parse_dtype
 
 from interp.errors import ModelLoadError
 from interp.model.hooked import HookedModel, wrap_hf, wrap_transformer_lens
 
 # Names that resolve to models shipped inside the package.
 DEFAULT_MODEL_ALIASES = ("world", "default")
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bfloat16"`` -> ``torch.bfloat16`` (None stays None); a clear error for anything else."""
-    return None if dtype is None else _parse_dtype(dtype)
 
 
 def default_device() -> torch.device:
@@ -59,7 +55,7 @@ def load(
     >>> model.hook_names()[:3]
     ['hook_embed', 'hook_pos_embed', 'blocks.0.hook_resid_pre']
     """
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = None if dtype is None else parse_dtype(dtype)  # None: the checkpoint's own
     if isinstance(x, nn.Module):
         model = x
         if type(model).__name__ == "HookedTransformer":

@@ -5,7 +5,7 @@ changes the true per-token entropy the scorer reports as well.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class WorldConfig:
     world can produce any number of independent corpora.
     """
 
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "world seed: the invented names and the facts"})
     n_entities: int = 40           # invented lands; each has one value per relation
     n_languages: int = 10          # invented language names (values of the relation "language")
     n_aliases: int = 16            # invented names memory does not know: aliases and novel lands

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from saes.formats.durable import atomic_write
 
 from interp.world.generator import Doc, World
 from interp.world.labels import CONTEXT_LABELS
@@ -23,14 +23,11 @@ def write_corpus(path: str | Path, n: int, seed: int = 0, world: World | None = 
     """Write ``n`` documents (sampling seed ``seed``) to ``path`` as JSONL, atomically."""
     world = world or World()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             for i, doc in enumerate(world.iter_docs(n, seed=seed)):
                 f.write(json.dumps(doc_record(doc, i)) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,13 @@ BARS = {
 class EvalConfig:
     """Sample sizes and seeds of one evaluation (seeds differ from training's)."""
 
-    heldout_docs: int = 400
-    qa_items: int = 600
-    topic_prompts: int = 6          # per topic
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 48
-    seed: int = 12345
-    batch_size: int = 64
+    heldout_docs: int = field(default=400, metadata={"help": "held-out documents for the loss"})
+    qa_items: int = field(default=600, metadata={"help": "QA items for fact recall and PK/CK following"})
+    topic_prompts: int = field(default=6, metadata={"help": "prompts per topic for topic consistency"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "sampled continuations per topic prompt"})
+    max_new_tokens: int = field(default=48, metadata={"help": "tokens generated per continuation"})
+    seed: int = field(default=12345, metadata={"help": "sampling seed (differs from training's)"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per forward pass"})
 
 
 def _ids(world: World, words: list[str]) -> list[int]:

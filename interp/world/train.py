@@ -8,10 +8,7 @@ torch build: same weights.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from saes.formats.durable import atomic_write_files
 
 from interp.world.config import WorldConfig
 from interp.world.generator import BOS, PAD, World
@@ -41,21 +40,25 @@ class TrainConfig:
 
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    seed: int = 0                  # model init and data order
-    steps: int = 1600
-    batch_size: int = 32           # rows of `model.n_positions` tokens, documents packed whole
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05     # the final decay ends at lr * min_lr_ratio
-    warmup_steps: int = 60
-    decay_fraction: float = 1.0    # warmup, constant lr, then linear decay over this last fraction
-                                   # (1.0: decay from the start; holding 2e-3 for long delayed fact
-                                   # memorisation in trials, and the copy circuit formed as lr fell)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    threads: int = 2
-    answer_weight: float = 5.0     # loss weight of QA answer tokens (1 elsewhere); see packed_batches
-    log_every: int = 50
-    eval_every: int = 200          # quick fact-recall / QA check in the log (0: never)
+    seed: int = field(default=0, metadata={"help": "training seed: model initialisation and data order"})
+    steps: int = field(default=1600, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=32, metadata={
+        "help": "rows of model.n_positions tokens per step, documents packed whole"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    min_lr_ratio: float = field(default=0.05, metadata={"help": "the final decay ends at lr * min_lr_ratio"})
+    warmup_steps: int = field(default=60, metadata={"help": "steps of linear warm-up"})
+    # 1.0 decays from the start: holding 2e-3 for long delayed fact memorisation in trials,
+    # and the copy circuit formed as lr fell.
+    decay_fraction: float = field(default=1.0, metadata={
+        "help": "warm-up, constant lr, then linear decay over this last fraction of the steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm"})
+    threads: int = field(default=2, metadata={"help": "torch threads (the recipe was timed with 2)"})
+    answer_weight: float = field(default=5.0, metadata={
+        "help": "loss weight of QA answer tokens (1 elsewhere); see packed_batches"})
+    log_every: int = field(default=50, metadata={"help": "steps between log lines"})
+    eval_every: int = field(default=200, metadata={
+        "help": "steps between quick fact-recall / QA checks in the log (0: never)"})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,14 +213,12 @@ def save_model(model: Any, world: World, cfg: TrainConfig, summary: dict, out: s
     """Write the model directory atomically: each file lands complete or not at all.
 
     Everything is first saved into a temporary directory next to ``out`` (same file
-    system), then moved over the old files with ``os.replace``.
+    system); only when every file is written are they moved over the old ones
+    (:func:`saes.formats.durable.atomic_write_files`).
     """
     from transformers import GenerationConfig
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer(world.vocab, cfg.model.n_positions).save_pretrained(tmp)
         GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
@@ -225,8 +226,5 @@ def save_model(model: Any, world: World, cfg: TrainConfig, summary: dict, out: s
         meta = {"world": cfg.world.to_dict(), "train": cfg.to_dict(), "summary": summary,
                 "regenerate": "interp world train --out DIR"}
         (tmp / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for f in sorted(tmp.iterdir()):
-            f.chmod(0o644)  # some writers create 0600 temp files; shipped files must be readable
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_write_files(out, write)

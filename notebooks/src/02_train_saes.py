@@ -33,7 +33,7 @@ from plotly.subplots import make_subplots
 import interp
 import probes
 import saes
-from interp.evaluation.splice import token_batches
+from interp.activations.tokens import TokenSource
 from interp.world import World, labelled_batch
 from interp.world.labels import topic_words
 from interp.world.lexicon import HIERARCHY_MEMBERS, HIERARCHY_NODES, TOPICS
@@ -128,7 +128,7 @@ fig.show()
 # %%
 eval_texts = [" ".join(doc.tokens[1:-1]) for doc in world.iter_docs(SIZES["eval_docs"], seed=2)]
 eval_tokens = torch.cat([b.tokens[b.attention_mask.bool().all(1)]
-                         for b in token_batches(model, eval_texts, 16, context_length=128)])
+                         for b in TokenSource(eval_texts, context_length=128).batches(model, 16)])
 print(f"held-out: {eval_tokens.shape[0]} windows x {eval_tokens.shape[1]} tokens")
 
 evaluations = {name: interp.evaluate_sae(model, sae, RESID, eval_tokens) for name, sae in dictionaries.items()}

@@ -29,35 +29,14 @@ import torch
 from torch import nn
 
 from saes import kernels
+from saes.architectures import registry
+from saes.dtypes import parse_dtype
 from saes.errors import ConfigError, ShapeMismatchError
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 # Model/hook description carried in files (SAELens names them the same).
 METADATA_KEYS = (
     "model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos", "dataset_path",
 )
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, dt in DTYPES.items():
-        if dt == dtype:
-            return name
-    raise ConfigError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = dtype.removeprefix("torch.")
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 class StepOutput:
@@ -163,7 +142,7 @@ class SAE(nn.Module):
     """
 
     architecture: ClassVar[str] = "base"
-    # The SAELens architecture name these weights load as (see saes.formats.io).
+    # The SAELens architecture name these weights load as (see saes.formats.native).
     saelens_architecture: ClassVar[str] = "standard"
     # False where the architecture has no pre-activations to run AuxK on.
     supports_auxk: ClassVar[bool] = True
@@ -341,10 +320,9 @@ class SAE(nn.Module):
     # --------------------------------------------------------------- files
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens layout) atomically."""
-        from saes.formats.io import save
-
-        save(self, directory)
+        """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens layout) atomically
+        (:func:`saes.formats.native.save`)."""
+        registry.saver()(self, directory)
 
     def extra_repr(self) -> str:
         cfg = self.arch_config()

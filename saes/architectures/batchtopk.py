@@ -15,6 +15,7 @@ import torch
 
 from saes import kernels
 from saes.architectures.base import SAE, as_count, check_k, jump_codes
+from saes.architectures.registry import register
 
 
 def batch_topk_codes(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +29,38 @@ def batch_topk_codes(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return h.gather(1, indices) * keep, indices
 
 
-class BatchTopKSAE(SAE):
+class LearntThreshold:
+    """The inference threshold θ of BatchTopK codes (BatchTopK and Matryoshka SAEs).
+
+    θ is a 0-d float32 buffer, negative until the first training batch. Each training
+    batch moves it towards that batch's smallest kept activation by an exponential moving
+    average with ``threshold_momentum``; the first batch sets it outright, so θ does not
+    crawl up from 0.
+    """
+
+    threshold: torch.Tensor
+    threshold_momentum: float
+
+    def _init_threshold(self) -> None:
+        self.register_buffer(  # type: ignore[attr-defined]
+            "threshold", torch.tensor(-1.0, dtype=torch.float32, device=self.device)  # type: ignore[attr-defined]
+        )
+
+    @torch.no_grad()
+    def _update_threshold(self, values: torch.Tensor) -> None:
+        pos = values[values > 0]
+        if pos.numel() == 0:
+            return
+        low = pos.min().float()
+        if self.threshold < 0:
+            self.threshold.copy_(low)  # first batch: start at the observed value, not 0
+        else:
+            m = self.threshold_momentum
+            self.threshold.mul_(m).add_((1 - m) * low)
+
+
+@register(cli_name="batchtopk")
+class BatchTopKSAE(LearntThreshold, SAE):
     """BatchTopK in training, JumpReLU with the learnt threshold at inference.
 
     Args:
@@ -53,7 +85,7 @@ class BatchTopKSAE(SAE):
         self.k = check_k(k, as_count(d_sae, "d_sae"))
         self.threshold_momentum = float(threshold_momentum)
         super().__init__(d_in, d_sae, **kwargs)
-        self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32, device=self.device))
+        self._init_threshold()
 
     def arch_config(self) -> dict[str, Any]:
         return {**super().arch_config(), "k": self.k, "threshold_momentum": self.threshold_momentum}
@@ -61,18 +93,6 @@ class BatchTopKSAE(SAE):
     @property
     def trained(self) -> bool:
         return bool(self.threshold >= 0)
-
-    @torch.no_grad()
-    def _update_threshold(self, values: torch.Tensor) -> None:
-        pos = values[values > 0]
-        if pos.numel() == 0:
-            return
-        low = pos.min().float()
-        if self.threshold < 0:
-            self.threshold.copy_(low)  # first batch: start at the observed value, not 0
-        else:
-            m = self.threshold_momentum
-            self.threshold.mul_(m).add_((1 - m) * low)
 
     def _select(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, indices = batch_topk_codes(h, self.k)

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from saes.architectures.base import SAE, jump_codes
+from saes.architectures.registry import register
 
 
+@register()
 class ReLUSAE(SAE):
     """``z = ReLU((x - b_dec) @ W_enc + b_enc)`` (SAELens "standard")."""
 
@@ -27,6 +29,7 @@ class ReLUSAE(SAE):
         return jump_codes(self.pre_acts(x), 0.0)
 
 
+@register()
 class JumpReLUSAE(SAE):
     """``z = ReLU(h) * 1[h > threshold]`` with ``threshold [d_sae]`` (SAELens "jumprelu")."""
 

@@ -26,7 +26,8 @@ import torch
 
 from saes import kernels
 from saes.architectures.base import SAE, StepOutput, as_count, check_k, jump_codes, normalized_mse
-from saes.architectures.batchtopk import batch_topk_codes
+from saes.architectures.batchtopk import LearntThreshold, batch_topk_codes
+from saes.architectures.registry import register
 from saes.errors import ConfigError
 
 WEIGHTINGS = ("mean", "sum", "mean_with_bias")
@@ -48,7 +49,8 @@ def doubling_groups(d_sae: int, levels: int = 5) -> list[int]:
     return sizes
 
 
-class MatryoshkaSAE(SAE):
+@register(cli_name="matryoshka")
+class MatryoshkaSAE(LearntThreshold, SAE):
     """Nested-prefix SAE with TopK or BatchTopK codes.
 
     Args:
@@ -114,7 +116,7 @@ class MatryoshkaSAE(SAE):
         self.threshold_momentum = float(threshold_momentum)
         super().__init__(d_in, total, **kwargs)
         if self.batch_topk:  # the inference threshold exists only for BatchTopK codes
-            self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32, device=self.device))
+            self._init_threshold()
 
     @property
     def saelens_architecture(self) -> str:  # type: ignore[override]
@@ -151,18 +153,6 @@ class MatryoshkaSAE(SAE):
         return 1.0 / (L + 1), [1.0 / (L + 1)] * L
 
     # -------------------------------------------------------------- codes
-
-    @torch.no_grad()
-    def _update_threshold(self, values: torch.Tensor) -> None:
-        pos = values[values > 0]
-        if pos.numel() == 0:
-            return
-        low = pos.min().float()
-        if self.threshold < 0:
-            self.threshold.copy_(low)
-        else:
-            m = self.threshold_momentum
-            self.threshold.mul_(m).add_((1 - m) * low)
 
     def _select(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_topk:

@@ -35,6 +35,7 @@ from torch import nn
 
 from saes import kernels
 from saes.architectures.base import SAE, StepOutput, as_count, check_k, flatten_rows, normalized_mse
+from saes.architectures.registry import register
 from saes.errors import ConfigError
 
 
@@ -56,6 +57,7 @@ class PursuitResult:
     norms: torch.Tensor | None = None
 
 
+@register(cli_name="mp")
 class MPSAE(SAE):
     """Matching-pursuit encoder over a unit-norm dictionary.
 
@@ -84,7 +86,6 @@ class MPSAE(SAE):
     """
 
     architecture = "mp"
-    saelens_architecture = "matching_pursuit"
     supports_auxk = False
 
     def __init__(
@@ -113,6 +114,12 @@ class MPSAE(SAE):
         self.max_iterations = None if max_iterations is None else int(max_iterations)
         self.stop_on_duplicate_support = bool(stop_on_duplicate_support)
         super().__init__(d_in, d_sae, **kwargs)
+
+    @property
+    def saelens_architecture(self) -> str:  # type: ignore[override]
+        """SAELens's "matching_pursuit" is the paper's variant (tied, ReLU codes, atoms picked
+        again); the others are written as "mp", which only this package reads."""
+        return "matching_pursuit" if self.tied and not self.signed and self.reselect else "mp"
 
     def _build_encoder(self, dtype: torch.dtype, device: torch.device) -> None:
         if not self.tied:

@@ -7,8 +7,10 @@ import torch
 
 from saes import kernels
 from saes.architectures.base import SAE, as_count, check_k
+from saes.architectures.registry import register
 
 
+@register(cli_name="topk")
 class TopKSAE(SAE):
     """``z = ReLU(TopK_k(h))`` per token.
 

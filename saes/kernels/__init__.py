@@ -27,64 +27,21 @@ tensor([[2., 0., 1.]])
 """
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 
-from saes.errors import ConfigError
 from saes.kernels import autograd, matching_pursuit, torch_ref
 from saes.kernels.autograd import Selection
+from saes.kernels.backends import BACKENDS, ENV, backend, interpreter_on, triton_importable
 from saes.kernels.matching_pursuit import PursuitOutput
 
 __all__ = [
     "backend", "topk", "batch_topk", "encode", "Encoded", "sparse_decode", "prefix_decode", "pursuit",
-    "PursuitOutput", "BACKENDS",
+    "PursuitOutput", "BACKENDS", "ENV", "interpreter_on", "triton_importable",
 ]
-
-BACKENDS = ("torch", "triton")
-ENV = "SAES_KERNELS"
-
-
-@functools.lru_cache(maxsize=1)
-def triton_importable() -> bool:
-    """Whether ``import triton`` works here (cached)."""
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def interpreter_on() -> bool:
-    """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def backend(t: torch.Tensor) -> str:
-    """The backend used for tensors like ``t``: "triton" or "torch".
-
-    ``SAES_KERNELS`` (read on every call, so tests and benchmarks can switch it) forces
-    one; unset or "auto" picks Triton for CUDA tensors when it is importable.
-    """
-    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if choice not in (*BACKENDS, "auto"):
-        raise ConfigError(f"{ENV}={choice!r} is not a kernel backend; use one of {BACKENDS} or leave it unset")
-    if choice == "torch":
-        return "torch"
-    if choice == "triton":
-        if not triton_importable():
-            raise ConfigError(f"{ENV}=triton but triton is not importable; pip install triton, or set {ENV}=torch")
-        if not t.is_cuda and not interpreter_on():
-            raise ConfigError(
-                f"{ENV}=triton needs CUDA tensors (these are on {t.device}); set TRITON_INTERPRET=1 to run the "
-                f"Triton kernels in the CPU interpreter, or {ENV}=torch"
-            )
-        return "triton"
-    return "triton" if t.is_cuda and triton_importable() else "torch"
 
 
 def _ops(t: torch.Tensor) -> ModuleType:
@@ -182,9 +139,7 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
     Differentiable in ``values`` and ``W_dec``; the backward reads and writes only the
     selected decoder rows.
     """
-    if indices.shape[-1] == 0:
-        return W_dec.new_zeros(indices.shape[0], W_dec.shape[1])
-    return autograd.SparseDecode.apply(values, indices, W_dec, None, _ops(W_dec))
+    return autograd.sparse_decode(values, indices, W_dec, _ops(W_dec))
 
 
 def prefix_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, ends: list[int]) -> torch.Tensor:

@@ -233,6 +233,14 @@ class SparseDecode(torch.autograd.Function):
         return gv, None, gW, None, None
 
 
+def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, ops: ModuleType) -> torch.Tensor:
+    """``[N, d]`` reconstruction (no bias) from codes ``values/indices [N, k]`` on ``ops``
+    (see :func:`saes.kernels.sparse_decode`); no codes decode to zeros."""
+    if indices.shape[-1] == 0:
+        return W.new_zeros(indices.shape[0], W.shape[1])
+    return SparseDecode.apply(values, indices, W, None, ops)
+
+
 def prefix_decode(values: torch.Tensor, indices: torch.Tensor, W: torch.Tensor, ends: list[int], ops: ModuleType) -> torch.Tensor:
     """Prefix reconstructions ``[N, L, d]`` (no bias) of nested latent groups.
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from saes.kernels.autograd import sparse_decode
 from saes.kernels.torch_ref import mp_pick as _pick
 
 # The Gram matrix may take this many bytes (float32) on the CPU; on CUDA, a quarter of the
@@ -282,7 +283,5 @@ def pursuit(
         values, residual = MPReplay.apply(r0, E, D, indices, active, signed)
         return PursuitOutput(values, indices, residual, norms)
     if residual is None:
-        from saes.kernels import sparse_decode
-
-        residual = r0.float() - sparse_decode(values, indices, D.detach().float())
+        residual = r0.float() - sparse_decode(values, indices, D.detach().float(), ops)
     return PursuitOutput(values.to(r0.dtype), indices, residual.to(r0.dtype), norms)

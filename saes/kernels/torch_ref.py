@@ -24,7 +24,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from saes.training import distributed
+from saes.kernels import global_batch
 
 # Use the block-max top-k above this many latents (below, torch.topk is as fast).
 BLOCK_TOPK_MIN_WIDTH = 2048
@@ -146,8 +146,9 @@ def batch_topk_select(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     give their top ``c`` candidates; a row whose ``c``-th candidate still reaches the
     batch threshold may hide more, so only such rows are widened and the round repeats.
     """
-    if distributed.selection_active():  # a data-parallel step: the batch spans processes
-        return distributed.batch_topk_select(h, k)
+    spread = global_batch.selector()
+    if spread is not None:  # a data-parallel step: the batch spans processes
+        return spread(h, k)
     N, n = h.shape
     total = min(k * N, N * n)
     h = h.detach()

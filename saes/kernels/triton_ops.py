@@ -28,16 +28,11 @@ import triton
 import triton.language as tl
 
 from saes.kernels import torch_ref
+from saes.kernels.backends import interpreter_on
 
 # Rows the fused encoder had to recompute densely (a tile held more of a row's top k than
 # it kept); read by the tests and benchmarks.
 stats = {"dense_rows": 0}
-
-
-def _interpreting() -> bool:
-    from saes.kernels import interpreter_on
-
-    return interpreter_on()
 
 
 def _pow2(x: int, lo: int = 1, hi: int | None = None) -> int:
@@ -96,7 +91,7 @@ def _encode_tiles_kernel(
 
 
 def _encode_blocks(N: int, D: int, n: int, k: int) -> tuple[int, int, int]:
-    if _interpreting():  # tiny blocks: the interpreter runs each program in numpy
+    if interpreter_on():  # tiny blocks: the interpreter runs each program in numpy
         return 16, 32, 16
     return 64, 128, 32
 
@@ -132,7 +127,7 @@ def encode_topk(
         xc, W, b if b is not None else xc, cand_v, cand_i,
         N, D, n,
         xc.stride(0), xc.stride(1), W.stride(0), W.stride(1), cand_v.stride(0),
-        HAS_BIAS=b is not None, IEEE=ieee, UPCAST=_interpreting(), BM=BM, BN=BN, BK=BK, KT=KT,
+        HAS_BIAS=b is not None, IEEE=ieee, UPCAST=interpreter_on(), BM=BM, BN=BN, BK=BK, KT=KT,
     )
     values, pos = torch.topk(cand_v, k, dim=-1, sorted=False)
     indices = cand_i.gather(1, pos).long()
@@ -308,7 +303,7 @@ def gram_steps(
     v = torch.zeros(N, dtype=torch.float32, device=r0.device)
     best = torch.empty(N, dtype=torch.float32, device=r0.device)
     second = torch.empty_like(best)
-    BN = 64 if _interpreting() else min(4096, _pow2(n, lo=16))
+    BN = 64 if interpreter_on() else min(4096, _pow2(n, lo=16))
     for t in range(steps):
         nj = torch.empty_like(j)
         _gram_step_kernel[(N,)](c, Gt, j, v, nj, best, second, n, c.stride(0), Gt.stride(0),

@@ -18,7 +18,7 @@ import torch
 
 from saes.formats import schema
 from saes.errors import CheckpointError, FormatError
-from saes.formats.io import atomic_save_tensors, read_tensors
+from saes.formats.durable import atomic_save_tensors, read_tensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "saes-train-checkpoint"

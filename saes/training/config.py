@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from saes.errors import ConfigError
@@ -22,41 +22,9 @@ RUN_ONLY_FIELDS = ("log_every", "checkpoint_every", "device")
 class TrainConfig:
     """How :func:`saes.train` trains.
 
-    Attributes:
-        batch_size: rows (tokens) per optimiser step.
-        total_tokens: stop after this many training rows.
-        lr: Adam learning rate; None picks ``2e-4 / sqrt(d_sae / 16384)`` per SAE (the
-            width scaling of Gao et al.).
-        adam_betas, adam_eps: Adam settings.
-        warmup_frac: fraction of ``total_tokens`` over which lr rises linearly from 0.
-        decay_frac: final fraction of ``total_tokens`` over which lr decays linearly to 0.
-        grad_clip: max global gradient norm per SAE (None: no clipping).
-        seed: weight initialisation and data order.
-        dead_tokens: a latent that has not fired for this many *tokens* counts as dead
-            (AuxK target and dead fraction). Counted in tokens, not steps, so changing the
-            batch size does not change what "dead" means.
-        auxk: use the AuxK loss on dead latents (architectures without pre-activations,
-            like matching pursuit, never use it).
-        auxk_alpha: AuxK weight (Gao et al.: 1/32).
-        k_aux: dead latents used by AuxK; None: ``d_in / 2`` (at most d_sae).
-        init_weights: re-draw tied unit-norm weights from ``seed`` before training; False
-            keeps the SAE's current weights.
-        b_dec_init: "geometric_median" (default), "mean", "zeros" or "keep", computed on
-            the first ``init_rows`` training rows.
-        init_rows: rows used for the b_dec and normalisation estimates (at most one pass
-            over a tensor or store that holds fewer).
-        normalize_input: scale inputs by one constant so that ``E||x||^2 = d_in``; the
-            constant is folded into the weights when training ends, so the returned and
-            saved SAE act on raw activations.
-        autocast: "auto" (bfloat16 autocast on CUDA only), "bfloat16" (the same, explicit)
-            or "none". Never used on CPU.
-        device: where training runs; None: the first SAE's device.
-        log_every: steps between JSONL records and progress-bar updates.
-        checkpoint_every: steps between checkpoints (needs a checkpoint directory);
-            None: only at the end.
-        on_nonfinite: what a NaN or inf activation does: "raise" stops the run with a
-            :class:`NonFiniteError` naming the step, hook, batch row and stream token;
-            "skip" drops the bad rows (warning with the same details) and trains on the rest.
+    Each field says what it does in its ``metadata["help"]``, the one text behind both the
+    attribute list below and ``interp train --help`` (the command line is generated from
+    these fields; ``flag``, ``choices`` and ``cli_default`` there are the command's).
 
     Example:
         >>> from saes import TrainConfig
@@ -64,28 +32,58 @@ class TrainConfig:
         391
     """
 
-    batch_size: int = 4096
-    total_tokens: int = 10_000_000
-    lr: float | None = None
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    warmup_frac: float = 0.01
-    decay_frac: float = 0.2
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    dead_tokens: int = 10_000_000
-    auxk: bool = True
-    auxk_alpha: float = 1 / 32
-    k_aux: int | None = None
-    init_weights: bool = True
-    b_dec_init: str = "geometric_median"
-    init_rows: int = 8192
-    normalize_input: bool = False
-    autocast: str = "auto"
-    device: str | None = None
-    log_every: int = 50
-    checkpoint_every: int | None = None
-    on_nonfinite: str = "raise"
+    batch_size: int = field(default=4096, metadata={"help": "rows (tokens) per optimiser step"})
+    total_tokens: int = field(default=10_000_000, metadata={
+        "help": "stop after this many training rows (tokens)", "flag": "--tokens", "metavar": "N"})
+    lr: float | None = field(default=None, metadata={
+        "help": "Adam learning rate", "default_text": "2e-4 / sqrt(d_sae / 16384) per SAE, the width scaling of "
+        "Gao et al."})
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={
+        "help": "Adam's (beta1, beta2)", "cli": False})
+    adam_eps: float = field(default=1e-8, metadata={"help": "Adam's epsilon"})
+    warmup_frac: float = field(default=0.01, metadata={
+        "help": "fraction of total_tokens over which the learning rate rises linearly from 0"})
+    decay_frac: float = field(default=0.2, metadata={
+        "help": "final fraction of total_tokens over which the learning rate decays linearly to 0"})
+    grad_clip: float | None = field(default=1.0, metadata={
+        "help": "max global gradient norm per SAE (None: no clipping)", "cli": False})
+    seed: int = field(default=0, metadata={"help": "weight initialisation and data order"})
+    dead_tokens: int = field(default=10_000_000, metadata={
+        "help": "a latent that has not fired for this many tokens counts as dead (AuxK target and dead "
+        "fraction); counted in tokens, not steps, so the batch size does not change what dead means"})
+    auxk: bool = field(default=True, metadata={
+        "help": "use the AuxK loss on dead latents (architectures without pre-activations, like matching "
+        "pursuit, never use it)", "off_help": "switch the AuxK loss off"})
+    auxk_alpha: float = field(default=1 / 32, metadata={"help": "AuxK weight (Gao et al.: 1/32)"})
+    k_aux: int | None = field(default=None, metadata={
+        "help": "dead latents used by AuxK", "default_text": "d_in / 2, at most d_sae"})
+    init_weights: bool = field(default=True, metadata={
+        "help": "re-draw tied unit-norm weights from seed before training; False keeps the SAE's current "
+        "weights", "cli": False})
+    b_dec_init: str = field(default="geometric_median", metadata={
+        "help": "how the decoder bias starts, computed on the first init_rows training rows",
+        "choices": B_DEC_INITS})
+    init_rows: int = field(default=8192, metadata={
+        "help": "rows used for the decoder-bias and normalisation estimates (at most one pass over data "
+        "that holds fewer)"})
+    normalize_input: bool = field(default=False, metadata={
+        "help": "scale inputs by one constant so that E||x||^2 = d_in during training; the constant is "
+        "folded into the weights when training ends, so the saved SAE acts on raw activations"})
+    autocast: str = field(default="auto", metadata={
+        "help": "auto: bfloat16 autocast on CUDA only; bfloat16: the same, explicit; none: off. Never "
+        "used on CPU", "choices": AUTOCASTS})
+    device: str | None = field(default=None, metadata={
+        "help": "where training runs, e.g. cpu, cuda or cuda:1",
+        "default_text": "the first SAE's device; interp train: the model's when live, else the CPU"})
+    log_every: int = field(default=50, metadata={"help": "steps between metric records and progress-bar updates"})
+    # The command line always has a checkpoint directory (--out), so it checkpoints as it goes.
+    checkpoint_every: int | None = field(default=None, metadata={
+        "help": "steps between checkpoints (with a checkpoint directory); None: only at the end",
+        "cli_default": 1000})
+    on_nonfinite: str = field(default="raise", metadata={
+        "help": "what a NaN or inf activation does: raise stops the run with a NonFiniteError naming the "
+        "step, hook, batch row and stream token; skip drops the bad rows (warning with the same details) "
+        "and trains on the rest", "choices": ON_NONFINITE})
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -168,6 +166,18 @@ class TrainConfig:
             raise ConfigError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
         return cls(**d)
 
+
+
+def _attribute_docs(cls: type) -> str:
+    """The docstring's attribute list, from each field's help (the text --help shows too)."""
+    lines = ["", "    Attributes:"]
+    for f in fields(cls):
+        default = f.metadata.get("default_text") if f.default is None else None
+        lines.append(f"        {f.name}: {f.metadata['help']}" + (f"; None: {default}" if default else ""))
+    return "\n".join(lines) + "\n"
+
+
+TrainConfig.__doc__ = (TrainConfig.__doc__ or "") + _attribute_docs(TrainConfig)
 
 # Field -> (accepted types, what to write). Checked before any arithmetic on the values, so
 # a wrong type is a ConfigError naming the field, never a TypeError from a comparison.

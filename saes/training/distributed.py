@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from saes.errors import ConfigError
+from saes.kernels import global_batch
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -195,43 +197,29 @@ def current(backend: str | None = None) -> DataParallel | None:
 
 # ---------------------------------------------------------------- BatchTopK over ranks
 
-_selection: DataParallel | None = None
-_global_rows: int = 0
-
-
 @contextlib.contextmanager
 def global_batch_selection(dp: DataParallel | None, global_rows: int) -> Iterator[None]:
-    """Within the context, BatchTopK selects over the global batch of ``global_rows`` rows."""
-    global _selection, _global_rows
+    """Within the context, BatchTopK selects over the global batch of ``global_rows`` rows
+    (installed in the kernels, :mod:`saes.kernels.global_batch`)."""
     if dp is None:
         yield
         return
-    saved = _selection, _global_rows
-    _selection, _global_rows = dp, global_rows
-    try:
+    with global_batch.selecting(functools.partial(batch_topk_select, dp=dp, global_rows=global_rows)):
         yield
-    finally:
-        _selection, _global_rows = saved
 
 
-def selection_active() -> bool:
-    return _selection is not None
-
-
-def batch_topk_select(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_topk_select(h: torch.Tensor, k: int, *, dp: DataParallel, global_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchTopK on this rank's rows ``h [n, d_sae]`` with the global batch's threshold.
 
-    The ``k * N`` largest positive entries of the global batch (``N`` rows over all ranks):
-    every rank gathers its own largest ``k * N`` values (no rank can hold more of the kept
-    entries), the threshold is the ``k * N``-th largest of all of them, and each rank keeps
-    its entries at or above it. Same output form as ``kernels.batch_topk``: padded
+    The ``k * N`` largest positive entries of the global batch (``N = global_rows`` rows over
+    all ranks): every rank gathers its own largest ``k * N`` values (no rank can hold more of
+    the kept entries), the threshold is the ``k * N``-th largest of all of them, and each rank
+    keeps its entries at or above it. Same output form as ``kernels.batch_topk``: padded
     ``(indices, keep) [n, k']``.
     """
-    dp = _selection
-    assert dp is not None
     h = h.detach()
     n, d_sae = h.shape
-    total = min(k * _global_rows, _global_rows * d_sae)
+    total = min(k * global_rows, global_rows * d_sae)
     m = min(total, h.numel())
     local = torch.full((total,), -float("inf"), dtype=torch.float32, device=h.device)
     if m:

@@ -34,7 +34,7 @@ class JsonlLog:
                 except json.JSONDecodeError:
                     continue  # a line cut short by the interruption
         # Rewritten atomically: a second interruption right here must not lose the records kept.
-        from saes.formats.io import atomic_write_text
+        from saes.formats.durable import atomic_write_text
 
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._f = open(self.path, "a", encoding="utf-8")

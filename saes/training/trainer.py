@@ -5,8 +5,9 @@ the geometric median, tied initialisation, unit-norm decoder rows (parallel grad
 component removed before each step, rows re-normalised after), AuxK with dead latents
 counted in tokens, optional input normalisation (folded into the weights at the end),
 bfloat16 autocast on CUDA only, gradient clipping, seeds, atomic checkpoints that resume
-exactly, JSONL metrics and the tqdm bar. Architectures supply only their encode, decode
-and loss terms (:meth:`saes.SAE.training_forward`).
+exactly and JSONL metrics. Architectures supply only their encode, decode and loss terms
+(:meth:`saes.SAE.training_forward`). Driving Trainers over data (initial sample, lockstep
+steps, progress bar, finishing) is :mod:`saes.training.runner`'s.
 
 A sweep passes several SAEs: each batch is read (and checked, moved, normalised) once and
 every SAE takes its own step on it. With the same config, an SAE trained in a sweep ends
@@ -17,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,16 @@ from saes import kernels
 from saes.training import checkpoint, distributed
 from saes.architectures.base import SAE, StepOutput, batch_variance, default_k_aux, remove_parallel_grad_, unit_rows_
 from saes.training.config import RUN_ONLY_FIELDS, TrainConfig
-from saes.training.data import check_batch, finite_rows, make_source
+from saes.training.data import check_batch, finite_rows
 from saes.training.distributed import DataParallel
-from saes.errors import CheckpointError, ConfigError, EmptyDataError, NonFiniteError
+from saes.errors import CheckpointError, ConfigError, NonFiniteError
 from saes.training.init import geometric_median, normalisation_scale
-from saes.training.log import JsonlLog, postfix, progress_bar
+from saes.training.log import JsonlLog
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns for each SAE.
+    """What :func:`saes.train` returns for each SAE.
 
     Attributes:
         sae: the trained SAE (acting on raw activations: normalisation already folded in).
@@ -282,7 +282,7 @@ def check_device(name: str | None) -> str | None:
     return name
 
 
-def _check_models(models: list[SAE]) -> None:
+def check_models(models: list[SAE]) -> None:
     if not models:
         raise ConfigError("train() needs at least one SAE")
     for m in models:
@@ -303,9 +303,9 @@ def _check_models(models: list[SAE]) -> None:
 class Trainer:
     """The training loop as an object: SAEs sharing one stream, stepped batch by batch.
 
-    :func:`train` drives one Trainer over one data source; :mod:`interp.activations.live` drives one
-    per hook in lockstep over a single model forward pass. Everything a run owns lives
-    here: optimisers, schedule, dead-latent counters, initialisation, checkpoints, the
+    :func:`saes.training.runner.run` drives Trainers: one over one data source for
+    :func:`saes.train`, one per hook in lockstep for live and multi-hook store training.
+    Everything a run owns lives here: optimisers, schedule, dead-latent counters, initialisation, checkpoints, the
     JSONL log and the metric history.
 
     Usage::
@@ -323,7 +323,7 @@ class Trainer:
         config: the shared :class:`TrainConfig`.
         data: a JSON-able description of the stream (``Source.fingerprint()``); a resumed
             checkpoint must have been written for the same data.
-        checkpoint_dir, resume, log_path: as for :func:`train`.
+        checkpoint_dir, resume, log_path: as for :func:`saes.train`.
     """
 
     def __init__(
@@ -339,7 +339,7 @@ class Trainer:
         data_parallel: DataParallel | None | bool = True,
     ):
         models = list(models)
-        _check_models(models)
+        check_models(models)
         self.cfg = config
         self.d_in = models[0].d_in
         # True: join the launcher's process group when started by torchrun / accelerate.
@@ -553,125 +553,3 @@ class Trainer:
     def close(self) -> None:
         """Release the log without finishing (after an interruption)."""
         self.log.close()
-
-
-def initial_sample(
-    stream: Iterator[Any], d_in: int, rows: int, skip_nonfinite: bool = False, hook: str | None = None
-) -> tuple[list[Any], torch.Tensor]:
-    """Pull batches from ``stream`` until ``rows`` rows: (the batches, their rows stacked).
-
-    The batches are still to be trained on: the sample is the start of the stream. With
-    ``skip_nonfinite`` the sample holds only finite rows (the batches stay as they are, the
-    training step drops their bad rows and says so).
-    """
-    pending: list[Any] = []
-    finite: list[torch.Tensor] = []
-    n = 0
-    for raw in stream:
-        if skip_nonfinite:
-            x, _ = finite_rows(raw, d_in)
-            pending.append(raw)
-        else:
-            x = check_batch(raw, d_in, len(pending), hook=hook, first_token=n)
-            pending.append(x)
-        finite.append(x)
-        n += x.shape[0]
-        if n >= rows:
-            break
-    if not pending:
-        raise EmptyDataError("the data yielded no batches; pass a non-empty stream of activations")
-    if n == 0:
-        raise EmptyDataError("the first batches hold no finite rows; check the harvest")
-    return pending, torch.cat(finite)[:rows]
-
-
-def _record_origin(models: list[SAE], data: Any) -> None:
-    """An SAE trained on an activation store remembers the store's hook and model (its
-    ``hook_name``/``model_name`` metadata, where not set already), so steering, dashboards
-    and evaluation find the hook without being told. Read by duck typing: ``saes`` does
-    not import the store's package."""
-    hook, model_name = getattr(data, "hook", None), getattr(data, "model_name", None)
-    for m in models:
-        if isinstance(hook, str) and not m.metadata.get("hook_name"):
-            m.metadata["hook_name"] = hook
-        if isinstance(model_name, str) and not m.metadata.get("model_name"):
-            m.metadata["model_name"] = model_name
-
-
-def train(
-    sae: SAE | Sequence[SAE],
-    data: Any,
-    config: TrainConfig | None = None,
-    *,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    log_path: str | os.PathLike | None = None,
-    progress: bool = True,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult | list[TrainResult]:
-    """Train one SAE, or a sweep of SAEs reading each batch once.
-
-    Args:
-        sae: an SAE, or a list of SAEs with the same ``d_in`` (a sweep; returns a list).
-        data: a tensor ``[N, d_in]``, an ``ActivationStore``, or an iterable of batches.
-        config: training settings (:class:`TrainConfig`).
-        checkpoint_dir: where ``checkpoint.safetensors`` goes (every
-            ``config.checkpoint_every`` steps and at the end).
-        resume: continue the checkpoint in ``checkpoint_dir`` (a fresh start if there is
-            none yet). Without it, an existing checkpoint is an error rather than being
-            overwritten.
-        log_path: JSONL metrics file (one record per SAE per logged step).
-        progress: show the tqdm bar.
-        callback: called after every step with ``{"step", "tokens", "records"}``
-            (``records`` is None on steps that are not logged); raising from it stops
-            training (the last checkpoint stays valid).
-
-    Returns:
-        A :class:`TrainResult`, or a list of them for a sweep.
-
-    Example:
-        >>> import torch, saes
-        >>> data = saes.synthetic.superposition(n_features=32, d=16, n_samples=4096, seed=0)
-        >>> sae = saes.TopKSAE(16, 32, k=3)
-        >>> cfg = saes.TrainConfig(batch_size=256, total_tokens=20_000, lr=3e-3)
-        >>> result = saes.train(sae, data.x, cfg, progress=False)
-        >>> result.metrics["fvu"] < 0.5
-        True
-    """
-    cfg = config or TrainConfig()
-    single = isinstance(sae, SAE)
-    models = [sae] if single else list(sae)  # type: ignore[arg-type]
-    _check_models(models)
-    _record_origin(models, data)
-    skip = cfg.on_nonfinite == "skip"
-    source = make_source(data, models[0].d_in, cfg.batch_size, check_finite=not skip)
-    trainer = Trainer(models, cfg, data=source.fingerprint(), checkpoint_dir=checkpoint_dir, resume=resume, log_path=log_path)
-    stream: Iterator[Any] = source.iterate(cfg.batch_size, cfg.seed, skip=trainer.batches)
-    if trainer.needs_init:
-        # At most one pass over finite data: repeated rows add nothing to the estimates.
-        rows = min(cfg.init_rows, source.n_rows) if source.n_rows else cfg.init_rows
-        pending, sample = initial_sample(stream, trainer.d_in, rows, skip, trainer.hook)
-        trainer.initialise(sample)
-        stream = chain(pending, stream)
-    bar = progress_bar(cfg.total_tokens, trainer.tokens, progress and trainer.is_main)
-    stopped_early = False
-    try:
-        while not trainer.done:
-            raw = next(stream, None)
-            if raw is None:
-                stopped_early = True
-                break
-            before = trainer.tokens
-            logged = trainer.step(raw)
-            if logged:
-                bar.set_postfix(postfix(logged), refresh=False)
-            bar.update(trainer.tokens - before)
-            if callback is not None:
-                callback({"step": int(trainer.state["step"]), "tokens": trainer.tokens, "records": logged})
-    except BaseException:
-        trainer.close()
-        raise
-    finally:
-        bar.close()
-    results = trainer.finish(stopped_early)
-    return results[0] if single else results

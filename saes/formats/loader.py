@@ -1,0 +1,118 @@
+"""``saes.load``: read an SAE directory written by this package, by SAELens or by sparsify.
+
+``cfg.json`` is checked before use (wrong types are errors, unknown keys warnings), the
+weights' checksum is verified (:func:`saes.formats.durable.read_tensors`), and the layout
+picks the reader: a ``saes`` block is ours (:mod:`.native`), other ``sae_weights.safetensors``
+directories are SAELens's (:mod:`.saelens`), ``sae.safetensors`` is sparsify's
+(:mod:`.sparsify`). Nothing here unpickles: only JSON and safetensors are read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saes.architectures.base import SAE
+from saes.dtypes import DTYPES, parse_dtype
+from saes.errors import ConfigError, FormatError
+from saes.formats import schema
+from saes.formats.durable import read_tensors
+from saes.formats.native import CFG_FILE, WEIGHTS_FILE, load_ours
+from saes.formats.saelens import load_saelens
+from saes.formats.sparsify import WEIGHTS_FILE as SPARSIFY_WEIGHTS_FILE
+from saes.formats.sparsify import load_sparsify
+
+F = schema.Field
+_DTYPE = F("str", optional=True, choices=tuple(DTYPES) + tuple(f"torch.{d}" for d in DTYPES))
+# Fields this package reads from any cfg.json (ours and SAELens's); only these are type-checked
+# in foreign files, whose other keys belong to their own library.
+READ_FIELDS: dict[str, schema.Field] = {
+    "architecture": F("str"),
+    "d_in": F("int", minimum=1),
+    "d_sae": F("int", optional=True, minimum=1),
+    "dtype": _DTYPE,
+    "device": F("str", optional=True),
+    "apply_b_dec_to_input": F("bool", optional=True),
+    "normalize_activations": F("any", optional=True),
+    "reshape_activations": F("str", optional=True),
+    "k": F("int", optional=True, minimum=1),
+    "residual_threshold": F("number", optional=True),
+    "max_iterations": F("int", optional=True, minimum=1),
+    "stop_on_duplicate_support": F("bool", optional=True),
+    "model_name": F("str", optional=True),
+    "hook_name": F("str", optional=True),
+    "hook_point": F("str", optional=True),
+    "hook_head_index": F("int", optional=True),
+    "context_size": F("int", optional=True),
+    "prepend_bos": F("bool", optional=True),
+    "dataset_path": F("str", optional=True),
+    "metadata": F("dict", optional=True),
+    "saes": F("dict"),
+}
+
+
+def load(
+    directory: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> SAE:
+    """Load an SAE saved by this package, by SAELens, or by EleutherAI's sparsify.
+
+    Args:
+        directory: the SAE's directory (or a file inside it).
+        device: where to put it.
+        dtype: parameter dtype; default the file's.
+
+    Supported: ours (every architecture); SAELens ``standard`` (→ :class:`ReLUSAE`),
+    ``topk``, ``jumprelu`` (→ :class:`JumpReLUSAE`; SAELens saves BatchTopK this way),
+    ``matching_pursuit``; sparsify TopK SAEs (``cfg.json`` + ``sae.safetensors``).
+    Files from other libraries load for inference.
+    """
+    where = Path(directory)
+    if where.is_file():
+        where = where.parent
+    if not where.is_dir():
+        raise FormatError(f"no SAE at {where}: the directory does not exist")
+    cfg_path = where / CFG_FILE
+    weights, sparsify = where / WEIGHTS_FILE, where / SPARSIFY_WEIGHTS_FILE
+    if not cfg_path.is_file() or not (weights.is_file() or sparsify.is_file()):
+        inner = sorted(p.parent.name for p in where.glob(f"*/{CFG_FILE}"))
+        hint = f"; these subdirectories hold SAEs: {', '.join(inner)}" if inner else ""
+        raise FormatError(
+            f"{where} has no {CFG_FILE} with {WEIGHTS_FILE} (or sparsify's {SPARSIFY_WEIGHTS_FILE}){hint}"
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FormatError(f"{cfg_path} is not valid JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    try:
+        sae = _load_checked(cfg, cfg_path, weights, sparsify, dtype)
+    except ConfigError as err:  # settings the file gives that no SAE can have
+        raise FormatError(f"{cfg_path}: {err}") from None
+    return sae.to(device).eval()
+
+
+def _load_checked(cfg: dict[str, Any], cfg_path: Path, weights: Path, sparsify: Path, dtype: Any) -> SAE:
+    if not weights.is_file():
+        tensors, _ = read_tensors(sparsify)
+        dt = parse_dtype(dtype if dtype is not None else next(iter(tensors.values())).dtype)
+        return load_sparsify(cfg, tensors, sparsify, dt)
+    block = cfg.get("saes")
+    version = block.get("format_version") if isinstance(block, dict) else None
+    ours = "saes" in cfg
+    # Our own files are checked key by key (unknown keys warned); a SAELens file's other
+    # keys are its library's business, so only the fields read here are checked.
+    cfg = schema.check(cfg, READ_FIELDS, str(cfg_path), FormatError, warn_unknown=ours,
+                       required=("d_in", "d_sae", "saes") if ours else ("d_in", "d_sae"))
+    tensors, _ = read_tensors(weights, require_checksum=isinstance(version, int) and version >= 2)
+    if not tensors:
+        raise FormatError(f"{weights} holds no tensors; the file is incomplete")
+    file_dtype = cfg.get("dtype") or next(iter(tensors.values())).dtype
+    dt = parse_dtype(dtype if dtype is not None else file_dtype)
+    return load_ours(cfg, tensors, weights, dt) if ours else load_saelens(cfg, tensors, weights, dt)

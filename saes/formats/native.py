@@ -1,0 +1,214 @@
+"""This toolkit's SAE directory: the SAELens layout plus a ``saes`` block.
+
+Layout written by :func:`save` (a directory)::
+
+    cfg.json                  SAELens fields + this package's own "saes" block
+    sae_weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
+                              b_dec [d_in] (+ threshold [d_sae] for JumpReLU inference)
+
+``cfg.json`` carries the fields SAELens reads (``architecture``, ``d_in``, ``d_sae``,
+``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``,
+``reshape_activations``, ``k`` for TopK, the matching-pursuit fields), the model/hook
+description both at top level (SAELens < 6 layout) and under ``metadata`` (SAELens 6
+layout), and a ``saes`` block with the architecture this package trained and its full
+settings, from which :func:`load_ours` rebuilds the exact class (looked up in
+:mod:`saes.architectures.registry`). The SAELens ``architecture`` is the inference form
+SAELens can run (each class's ``saelens_architecture``):
+
+* topk -> ``topk`` with ``k``;
+* batchtopk -> ``jumprelu`` with ``threshold [d_sae]`` = θ repeated (as SAELens saves
+  BatchTopK);
+* matryoshka -> ``jumprelu`` (BatchTopK codes) or ``topk`` (per-token TopK codes);
+* mp -> ``matching_pursuit`` with ``max_iterations = k``, ``residual_threshold = 0`` and
+  ``stop_on_duplicate_support = false`` (fixed k steps, as trained); the untied, signed and
+  no-reselect variants are written as ``mp``, which only this package reads.
+
+Input normalisation is always folded into the weights before saving
+(``normalize_activations: "none"``). Files are written through :mod:`saes.formats.durable`
+(atomic, checksummed).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saes import architectures  # noqa: F401  (importing it registers every family)
+from saes.architectures import registry
+from saes.architectures.base import METADATA_KEYS, SAE
+from saes.dtypes import dtype_name
+from saes.errors import FormatError, SAEError
+from saes.formats import schema
+from saes.formats.durable import atomic_save_tensors, atomic_write_text
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+# 2: sae_weights.safetensors carries the sha256 of its tensors (required when reading).
+FORMAT_VERSION = 2
+
+F = schema.Field
+
+
+# ------------------------------------------------------------------------- save
+
+
+def state_tensors(sae: SAE) -> dict[str, torch.Tensor]:
+    """The tensors a saved file holds, under SAELens's names.
+
+    The decoder, the encoder where it has parameters of its own (tied matching pursuit
+    has none), and an inference ``threshold``: one per latent as it is, or a single θ
+    (BatchTopK codes) repeated ``d_sae`` times, as SAELens saves BatchTopK.
+    """
+    params = dict(sae.named_parameters())
+    out = {"W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    out.update({name: params[name] for name in ("W_enc", "b_enc") if name in params})
+    threshold = getattr(sae, "threshold", None)
+    if isinstance(threshold, torch.Tensor):
+        out["threshold"] = threshold if threshold.ndim else torch.full((sae.d_sae,), float(threshold), dtype=sae.dtype)
+    return {k: v.detach() for k, v in out.items()}
+
+
+def build_cfg(sae: SAE) -> dict[str, Any]:
+    """The ``cfg.json`` of ``sae`` (see the module docstring)."""
+    arch = sae.saelens_architecture
+    meta = {k: sae.metadata.get(k) for k in METADATA_KEYS}
+    meta.update({k: v for k, v in sae.metadata.items() if k not in meta})
+    hook = meta.get("hook_name") or ""
+    cfg: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": dtype_name(sae.dtype),
+        "device": str(sae.device),
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if str(hook).endswith("hook_z") else "none",
+    }
+    if arch == "topk":
+        cfg["k"] = sae.k  # type: ignore[attr-defined]
+    if arch == "matching_pursuit":
+        cfg["residual_threshold"] = sae.residual_threshold or 0.0  # type: ignore[attr-defined]
+        cfg["max_iterations"] = sae.max_iterations or sae.k  # type: ignore[attr-defined]
+        cfg["stop_on_duplicate_support"] = sae.stop_on_duplicate_support  # type: ignore[attr-defined]
+    cfg.update({k: meta.get(k) for k in METADATA_KEYS})
+    cfg["metadata"] = meta
+    cfg["saes"] = {"format_version": FORMAT_VERSION, "architecture": sae.architecture, "config": sae.arch_config()}
+    return cfg
+
+
+def save(sae: SAE, directory: str | os.PathLike) -> Path:
+    """Write ``sae`` to ``directory`` (created if needed) and return the directory.
+
+    Example:
+        >>> import tempfile, torch, saes
+        >>> sae = saes.TopKSAE(8, 32, k=4)
+        >>> d = tempfile.mkdtemp()
+        >>> _ = sae.save(d)
+        >>> back = saes.load(d)
+        >>> torch.equal(back.encode(torch.ones(1, 8)), sae.encode(torch.ones(1, 8)))
+        True
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(d / WEIGHTS_FILE, state_tensors(sae))
+    atomic_write_text(d / CFG_FILE, json.dumps(build_cfg(sae), indent=2) + "\n")
+    return d
+
+
+registry.set_saver(save)
+
+
+# ------------------------------------------------------------------------- load helpers
+
+
+def metadata_from(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model/hook description of a cfg.json (ours or SAELens's, any version)."""
+    meta = {k: cfg.get(k) for k in METADATA_KEYS if k in cfg}
+    if isinstance(cfg.get("metadata"), dict):
+        meta.update({k: v for k, v in cfg["metadata"].items() if v is not None or k not in meta})
+    if "hook_point" in cfg and not meta.get("hook_name"):  # SAELens < 1 name
+        meta["hook_name"] = cfg["hook_point"]
+    return meta
+
+
+def assign_tensors(sae: SAE, tensors: dict[str, torch.Tensor], names: list[str], where: Path) -> None:
+    """Copy the file's tensors ``names`` into ``sae``, each checked for presence and shape."""
+    params = dict(sae.named_parameters())
+    for name in names:
+        if name not in tensors:
+            raise FormatError(f"{where} has no tensor {name!r} (found {sorted(tensors)}); the file is incomplete")
+        t = tensors[name]
+        target = params[name] if name in params else getattr(sae, name)
+        if tuple(t.shape) != tuple(target.shape):
+            raise FormatError(
+                f"{where}: tensor {name!r} has shape {list(t.shape)} but cfg.json implies {list(target.shape)}"
+            )
+        with torch.no_grad():
+            target.copy_(t.to(target.dtype))
+
+
+# ------------------------------------------------------------------------- load ours
+
+
+def _block_fields() -> dict[str, schema.Field]:
+    return {"format_version": F("int"), "architecture": F("str", choices=registry.names()), "config": F("dict")}
+
+
+def _check_arch_settings(cls: type[SAE], settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``saes.training.config`` block against ``cls``'s constructor: unknown keys warned and
+    dropped, types judged from each parameter's default (sizes must be integers)."""
+    fields: dict[str, schema.Field] = {}
+    for name, p in registry.settings_of(cls).items():
+        default = p.default
+        if name in ("d_in", "d_sae", "k", "max_iterations"):
+            fields[name] = F("int", optional=default is None, minimum=1)
+        elif name == "group_sizes":
+            fields[name] = F("int_list", optional=True, minimum=1)
+        elif isinstance(default, bool):
+            fields[name] = F("bool")
+        elif isinstance(default, float):
+            fields[name] = F("number")
+        elif isinstance(default, int):
+            fields[name] = F("int")
+        else:
+            fields[name] = F("any", optional=True)
+    return schema.check(settings, fields, f"{where} ('saes.training.config')", FormatError)
+
+
+def _load_threshold(sae: SAE, tensors: dict[str, torch.Tensor], arch: str, where: Path) -> None:
+    """The inference threshold, per latent or one θ (stored repeated, see :func:`state_tensors`)."""
+    threshold = getattr(sae, "threshold", None)
+    if not isinstance(threshold, torch.Tensor):
+        return
+    if threshold.ndim:
+        assign_tensors(sae, tensors, ["threshold"], where)
+        return
+    th = tensors.get("threshold")
+    if th is None:
+        raise FormatError(f"{where}: a {arch} SAE needs its 'threshold' tensor; the file has none")
+    if th.numel() and not torch.all(th == th.flatten()[0]):
+        raise FormatError(f"{where}: a {arch} SAE has one threshold, but the file's thresholds differ per latent")
+    with torch.no_grad():
+        threshold.fill_(float(th.flatten()[0]))
+
+
+def load_ours(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path, dtype: Any) -> SAE:
+    """The SAE a cfg.json with a ``saes`` block describes, with the file's tensors."""
+    block = schema.check(cfg["saes"], _block_fields(), f"{where.parent / CFG_FILE} ('saes' block)", FormatError,
+                         required=("architecture",))
+    arch = block.get("architecture")
+    if arch not in registry.names():
+        raise FormatError(f"{where}: unknown architecture {arch!r} in the 'saes' block; known: {sorted(registry.names())}")
+    cls = registry.get(arch)
+    settings = _check_arch_settings(cls, dict(block.get("config", {})), str(where.parent / CFG_FILE))
+    try:
+        sae = cls(**settings, dtype=dtype, metadata=metadata_from(cfg))
+    except (SAEError, TypeError, ValueError) as err:
+        raise FormatError(f"{where.parent / CFG_FILE} describes an SAE that cannot be built: {err}") from None
+    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
+    assign_tensors(sae, tensors, [n for n, _ in sae.named_parameters()], where)
+    _load_threshold(sae, tensors, arch, where)
+    return sae
