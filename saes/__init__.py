@@ -18,7 +18,10 @@ layout (:meth:`SAE.save`, :func:`load`), :mod:`saes.metrics` and :mod:`saes.synt
 from saes import metrics, stats, synthetic
 from saes.architectures.base import SAE
 from saes.architectures.batchtopk import BatchTopKSAE
-from saes.training.config import TrainConfig
+from saes.architectures.inference import JumpReLUSAE, ReLUSAE
+from saes.architectures.matryoshka import MatryoshkaSAE
+from saes.architectures.mp import MPSAE
+from saes.architectures.topk import TopKSAE
 from saes.errors import (
     CheckpointError,
     ConfigError,
@@ -30,12 +33,9 @@ from saes.errors import (
     ShapeMismatchError,
     WriteError,
 )
-from saes.architectures.inference import JumpReLUSAE, ReLUSAE
 from saes.formats import load
-from saes.architectures.matryoshka import MatryoshkaSAE
-from saes.architectures.mp import MPSAE
 from saes.snmf import SNMF, SNMFResult
-from saes.architectures.topk import TopKSAE
+from saes.training.config import TrainConfig
 from saes.training.runner import train
 from saes.training.trainer import TrainResult
 

@@ -53,7 +53,7 @@ def parse_latents(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     import saes
 
-    from interp import load
+    from interp.model.loading import load
     from interp.dashboards import build_dashboard
     from interp.activations.store import ActivationStore
 

@@ -11,7 +11,7 @@ from typing import Any
 from interp.activations.harvest import HarvestConfig
 from interp.activations.store import DTYPES
 from interp.activations.tokens import TokenSource
-from interp.cli.options import add_config_options, also_names
+from interp.cli.options import add_config_options, add_device_option, add_model_option, also_names
 
 HOOKS_EPILOG = """example:
   interp hooks --model gpt2
@@ -38,9 +38,9 @@ def register(subparsers: Any) -> None:
         epilog=HOOKS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
+    add_model_option(p, required=True)
     p.add_argument("--filter", default=None, help="only hooks whose name contains this text")
-    p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    add_device_option(p)
     p.set_defaults(func=run_hooks)
 
     h = subparsers.add_parser(
@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
         epilog=HARVEST_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    h.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
+    add_model_option(h, required=True)
     h.add_argument("--hook", action="append", required=True, dest="hooks", metavar="HOOK",
                    help="hook name to store; repeat for several hooks from the same forward pass")
     h.add_argument("--tokens", type=int, default=None, help="number of token rows to store (default: all data)")
@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
     add_config_options(h, HarvestConfig, ["batch_size", "dtype"], overrides={
         "batch_size": {"help": "windows per forward pass"},
         "dtype": {"help": "dtype of the stored activations", "choices": list(DTYPES)}})
-    h.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    add_device_option(h)
     add_config_options(h, HarvestConfig, ["shard_tokens"], overrides={
         "shard_tokens": {"help": "rows per shard", "default_text": "about 256 MiB"}})
     add_config_options(h, TokenSource, ["data", "text_field", "context_length", "exclude_bos"], required=["data"],

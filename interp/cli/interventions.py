@@ -6,7 +6,7 @@ import json
 import textwrap
 from typing import Any
 
-from interp.cli.options import also_names, positive
+from interp.cli.options import add_model_option, also_names, positive
 from interp.errors import InterpError
 
 STEER_EPILOG = """examples:
@@ -33,7 +33,7 @@ PATCH_EPILOG = """example:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("steer", help="generate with and without a steering vector, side by side",
                               epilog=STEER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="world")
+    add_model_option(p, default="world")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--sae", help="SAE directory; steer along the decoder row of --latent")
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
 
     e = subparsers.add_parser("steer-eval", help="SAE latent vs SNMF feature vs diff-in-means steering at matched KL (world)",
                               epilog=STEER_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--model", default="world")
+    add_model_option(e, default="world")
     e.add_argument("--from", dest="source", default="runs/quickstart",
                    help="a quickstart output directory: its topk/ SAE and snmf/ are used")
     e.add_argument("--sae", default=None, help="SAE directory at blocks.L.hook_resid_post (default: FROM/topk)")
@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
 
     q = subparsers.add_parser("patch", help="activation patching heat map (layer x position) as HTML",
                               epilog=PATCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("--model", default="world")
+    add_model_option(q, default="world")
     q.add_argument("--clean", required=True)
     q.add_argument("--corrupted", required=True)
     q.add_argument("--correct", required=True, help="the clean answer token")
@@ -92,7 +92,7 @@ def steer_eval(args: argparse.Namespace) -> int:
     import saes
     from saes.formats.durable import atomic_write_text
 
-    from interp import load
+    from interp.model.loading import load
     from interp.model.hooked import layer_of
     from interp.interventions.steering_eval import compare_methods, mean_by_method, steering_chart
     from interp.world.lexicon import TOPICS
@@ -146,7 +146,7 @@ def steer_eval(args: argparse.Namespace) -> int:
 def steer(args: argparse.Namespace) -> int:
     import saes
 
-    from interp import load
+    from interp.model.loading import load
     from interp.interventions.steering import Positions, Steering, calibrate_scale
 
     model = load(args.model)
@@ -185,7 +185,7 @@ def steer(args: argparse.Namespace) -> int:
 
 
 def patch(args: argparse.Namespace) -> int:
-    from interp import load
+    from interp.model.loading import load
     from interp.interventions.patching import activation_patching, attribution_patching, heatmap, logit_diff
 
     model = load(args.model)

@@ -47,6 +47,20 @@ class Option:
     metavar: str | None = None
 
 
+MODEL_HELP = "HF hub name, local model directory, or 'world' (the shipped default model)"
+DEVICE_HELP = "e.g. cpu or cuda (default: cuda when available)"
+
+
+def add_model_option(parser: Any, *, help: str = MODEL_HELP, **kwargs: Any) -> None:
+    """``--model``, worded the same in every command (``required=True`` or a ``default``)."""
+    parser.add_argument("--model", help=help, **kwargs)
+
+
+def add_device_option(parser: Any, *, help: str = DEVICE_HELP) -> None:
+    """``--device``, worded the same in every command."""
+    parser.add_argument("--device", default=None, help=help)
+
+
 def flag_name(name: str) -> str:
     """``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")

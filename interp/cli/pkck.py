@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from probes.pkck import answer_all, compare_ranks, rank_figure, shares_figure
     from saes.formats.durable import atomic_write_text
 
-    from interp import load
+    from interp.model.loading import load
     from interp.world import pkck_batch, pkck_items
 
     ranks = _ranks(args.ranks)

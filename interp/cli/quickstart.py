@@ -57,7 +57,7 @@ def world_texts(n_docs: int, seed: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp import load
+    from interp.model.loading import load
     from interp.activations.harvest import harvest
 
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Any
 
 from interp.activations.tokens import TokenSource
 from interp.activations.live import LiveConfig
-from interp.cli.options import add_config_options, also_names, config_values
+from interp.cli.options import add_config_options, add_device_option, add_model_option, also_names, config_values
 from interp.errors import InterpError
 from saes.architectures import registry
 from saes.training.config import TrainConfig
@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--sae", required=True, help="SAE directory (ours, SAELens or sparsify)")
-    e.add_argument("--model", required=True, help="HF hub name, local model directory, or 'world'")
+    add_model_option(e, required=True)
     e.add_argument("--hook", default=None, help="hook to splice at (default: the SAE's recorded hook)")
     e.add_argument("--tokens", type=int, default=100_000, help="tokens to evaluate (default 100000)")
     e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
@@ -109,7 +109,7 @@ def register(subparsers: Any) -> None:
                                                      "context size, else 128"},
                                   "exclude_bos": {"off_help": "also splice at position 0 (BOS)"}})
     also_names(e, {"hook": "--hook", "max_tokens": "--tokens", "batch_size": "--batch-size"})
-    e.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    add_device_option(e)
     e.add_argument("--json", action="store_true", help="print only the JSON")
     e.set_defaults(func=run_eval_sae)
 
