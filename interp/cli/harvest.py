@@ -11,7 +11,9 @@ from typing import Any
 from interp.activations.harvest import HarvestConfig
 from interp.activations.store import DTYPES
 from interp.activations.tokens import TokenSource
-from interp.cli.options import add_config_options, add_device_option, add_model_option, also_names
+from interp.cli.options import (
+    DATA_FLAGS, add_config_options, add_device_option, add_model_option, also_names, config_values,
+)
 
 HOOKS_EPILOG = """example:
   interp hooks --model gpt2
@@ -62,7 +64,7 @@ def register(subparsers: Any) -> None:
     add_device_option(h)
     add_config_options(h, HarvestConfig, ["shard_tokens"], overrides={
         "shard_tokens": {"help": "rows per shard", "default_text": "about 256 MiB"}})
-    add_config_options(h, TokenSource, ["data", "text_field", "context_length", "exclude_bos"], required=["data"],
+    add_config_options(h, TokenSource, DATA_FLAGS, required=["data"],
                        overrides={"exclude_bos": {"off_help": "also store position 0 (BOS) of every window"}})
     also_names(h, {"max_tokens": "--tokens", "hooks": "--hook", "hook": "--hook", "batch_size": "--batch-size",
                    "shard_tokens": "--shard-tokens", "dtype": "--dtype"})
@@ -87,20 +89,9 @@ def run_harvest(args: argparse.Namespace) -> int:
 
     model = load(args.model, device=args.device)
     model.check_hooks(args.hooks)  # fail on a typo before anything is written
-    store = harvest(
-        model,
-        args.data,
-        args.hooks,
-        args.out,
-        max_tokens=args.tokens,
-        context_length=args.context_length,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        exclude_bos=args.exclude_bos,
-        shard_tokens=args.shard_tokens,
-        text_field=args.text_field,
-        progress=not args.no_progress,
-    )
+    source = TokenSource(**config_values(TokenSource, args))
+    store = harvest(model, source, args.hooks, args.out, max_tokens=args.tokens, batch_size=args.batch_size,
+                    dtype=args.dtype, shard_tokens=args.shard_tokens, progress=not args.no_progress)
     m = store.manifest
     size = sum(s.bytes for s in m.shards)
     print(

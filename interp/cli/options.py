@@ -47,6 +47,8 @@ class Option:
     metavar: str | None = None
 
 
+# The TokenSource fields every command that reads text offers (--data, --text-field, ...).
+DATA_FLAGS = ("data", "text_field", "context_length", "exclude_bos")
 MODEL_HELP = "HF hub name, local model directory, or 'world' (the shipped default model)"
 DEVICE_HELP = "e.g. cpu or cuda (default: cuda when available)"
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from interp.activations.tokens import TokenSource
 from interp.activations.live import LiveConfig
-from interp.cli.options import add_config_options, add_device_option, add_model_option, also_names, config_values
+from interp.cli.options import (
+    DATA_FLAGS, add_config_options, add_device_option, add_model_option, also_names, config_values,
+)
 from interp.errors import InterpError
 from saes.architectures import registry
 from saes.training.config import TrainConfig
@@ -83,7 +85,7 @@ def register(subparsers: Any) -> None:
     add_config_options(t, LiveConfig, ["model_batch_size", "buffer_tokens"], overrides={
         "model_batch_size": {"help": "live: windows per forward pass", "positive": True},
         "buffer_tokens": {"help": "live: shuffle buffer rows", "positive": True}})
-    add_config_options(t, TokenSource, ["data", "text_field", "context_length", "exclude_bos"], overrides={
+    add_config_options(t, TokenSource, DATA_FLAGS, overrides={
         "data": {"help": "live: .txt (one document per line) or .jsonl file"},
         "text_field": {"help": "live: field of a .jsonl record holding the text"},
         "context_length": {"help": "live: tokens per window"},
@@ -104,7 +106,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--hook", default=None, help="hook to splice at (default: the SAE's recorded hook)")
     e.add_argument("--tokens", type=int, default=100_000, help="tokens to evaluate (default 100000)")
     e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    add_config_options(e, TokenSource, ["data", "text_field", "context_length", "exclude_bos"], required=["data"],
+    add_config_options(e, TokenSource, DATA_FLAGS, required=["data"],
                        overrides={"context_length": {"cli_default": None, "default_text": "the SAE's recorded "
                                                      "context size, else 128"},
                                   "exclude_bos": {"off_help": "also splice at position 0 (BOS)"}})
@@ -273,10 +275,12 @@ def run_eval_sae(args: argparse.Namespace) -> int:
     if not hook:
         raise InterpError(f"{args.sae} records no hook name; pass --hook")
     model = load(args.model, device=args.device)
-    context = args.context_length or sae.metadata.get("context_size") or 128
-    result = evaluate_sae(model, sae, hook, args.data, batch_size=args.batch_size, exclude_bos=args.exclude_bos,
-                          context_length=int(context), max_tokens=args.tokens, text_field=args.text_field,
-                          progress=False)
+    options = config_values(TokenSource, args)
+    recorded = sae.metadata.get("context_size")
+    if options["context_length"] is None and recorded:
+        options["context_length"] = int(recorded)  # evaluate on the windows the SAE was trained on
+    result = evaluate_sae(model, sae, hook, TokenSource(**options), batch_size=args.batch_size,
+                          max_tokens=args.tokens, progress=False)
     out = {"sae": str(args.sae), "model": model.name, **result.to_dict()}
     print(json.dumps(out))
     if not args.json:
