@@ -190,3 +190,17 @@ def test_the_checker_finds_a_planted_cycle():
                                        ("saes.formats.native", "interp.cli")])
 def test_layers_order_the_packages(low, high):
     assert layer_of(low) < layer_of(high)
+
+
+def test_the_public_names_live_at_the_package_tops():
+    """What users import does not depend on where a module sits inside the package."""
+    import interp
+    import probes
+    import saes
+
+    for name in ("load", "harvest", "ActivationStore", "Steering", "TokenSource", "HookedModel", "evaluate_sae"):
+        assert callable(getattr(interp, name)), name
+    for name in ("train", "load", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "MPSAE", "ReLUSAE", "JumpReLUSAE",
+                 "TrainConfig", "SNMF"):
+        assert callable(getattr(saes, name)), name
+    assert set(probes.__all__) <= set(dir(probes))
