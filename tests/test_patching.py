@@ -109,3 +109,40 @@ def test_illusion_check_passes_faithful_and_flags_illusory_direction():
     assert illusory.rowspace_coordinate_gap == pytest.approx(0.0, abs=1e-6)
     assert illusory.rowspace_fraction == pytest.approx(2 ** -0.5)
     assert any("rowspace" in r for r in illusory.reasons)
+
+
+def test_illusion_check_flags_rowspace_part_that_does_far_more_than_the_direction():
+    """Issue #15's toy: the read-out's rowspace also carries the real feature.
+
+    h = x e₁ + c e₂ + x e₃ with one read-out row w = e₁ + e₂ and v = (e₂ + e₃)/√2: e₂ is read
+    but constant, e₃ varies but is unread. v's rowspace part lies along e₁ + e₂ and so picks up
+    the real feature e₁: patched alone it moves the metric by 2.0, the direction by only 1.0.
+    The rowspace part does not reproduce the direction's effect, so the direction is illusory.
+    """
+    n, c = 200, 0.5
+    g = torch.Generator().manual_seed(0)
+    x_base = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
+    x_src = -x_base
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x, torch.full((n,), c), x], dim=1)
+
+    readout = torch.tensor([[1.0, 1.0, 0.0]])
+
+    def run(act: torch.Tensor) -> torch.Tensor:
+        return ((act @ readout.T).squeeze(1) * x_src).mean()
+
+    v = torch.tensor([0.0, 1.0, 1.0]) / 2 ** 0.5
+    report = illusion_check(run, h(x_base), h(x_src), v, readout)
+    assert report.effect_direction == pytest.approx(1.0, abs=1e-5)
+    assert report.effect_rowspace == pytest.approx(2.0, abs=1e-5)
+    assert report.effect_nullspace == pytest.approx(0.0, abs=1e-5)
+    assert report.rowspace_fraction == pytest.approx(0.5, abs=1e-6)
+    assert report.rowspace_effect_ratio == pytest.approx(2.0, abs=1e-5)
+    assert report.verdict == "illusory", report
+    assert any("rowspace" in r for r in report.reasons)
+    # The real feature's own direction e₁, half in the nullspace (e₁ − e₂)/2, stays faithful:
+    # its rowspace part reproduces its effect (2.0 both).
+    faithful = illusion_check(run, h(x_base), h(x_src), torch.tensor([1.0, 0.0, 0.0]), readout)
+    assert faithful.verdict == "faithful", faithful
+    assert faithful.effect_rowspace == pytest.approx(faithful.effect_direction, abs=1e-5)

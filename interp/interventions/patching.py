@@ -198,18 +198,30 @@ class IllusionReport:
     rowspace_fraction: float  # ‖v_row‖ / ‖v‖
     rowspace_coordinate_gap: float  # mean |(h_src − h_base) · v_row/‖v_row‖|
     nullspace_coordinate_gap: float
+    rowspace_effect_ratio: float  # effect_rowspace / effect_direction; faithful near 1 (nan if no effect)
 
 
 def illusion_check(run: Callable[[torch.Tensor], torch.Tensor], h_base: torch.Tensor, h_source: torch.Tensor,
-                   v: torch.Tensor, readout: torch.Tensor, tolerance: float = 0.25) -> IllusionReport:
+                   v: torch.Tensor, readout: torch.Tensor, tolerance: float = 0.25,
+                   effect_tolerance: float = 0.5) -> IllusionReport:
     """Is the effect of patching along ``v`` real, or the subspace-patching illusion?
 
     ``run(h) -> metric`` finishes the forward pass from activations ``h`` [n, d];
     ``readout`` [k, d] is what downstream reads of ``h`` (e.g. ``W_out`` for MLP neurons, as
-    rows), so its rowspace is what can matter and its nullspace is dormant. A faithful
-    direction keeps its effect when only its rowspace part is patched, and that part
-    actually differs between source and base; an illusory one loses it (Makelov et al. 2024).
-    Also flags a large direction effect where patching the whole component does little.
+    rows), so its rowspace is what can matter and its nullspace is dormant. Following Makelov
+    et al. (2024), ``v`` is split into ``v_row + v_null`` and each part is patched alone.
+
+    A faithful direction's rowspace part reproduces the direction's effect: neither far less
+    (the effect came from the nullspace part activating a dormant pathway) nor far more (the
+    rowspace part picks up a real feature that ``v`` itself only half touches, so the whole
+    does something different from its readable part). The test is two-sided: the ratio
+    ``effect_rowspace / effect_direction`` must lie within ``[1/(1 + effect_tolerance),
+    1 + effect_tolerance]`` (default 0.5: between 2/3 and 1.5, same sign). A direction that is
+    entirely in the rowspace has ratio 1; under a linear read-out, one whose nullspace part is
+    constant in the data has ratio ‖v‖²/‖v_row‖², so the default admits such a part up to 58% of
+    ‖v‖ (rowspace fraction ≥ 0.82). Also flagged, at ``tolerance``: a rowspace coordinate that
+    barely differs between source and base (against the nullspace one), and a large direction
+    effect where patching the whole component does little.
     """
     v = v.reshape(-1).to(h_base.dtype)
     P_row = torch.linalg.pinv(readout.to(h_base.dtype)) @ readout.to(h_base.dtype)  # projector onto rowspace
@@ -230,9 +242,14 @@ def illusion_check(run: Callable[[torch.Tensor], torch.Tensor], h_base: torch.Te
     e_comp = float(run(h_source)) - base
     row_gap, null_gap = gap(v_row), gap(v_null)
     scale = max(abs(e_dir), 1e-12)
+    ratio = e_row / e_dir if abs(e_dir) >= 1e-6 else float("nan")
     reasons = []
-    if abs(e_row) < tolerance * scale:
-        reasons.append(f"patching only the rowspace part keeps {abs(e_row) / scale:.0%} of the effect")
+    if ratio < 1 / (1 + effect_tolerance):
+        reasons.append(f"patching only the rowspace part keeps {ratio:.0%} of the effect "
+                       f"({e_row:.3g} vs {e_dir:.3g}); the rest comes from the nullspace part")
+    elif ratio > 1 + effect_tolerance:
+        reasons.append(f"patching only the rowspace part does {ratio:.0%} of the effect ({e_row:.3g} vs "
+                       f"{e_dir:.3g}): the readable part carries more than the direction patches")
     if row_gap < tolerance * max(row_gap, null_gap, 1e-12):
         reasons.append(f"the rowspace coordinate barely differs between source and base ({row_gap:.3g} vs "
                        f"{null_gap:.3g} in the nullspace)")
@@ -243,4 +260,4 @@ def illusion_check(run: Callable[[torch.Tensor], torch.Tensor], h_base: torch.Te
     else:
         verdict = "illusory" if reasons else "faithful"
     return IllusionReport(verdict, reasons, e_dir, e_row, e_null, e_comp, float(v_row.norm() / v.norm()), row_gap,
-                          null_gap)
+                          null_gap, ratio)
