@@ -2,10 +2,12 @@
 
 Training keeps the ``k * B`` largest positive pre-activations across the whole batch, so
 the average L0 is k while single tokens may use more or fewer latents. Inference cannot
-depend on the batch, so it uses a JumpReLU with one learnt threshold θ:
-``z = h * 1[h > θ]``, where θ is an exponential moving average of the smallest activation
-kept in each training batch. Saved files store θ the way SAELens does (a JumpReLU with a
-``threshold [d_sae]`` tensor filled with θ).
+depend on the batch, so it uses a JumpReLU with one threshold θ: ``z = h * 1[h > θ]``.
+During training θ is an exponential moving average of the smallest activation kept in
+each training batch; at the end of training the trainer sets it from the trained weights
+(:meth:`LearntThreshold.calibrate_threshold` on a sample of training rows), so that
+inference keeps k latents per token on average whatever the length of the run. Saved files
+store θ the way SAELens does (a JumpReLU with a ``threshold [d_sae]`` tensor filled with θ).
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ class LearntThreshold:
     θ is a 0-d float32 buffer, negative until the first training batch. Each training
     batch moves it towards that batch's smallest kept activation by an exponential moving
     average with ``threshold_momentum``; the first batch sets it outright, so θ does not
-    crawl up from 0.
+    crawl up from 0. That average trails the weights (it starts on untrained ones), so
+    short runs would end with θ too high; :meth:`calibrate_threshold` replaces it with the
+    value the final weights give, and the trainer calls it when a run finishes.
     """
 
     threshold: torch.Tensor
@@ -57,6 +61,41 @@ class LearntThreshold:
         else:
             m = self.threshold_momentum
             self.threshold.mul_(m).add_((1 - m) * low)
+
+    @property
+    def has_learnt_threshold(self) -> bool:
+        """Whether these codes use θ (a Matryoshka SAE with TopK codes does not)."""
+        return isinstance(getattr(self, "threshold", None), torch.Tensor)
+
+    @torch.no_grad()
+    def calibrate_threshold(self, x: torch.Tensor, chunk_elements: int = 1 << 24) -> float:
+        """Set θ from the current weights so that inference keeps ``k`` latents per row of ``x``.
+
+        BatchTopK over all of ``x [N, d_in]`` keeps its ``k * N`` largest positive
+        pre-activations; θ becomes the midpoint between the smallest kept one and the
+        largest dropped one (0 when fewer than ``k * N`` are positive), so ``h > θ`` keeps
+        exactly those on ``x``: inference L0 is ``k`` on these rows. Rows are read in
+        chunks of about ``chunk_elements`` pre-activations. Returns θ.
+        """
+        if not self.has_learnt_threshold:
+            raise ValueError(f"{type(self).__name__} has no learnt threshold (it uses TopK codes)")
+        x = x.reshape(-1, self.d_in)  # type: ignore[attr-defined]
+        if x.shape[0] == 0:
+            raise ValueError("calibrate_threshold needs at least one row")
+        keep = self.k * x.shape[0]  # type: ignore[attr-defined]
+        rows = max(1, chunk_elements // self.d_sae)  # type: ignore[attr-defined]
+        best = torch.empty(0, dtype=torch.float32, device=self.device)  # type: ignore[attr-defined]
+        for a in range(0, x.shape[0], rows):
+            xs = x[a : a + rows].to(device=self.device, dtype=torch.float32)  # type: ignore[attr-defined]
+            h = self.pre_acts(xs).float().flatten()  # type: ignore[attr-defined]
+            cand = torch.cat([best, h[h > 0]])
+            best = cand.topk(min(keep + 1, cand.numel()), sorted=True).values
+        if best.numel() <= keep:  # every positive pre-activation is kept
+            theta = 0.0
+        else:
+            theta = float((best[keep - 1] + best[keep]) / 2)
+        self.threshold.fill_(theta)
+        return theta
 
 
 @register(cli_name="batchtopk")

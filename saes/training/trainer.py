@@ -5,8 +5,9 @@ the geometric median, tied initialisation, unit-norm decoder rows (parallel grad
 component removed before each step, rows re-normalised after), AuxK with dead latents
 counted in tokens, optional input normalisation (folded into the weights at the end),
 bfloat16 autocast on CUDA only, gradient clipping, seeds, atomic checkpoints that resume
-exactly and JSONL metrics. Architectures supply only their encode, decode and loss terms
-(:meth:`saes.SAE.training_forward`). Driving Trainers over data (initial sample, lockstep
+exactly and JSONL metrics, and the final calibration of the BatchTopK inference threshold
+(on the first training rows, which the run keeps and checkpoints). Architectures supply only
+their encode, decode and loss terms (:meth:`saes.SAE.training_forward`). Driving Trainers over data (initial sample, lockstep
 steps, progress bar, finishing) is :mod:`saes.training.runner`'s.
 
 A sweep passes several SAEs: each batch is read (and checked, moved, normalised) once and
@@ -175,10 +176,20 @@ def _l0(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -> float:
 # ---------------------------------------------------------------- checkpoints
 
 
-def _state_tensors(slots: list[_Slot]) -> dict[str, torch.Tensor]:
+CALIBRATION_KEY = "calibration_rows"
+
+
+def _needs_calibration(sae: SAE) -> bool:
+    """Whether ``sae``'s inference uses a learnt threshold θ (BatchTopK codes)."""
+    return bool(getattr(sae, "has_learnt_threshold", False))
+
+
+def _state_tensors(slots: list[_Slot], calibration: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     # No RNG state is needed: the run draws randomness only from generators seeded by
     # (seed, epoch) or at initialisation, and the data position restores both.
     out: dict[str, torch.Tensor] = {}
+    if calibration is not None:
+        out[CALIBRATION_KEY] = calibration
     for i, s in enumerate(slots):
         for name, t in s.sae.state_dict().items():
             out[f"sae{i}.state.{name}"] = t
@@ -365,6 +376,8 @@ class Trainer:
         self.log_extra = dict(log_extra or {})
         self.last_records: list[dict[str, Any]] | None = None
         self.final_checkpoint: Path | None = None
+        # Raw training rows (the initial sample) on which finish() sets BatchTopK thresholds.
+        self.calibration: torch.Tensor | None = None
 
         saved = checkpoint.read(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         if saved is not None and not resume:
@@ -383,6 +396,8 @@ class Trainer:
                 )
             try:
                 _restore(self.slots, tensors, self.device)
+                if CALIBRATION_KEY in tensors:
+                    self.calibration = tensors[CALIBRATION_KEY].to(device=self.device, dtype=torch.float32)
             except (RuntimeError, KeyError, ValueError) as err:  # shapes or names that do not fit
                 raise CheckpointError(
                     f"{checkpoint.checkpoint_path(self.checkpoint_dir)} holds tensors that do not fit these SAEs "
@@ -435,6 +450,8 @@ class Trainer:
         if self.cfg.normalize_input:
             scale = normalisation_scale(sample)
         self.state["input_scale"] = scale
+        if any(_needs_calibration(s.sae) for s in self.slots):
+            self.calibration = sample.clone()
         for s in self.slots:
             _initialise(s.sae, sample * scale, self.cfg)
             if self.dp is not None:
@@ -504,13 +521,13 @@ class Trainer:
         if self.checkpoint_dir is None:
             return None
         if self.dp is None:
-            return checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
+            return checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots, self.calibration))
         # Rank 0 writes; every rank learns whether it could, so that a full disk stops the
         # whole run with rank 0's error instead of leaving the others waiting in a collective.
         failure: BaseException | None = None
         if self.is_main:
             try:
-                checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots))
+                checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots, self.calibration))
             except Exception as err:  # re-raised below, after the other ranks have heard
                 failure = err
         if self.dp.any_(torch.tensor([failure is not None], device=self.device)).item():
@@ -523,7 +540,14 @@ class Trainer:
         return checkpoint.checkpoint_path(self.checkpoint_dir)
 
     def finish(self, stopped_early: bool = False) -> list[TrainResult]:
-        """Final checkpoint, fold the normalisation into the weights, close the log."""
+        """Final checkpoint, set BatchTopK thresholds from the final weights, fold the
+        normalisation into the weights, close the log.
+
+        The checkpoint holds the training state (θ as the training EMA left it); each SAE
+        with a learnt threshold then gets θ from
+        :meth:`~saes.architectures.batchtopk.LearntThreshold.calibrate_threshold` on the run's
+        first training rows (kept in the checkpoint, so a resumed run ends with the same θ).
+        """
         self.state["done"] = True
         try:
             self.final_checkpoint = self.save_checkpoint()
@@ -534,6 +558,10 @@ class Trainer:
         results = []
         for s, hist in zip(self.slots, self.histories):
             s.sae.eval()
+            if self.calibration is not None and _needs_calibration(s.sae):
+                # θ from the final weights: the EMA of training trails them, and would leave
+                # short runs with too few latents per token at inference.
+                s.sae.calibrate_threshold(self.calibration * self.input_scale)  # type: ignore[attr-defined]
             if self.input_scale != 1.0:
                 s.sae.fold_input_scale(self.input_scale)
             results.append(
