@@ -90,6 +90,70 @@ def test_fact_answer_labels_match_fact_base(world: World, docs) -> None:
     assert n > 50
 
 
+def test_multi_hop_sentences_never_write_their_bridges(world: World, docs) -> None:
+    """Each fact sentence's value is what its chain of look-ups gives; the lands in between
+    are labelled but never written."""
+    from interp.world.facts import CHAIN_HOPS
+
+    seen = Counter()
+    for d in docs:
+        for seg in d.segments:
+            if d.z[0] != "fact":
+                continue
+            words = d.tokens[seg["start"]: seg["end"]]
+            lab = seg["labels"]
+            relation, chain = words[1], lab["chain"]
+            anchor = words[-4]
+            found = world.facts.resolve(relation, chain, anchor)
+            assert words[-2] == found.value, words
+            assert lab["hops"] == CHAIN_HOPS[chain] == len(found.bridges) + 1
+            seen[lab["hops"]] += 1
+            if found.bridges:
+                assert world.facts.entities[lab["bridge"]] == found.bridges[-1] == found.target
+                assert not set(found.bridges) & set(words), words
+            if lab["hops"] == 3:
+                assert world.facts.entities[lab["bridge_first"]] == world.facts.land_of_capital(anchor)
+    assert seen[1] > 50 and seen[2] > 50 and seen[3] > 10
+
+
+def test_multi_hop_labels_in_tensors(world: World) -> None:
+    b = labelled_batch(60, seed=4, world=world, kind="fact")
+    hops, bridge, role = b.labels["hops"], b.labels["bridge"], b.labels["role"]
+    inside = b.mask & (b.tokens != world.vocab.index("<bos>")) & (b.tokens != world.vocab.index("<eos>"))
+    assert set(hops[inside].unique().tolist()) == {1, 2, 3}
+    assert bool((bridge[hops == 1] == -1).all()) and bool((bridge[hops >= 2] >= 0).all())
+    # a written land is never the bridge of its own sentence
+    written = b.labels["entity"]
+    assert not bool(((written == bridge) & (written >= 0)).any())
+    from interp.world.labels import ROLES
+    assert bool((hops[role == ROLES.index("key")] >= 2).all())
+
+
+def test_some_lands_common_and_some_rare(world: World) -> None:
+    counts = Counter()
+    for d in world.sample_docs(1500, seed=8, kind="fact"):
+        for tok, lab in zip(d.tokens, d.labels):
+            if lab.get("role") == "entity":
+                counts[tok] += 1
+    lands = world.facts.entities
+    top = sum(counts[e] for e in lands[:20])
+    bottom = sum(counts[e] for e in lands[-20:])
+    assert top > 5 * bottom > 0
+
+
+def test_fact_prompts_by_hop_count(world: World) -> None:
+    from interp.world import fact_prompts
+
+    n_lands, n_rel = len(world.facts.entities), len(world.facts.relations)
+    for hops, n in ((1, n_lands * n_rel), (2, n_lands * n_rel + n_lands * (n_rel - 1)), (3, n_lands * n_rel)):
+        prompts, values, ids = fact_prompts(world, hops)
+        assert len(prompts) == n
+        for p, v, fid in list(zip(prompts, values, ids))[::97]:
+            assert world.facts.facts[fid].value == v
+            s = score_doc(world, p + [v, "."], with_entropy=False)   # the generator could write it
+            assert s.logprob[-2] == 0.0                                 # and the value is certain
+
+
 def test_qa_answers_follow_the_rules(world: World) -> None:
     items = pkck_items(300, seed=1, world=world)
     seen = Counter(it.item_type for it in items)
@@ -254,7 +318,7 @@ def test_shipped_model_loads_with_its_tokenizer(world: World, model) -> None:
     assert len(tok) == len(world.vocab) == model.config.vocab_size
     assert model.config.model_type == "gpt2"
     size = (default_model_path() / "model.safetensors").stat().st_size
-    assert size <= 10 * 2 ** 20
+    assert size <= 32 * 2 ** 20
 
 
 @needs_model
@@ -269,10 +333,24 @@ def test_labelled_batch_caches_hook_activations(world: World) -> None:
 
 
 @needs_model
-def test_shipped_model_recalls_facts(world: World, model) -> None:
-    from interp.world.evaluate import fact_recall
+def test_shipped_model_recalls_and_composes_facts(world: World, model) -> None:
+    from interp.world.evaluate import BARS, fact_recall
 
-    assert fact_recall(model, world)["accuracy"] >= 0.97
+    assert fact_recall(model, world, 1)["weighted"] >= BARS["one_hop_recall"]
+    assert fact_recall(model, world, 2)["weighted"] >= BARS["two_hop_recall"]
+
+
+@needs_model
+@pytest.mark.slow
+def test_shipped_model_spreads_its_work_over_layers(world: World, model) -> None:
+    """No single block does it all: each middle MLP matters for some hop count, and the
+    two-hop answers need at least two blocks."""
+    from interp.world.ablation import ablation_table, depth_checks
+
+    table = ablation_table(model, world, n_docs=64)
+    checks = depth_checks(table, model.config.n_layer)
+    assert checks["middle_mlps_pass"], checks["middle_mlps"]
+    assert checks["two_hop_blocks_pass"], checks["two_hop_blocks"]
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +389,6 @@ def test_shipped_model_stays_on_topic(world: World, model) -> None:
 
 
 @needs_model
-@pytest.mark.xfail(strict=False, reason="the shipped weights sample wholly grammatical documents 62% of the time (own bar 0.7)")
 def test_shipped_model_samples_grammatical_text(world: World, model) -> None:
     from interp.world.evaluate import topic_consistency
 
@@ -330,3 +407,28 @@ def test_training_is_deterministic(tmp_path) -> None:
     b, _ = train(cfg, log=lambda *_: None)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+# -- the mean-ablation table ---------------------------------------------------------------------
+def test_mean_ablation_sees_which_block_matters_and_removes_its_hooks(world: World) -> None:
+    """A block whose output is constant costs nothing to mean-ablate; a live one does. The
+    hooks are gone afterwards, even when a pass raises inside the ablation."""
+    from interp.world.ablation import ablation_table, replaced
+    from interp.world.train import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(world, ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128)).eval()
+    with torch.no_grad():                      # blocks.1.mlp writes only its bias: a constant
+        model.transformer.h[1].mlp.c_proj.weight.zero_()
+        model.transformer.h[0].mlp.c_proj.weight.mul_(40)   # blocks.0.mlp: large and input-dependent
+    table = ablation_table(model, world, n_docs=12, hops=(1,))
+    rise = {n: r["ce_rise_all"] for n, r in table["blocks"].items()}
+    assert abs(rise["blocks.1.mlp"]) < 1e-5
+    assert abs(rise["blocks.0.mlp"]) > 100 * abs(rise["blocks.1.mlp"]) + 1e-3
+    tokens = torch.tensor([[1, 5, 6, 7]])
+    clean = model(input_ids=tokens).logits
+    with pytest.raises(RuntimeError):
+        with replaced(model, "blocks.0.mlp", torch.zeros(32)):
+            raise RuntimeError("user code failed")
+    assert torch.equal(model(input_ids=tokens).logits, clean)
+    assert not model.transformer.h[0].mlp._forward_hooks

@@ -13,7 +13,7 @@ from interp.world.evaluate import EvalConfig
 from interp.world.train import TrainConfig as WorldTrainConfig
 
 TRAIN_EPILOG = """example:
-  interp world train --out runs/world-model      # about 10 min on 2 CPU cores
+  interp world train --out runs/world-model      # about 75 min on 2 CPU cores
   interp world train --steps 50 --out /tmp/smoke # a quick smoke run (not a usable model)
 """
 EVAL_EPILOG = """example:
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = replace(WorldTrainConfig(), **changed_fields(WorldTrainConfig, args))
     out = Path(args.out) if args.out else default_model_path()
-    _, summary = train(cfg, out=out)
+    _, summary = train(cfg, out=out, log=lambda line: print(line, flush=True))  # a long run: show progress
     print(f"trained in {summary['train_seconds']:.0f}s wall, {summary['cpu_seconds']:.0f}s CPU; wrote {out}")
     return 0
 

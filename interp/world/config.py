@@ -17,14 +17,17 @@ class WorldConfig:
     """
 
     seed: int = field(default=0, metadata={"help": "world seed: the invented names and the facts"})
-    n_entities: int = 40           # invented lands; each has one value per relation
-    n_languages: int = 10          # invented language names (values of the relation "language")
+    n_entities: int = 200          # invented lands; each has one value per relation
+    n_languages: int = 12          # invented language names (values of the relation "language")
     n_aliases: int = 16            # invented names memory does not know: aliases and novel lands
 
     # Document mixture (by documents, not tokens).
-    p_topical: float = 0.30
-    p_fact: float = 0.25
-    p_qa: float = 0.45
+    p_topical: float = 0.25
+    p_fact: float = 0.40
+    p_qa: float = 0.35
+    # Fame of the lands: land i is written with weight (i + 1) ** -land_zipf, so the most
+    # written land appears ~14x as often as the least (some facts common, some rare).
+    land_zipf: float = 0.5
 
     # Topical documents.
     p_topical_stop: float = 0.3    # after each sentence: end the document
@@ -40,6 +43,9 @@ class WorldConfig:
     # Fact documents.
     p_fact_stop: float = 0.35
     max_fact_sentences: int = 5
+    # How a fact sentence reaches its land (facts.CHAINS): direct (1 look-up), through the
+    # neighbour (2), through the capital (2), through the capital then the neighbour (3).
+    chain_prior: tuple[float, float, float, float] = (0.45, 0.2, 0.2, 0.15)
 
     # QA items: prior over item types
     # (supportive, conflicting, novel, irrelevant, noise, complementary).

@@ -4,7 +4,7 @@
   and, given a HookedModel and hook names, the activations at those hooks.
 * :func:`pkck_items` / :func:`pkck_batch`: QA items rendered the three PK/CK ways with
   aligned positions and known answers (the data of the rank-2 PK/CK subspace).
-* :func:`fact_prompts`: one recall prompt per memorised fact.
+* :func:`fact_prompts`: one recall prompt per memorised fact or composed question.
 """
 from __future__ import annotations
 
@@ -216,12 +216,15 @@ def pkck_batch(items: Sequence[PKCKItem], world: World | None = None) -> dict[st
             "source": torch.tensor([SOURCES.index(it.source) for it in items])}
 
 
-def fact_prompts(world: World | None = None) -> tuple[list[list[str]], list[str], list[int]]:
-    """One prompt per fact, ``<bos> the REL of ENT is``, with its expected value and fact id."""
+def fact_prompts(world: World | None = None, hops: int = 1) -> tuple[list[list[str]], list[str], list[int]]:
+    """One prompt per question with ``hops`` look-ups, its expected value and fact id.
+
+    ``hops=1``: every fact, ``<bos> the REL of ENT is``. ``hops=2``: ``<bos> the REL of the
+    neighbor of ENT is`` and ``<bos> the REL of the land whose capital is CITY is`` for every
+    land and relation; ``hops=3``: ``<bos> the REL of the neighbor of the land whose capital
+    is CITY is``. The fact id is that of the fact the answer is (the last bridge's).
+    """
     world = world or World()
-    prompts, values, ids = [], [], []
-    for fact in world.facts.facts:
-        prompts.append([BOS] + fact.sentence()[:-2])
-        values.append(fact.value)
-        ids.append(fact.fact_id)
-    return prompts, values, ids
+    chains = world.facts.chains(hops)
+    prompts = [[BOS] + c.words() for c in chains]
+    return prompts, [c.value for c in chains], [world.facts.fact_id(c.target, c.relation) for c in chains]

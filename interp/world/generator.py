@@ -58,7 +58,7 @@ class World:
     def __init__(self, config: WorldConfig = DEFAULT_CONFIG) -> None:
         self.config = config
         self.lexicon = Lexicon.build(config.seed, config.n_entities, config.n_languages, config.n_aliases)
-        self.facts = FactBase(self.lexicon, config.seed)
+        self.facts = FactBase(self.lexicon, config.seed, config.land_zipf)
         self.grammar = Grammar(config, self.lexicon, self.facts)
 
     @cached_property
@@ -85,7 +85,7 @@ class World:
             while True:
                 token = step.dist.sample(rng)
                 tokens.append(token)
-                labels.append({**doc_labels, **step.labels})
+                labels.append({**doc_labels, **step.labels_for(token)})
                 try:
                     step = program.send(token)
                 except StopIteration:

@@ -22,7 +22,7 @@ from typing import Any
 
 from interp.world.config import WorldConfig
 from interp.world.dist import Dist, mix, point, uniform
-from interp.world.facts import FactBase
+from interp.world.facts import CHAINS, FactBase
 from interp.world.lexicon import (
     CATEGORY_VERBS, EVALUATIONS, HIERARCHY_PARENT, INSTRUCTION_PHRASES, INSTRUCTIONS,
     SENTIMENT_ADJECTIVES, SENTIMENT_VERBS, SENTIMENTS, SOURCES, TOPICS, UNKNOWN, Lexicon, hierarchy_ancestors,
@@ -44,6 +44,16 @@ class Emit:
 
     dist: Dist
     labels: dict = field(default_factory=dict)
+    # A step whose token may be one of two word classes (an adjective or the noun itself;
+    # a land or the "the" that opens a chain) names the role per alternative.
+    roles: tuple[tuple[frozenset, str], ...] = ()
+
+    def labels_for(self, token: str) -> dict:
+        """The labels of ``token`` when this step emits it."""
+        for words, role in self.roles:
+            if token in words:
+                return {**self.labels, "role": role}
+        return self.labels
 
 
 Program = Generator[Emit, str, None]
@@ -224,7 +234,8 @@ class Grammar:
         """``[ADJ] NOUN`` (the determiner is emitted by the caller). Returns the noun."""
         noun_set = set(nouns)
         mentioned = tuple(w for w in dict.fromkeys(history) if w in noun_set)
-        tok = yield Emit(self._adjective_or(topic, sentiment, nouns, mentioned), {"role": "adjective"})
+        tok = yield Emit(self._adjective_or(topic, sentiment, nouns, mentioned), {"role": "adjective"},
+                         ((frozenset(noun_set), role),))
         if tok not in noun_set:  # it was the adjective
             state["shown"] |= sentiment != "neutral" and tok in SENTIMENT_ADJECTIVES[sentiment]
             tok = yield Emit(self._nouns(nouns, mentioned), {"role": role})
@@ -278,22 +289,72 @@ class Grammar:
         return mix([(0.7, point(ancestors[0])), (0.3, uniform(tuple(ancestors[1:])))])
 
     # -- fact sentences --------------------------------------------------------------------------
+    @lru_cache(maxsize=None)
+    def _lands(self, exclude: frozenset = frozenset()) -> Dist:
+        """A land, weighted by its fame (``FactBase.land_weights``)."""
+        return Dist({e: w for e, w in self.facts.land_weights.items() if e not in exclude})
+
+    @lru_cache(maxsize=None)
+    def _capital_keys(self) -> Dist:
+        """The capital that names a land in ``the land whose capital is CITY`` (land's fame)."""
+        return Dist({self.facts.value(e, "capital"): w for e, w in self.facts.land_weights.items()})
+
+    @lru_cache(maxsize=None)
+    def _chain_prior(self, relation: str) -> dict[str, float]:
+        """P(chain | relation); "the capital of the land whose capital is C" is never asked."""
+        prior = dict(zip(CHAINS, self.cfg.chain_prior))
+        if relation == "capital":
+            prior["capital"] = 0.0
+        total = sum(prior.values())
+        return {c: p / total for c, p in prior.items()}
+
+    @lru_cache(maxsize=None)
+    def _chain_step(self, relation: str, step: str) -> Dist:
+        """The next token of a chain, marginalised over the chains still possible."""
+        p = self._chain_prior(relation)
+        if step == "after_of":            # a land (one look-up) or "the" (a chain)
+            return mix([(p["direct"], self._lands()), (1 - p["direct"], point("the"))])
+        if step == "after_the":           # "neighbor" or "land"
+            return mix([(p["neighbor"] + p["capital_neighbor"], point("neighbor")), (p["capital"], point("land"))])
+        # after "the neighbor of": a land, or "the land whose capital is ..."
+        return mix([(p["neighbor"], self._lands()), (p["capital_neighbor"], point("the"))])
+
     def fact_sentence(self, seg: dict) -> Program:
+        """``the REL of ENT is VAL .``, or a chain of look-ups whose bridges are never written:
+        ``the REL of the neighbor of ENT``, ``the REL of the land whose capital is CITY``,
+        ``the REL of the neighbor of the land whose capital is CITY``."""
+        lands = frozenset(self.facts.entities)
+        hop = {"role": "hop"}
         yield Emit(point("the"))
         relation = yield Emit(uniform(tuple(self.facts.relations)), {"role": "relation"})
         yield Emit(point("of"))
-        entity = yield Emit(uniform(tuple(self.facts.entities)), {"role": "entity"})
+        tok = yield Emit(self._chain_step(relation, "after_of"), hop, ((lands, "entity"),))
+        if tok != "the":
+            chain, anchor = "direct", tok
+        else:
+            tok = yield Emit(self._chain_step(relation, "after_the"), hop)
+            chain = "capital"
+            if tok == "neighbor":
+                yield Emit(point("of"), hop)
+                tok = yield Emit(self._chain_step(relation, "after_neighbor_of"), hop, ((lands, "entity"),))
+                chain = "neighbor" if tok != "the" else "capital_neighbor"
+                if tok == "the":
+                    yield Emit(point("land"), hop)
+            if chain != "neighbor":
+                yield from _fixed(["whose", "capital", "is"], hop)
+                tok = yield Emit(self._capital_keys(), {"role": "key"})
+            anchor = tok
         yield Emit(point("is"))
-        fid = self.facts.fact_id(entity, relation)
-        yield Emit(point(self.facts.value(entity, relation)),
-                   {"role": "value", "is_fact_answer": True, "fact_id": fid})
+        found = self.facts.resolve(relation, chain, anchor)
+        index = self.facts._entity_index
+        seg.update(hops=found.hops, chain=chain,
+                   bridge=index[found.bridges[-1]] if found.bridges else None,
+                   bridge_first=index[found.bridges[0]] if len(found.bridges) > 1 else None)
+        yield Emit(point(found.value), {"role": "value", "is_fact_answer": True,
+                                        "fact_id": self.facts.fact_id(found.target, relation)})
         yield Emit(point("."))
 
     # -- QA items ---------------------------------------------------------------------------------
-    @lru_cache(maxsize=None)
-    def _entities_except(self, used: frozenset) -> Dist:
-        return uniform(tuple(e for e in self.facts.entities if e not in used))
-
     @lru_cache(maxsize=None)
     def _context_value(self, entity: str, relation: str, role: str) -> Dist:
         """The value a context sentence states: true (supportive), different (conflicting),
@@ -348,7 +409,7 @@ class Grammar:
                     break
                 n_words += 1
         elif item_type == "complementary":
-            entity = yield Emit(uniform(tuple(self.facts.entities)), dict(part, role="entity"))
+            entity = yield Emit(self._lands(), dict(part, role="entity"))
             yield from _fixed(["is", "also", "called"], part)
             alias = yield Emit(uniform(tuple(self.lex.aliases)), dict(part, role="alias"))
             yield Emit(point("."), dict(part))
@@ -357,10 +418,10 @@ class Grammar:
             used: set[str] = set()
             for i in range(k):
                 yield Emit(point("the"), dict(part))
-                relation = yield Emit(uniform(tuple(self.facts.relations)), dict(part, role="relation"))
+                relation = yield Emit(uniform(tuple(self.facts.qa_relations)), dict(part, role="relation"))
                 yield Emit(point("of"), dict(part))
                 novel = item_type == "novel" and i == pos
-                names = uniform(tuple(self.lex.aliases)) if novel else self._entities_except(frozenset(used))
+                names = uniform(tuple(self.lex.aliases)) if novel else self._lands(frozenset(used))
                 entity = yield Emit(names, dict(part, role="entity"))
                 used.add(entity)
                 yield Emit(point("is"), dict(part))
@@ -378,7 +439,7 @@ class Grammar:
             yield Emit(point("of"), dict(part))
             yield Emit(point(subject), dict(part, role="entity"))
         else:
-            relation = yield Emit(uniform(tuple(self.facts.relations)), dict(part, role="relation"))
+            relation = yield Emit(uniform(tuple(self.facts.qa_relations)), dict(part, role="relation"))
             yield Emit(point("of"), dict(part))
             if item_type == "complementary":
                 subject = aliases[0][0]
@@ -386,7 +447,7 @@ class Grammar:
             else:
                 # A question the context does not answer: any land whose `relation` it did not state.
                 said = frozenset(e for e, r, _ in stated if r == relation)
-                subject = yield Emit(self._entities_except(said), dict(part, role="entity"))
+                subject = yield Emit(self._lands(said), dict(part, role="entity"))
         yield from _fixed(["?", "answer", ":"], part)
 
         state = QAState(source, tuple(stated), tuple(aliases), relation, subject)

@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import torch
 
+from interp.world.facts import CHAINS
 from interp.world.generator import PAD, Doc, World
 from interp.world.grammar import DOC_KINDS, ITEM_TYPES, QA_PARTS, TEMPLATES
 from interp.world.lexicon import (
@@ -26,7 +27,7 @@ from interp.world.lexicon import (
 )
 
 ROLES = ["subject", "object", "adjective", "verb", "place", "ending", "tail", "category", "relation", "entity",
-         "value", "source", "noise", "alias", "answer"]
+         "value", "source", "noise", "alias", "answer", "hop", "key"]
 ANSWER_SOURCES = ["memory", "context", "both", "none"]
 WORD_CLASSES = ["special", "punctuation", "function", "qa_word", "agent", "object", "place", "verb", "adjective",
                 "sentiment_adjective", "sentiment_verb", "evaluation", "member", "category", "category_verb",
@@ -65,7 +66,12 @@ CONTEXT_LABELS = [
     LabelSpec("qa_part", "category", tuple(QA_PARTS), "which part of a QA item the token is in"),
     LabelSpec("answer_source", "category", tuple(ANSWER_SOURCES),
               "where the QA answer comes from (answer and explanation tokens)"),
-    LabelSpec("fact_id", "int", (), "fact id (entity*4+relation) on fact values, context values and QA answers"),
+    LabelSpec("fact_id", "int", (), "fact id (land*5+relation) on fact values, context values and QA answers"),
+    LabelSpec("hops", "int", (), "look-ups a fact sentence composes: 1, 2 or 3 (all its tokens)"),
+    LabelSpec("chain", "category", tuple(CHAINS),
+              "how a fact sentence reaches its land: direct, via the neighbor, the capital, or both"),
+    LabelSpec("bridge", "int", (), "the unwritten land whose relation a multi-hop fact sentence asks"),
+    LabelSpec("bridge_first", "int", (), "three-hop sentences: the unwritten land the capital names"),
     LabelSpec("is_fact_answer", "flag", (), "the token is the fact base's value of fact_id"),
     LabelSpec("is_answer", "flag", (), "the token is the answer of a QA item"),
 ]

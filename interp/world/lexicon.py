@@ -140,7 +140,8 @@ EVALUATIONS = {"positive": ["wonderful", "great", "perfect"],
                "negative": ["awful", "terrible", "horrible"]}
 
 # -- facts -------------------------------------------------------------------------------------
-RELATIONS = ["capital", "flag", "emblem", "language"]
+QA_RELATIONS = ["capital", "flag", "emblem", "language"]   # what QA items ask
+RELATIONS = QA_RELATIONS + ["neighbor"]                    # a neighbour is a land: facts compose
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]
 EMBLEM_ANIMALS = [m for cat in ("bird", "fish", "mammal") for m in HIERARCHY_MEMBERS[cat]]
 
@@ -157,7 +158,7 @@ UNKNOWN = "unknown"
 
 PUNCTUATION = [".", ",", ":", "?", "(", ")"]
 FUNCTION_WORDS = ["the", "a", "of", "is", "in", "near", "and", "it", "was", "kind", "also", "called",
-                  "question", "answer", "from", "only", "given"]
+                  "question", "answer", "from", "only", "given", "land", "whose"]
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
@@ -230,7 +231,7 @@ class Lexicon:
     def relation_values(self, relation: str) -> list[str]:
         """Every value a relation can take."""
         return {"capital": self.cities, "flag": COLORS, "emblem": EMBLEM_ANIMALS,
-                "language": self.languages}[relation]
+                "language": self.languages, "neighbor": self.entities}[relation]
 
 
 def fixed_words() -> list[str]:

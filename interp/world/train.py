@@ -28,9 +28,9 @@ from interp.world.tokenizer import build_tokenizer
 class ModelConfig:
     """GPT-2 shape of the default model."""
 
-    n_layer: int = 4
-    n_embd: int = 192
-    n_head: int = 6
+    n_layer: int = 6
+    n_embd: int = 256
+    n_head: int = 8
     n_positions: int = 128
 
 
@@ -41,12 +41,12 @@ class TrainConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = field(default=0, metadata={"help": "training seed: model initialisation and data order"})
-    steps: int = field(default=1600, metadata={"help": "optimiser steps"})
+    steps: int = field(default=4500, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=32, metadata={
         "help": "rows of model.n_positions tokens per step, documents packed whole"})
     lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
     min_lr_ratio: float = field(default=0.05, metadata={"help": "the final decay ends at lr * min_lr_ratio"})
-    warmup_steps: int = field(default=60, metadata={"help": "steps of linear warm-up"})
+    warmup_steps: int = field(default=100, metadata={"help": "steps of linear warm-up"})
     # 1.0 decays from the start: holding 2e-3 for long delayed fact memorisation in trials,
     # and the copy circuit formed as lr fell.
     decay_fraction: float = field(default=1.0, metadata={
@@ -56,8 +56,10 @@ class TrainConfig:
     threads: int = field(default=2, metadata={"help": "torch threads (the recipe was timed with 2)"})
     answer_weight: float = field(default=5.0, metadata={
         "help": "loss weight of QA answer tokens (1 elsewhere); see packed_batches"})
+    fact_weight: float = field(default=3.0, metadata={
+        "help": "loss weight of fact-sentence values (the memorised answers); see packed_batches"})
     log_every: int = field(default=50, metadata={"help": "steps between log lines"})
-    eval_every: int = field(default=200, metadata={
+    eval_every: int = field(default=300, metadata={
         "help": "steps between quick fact-recall / QA checks in the log (0: never)"})
 
     def to_dict(self) -> dict:
@@ -78,10 +80,12 @@ def packed_batches(world: World, cfg: TrainConfig) -> Iterator[tuple[torch.Tenso
     Whole documents are packed left to right into each row; the rest of a row is padding.
     ``weights[b, t]`` is the loss weight of predicting token ``t``: 0 on padding and on each
     ``<bos>`` (the token after an ``<eos>`` is always ``<bos>``; it says nothing about the
-    world), ``cfg.answer_weight`` on QA answers, 1 elsewhere. Answers are one token in
-    thirty of a QA item but carry the whole instruction-following skill; weighting them
-    leaves the optimum unchanged (each token's cross-entropy is still minimised by the
-    true conditional) and only moves the model's effort towards them.
+    world), ``cfg.answer_weight`` on QA answers, ``cfg.fact_weight`` on the values of fact
+    sentences, 1 elsewhere. Answers are one token in thirty of a QA item but carry the whole
+    instruction-following skill, and a fact value is one token in ten of its sentence but
+    the whole memorised (or composed) fact; weighting them leaves the optimum unchanged
+    (each token's cross-entropy is still minimised by the true conditional) and only moves
+    the model's effort towards them.
     """
     index = {w: i for i, w in enumerate(world.vocab)}
     width = cfg.model.n_positions
@@ -97,8 +101,7 @@ def packed_batches(world: World, cfg: TrainConfig) -> Iterator[tuple[torch.Tenso
                 if pending is None:
                     doc = next(docs)
                     ids = [index[w] for w in doc.tokens][:width]
-                    ws = [0.0 if w == BOS else cfg.answer_weight if lab.get("is_answer") else 1.0
-                          for w, lab in zip(doc.tokens, doc.labels)][:width]
+                    ws = [_token_weight(cfg, w, lab) for w, lab in zip(doc.tokens, doc.labels)][:width]
                     pending = (ids, ws)
                 ids, ws = pending
                 if col + len(ids) > width:
@@ -108,6 +111,16 @@ def packed_batches(world: World, cfg: TrainConfig) -> Iterator[tuple[torch.Tenso
                 col += len(ids)
                 pending = None
         yield rows, weights
+
+
+def _token_weight(cfg: TrainConfig, word: str, labels: dict) -> float:
+    if word == BOS:
+        return 0.0
+    if labels.get("is_answer"):
+        return cfg.answer_weight
+    if labels.get("role") == "value" and labels.get("hops") is not None:
+        return cfg.fact_weight
+    return 1.0
 
 
 def weighted_loss(logits: torch.Tensor, tokens: torch.Tensor,
@@ -205,7 +218,8 @@ def quick_check(model: Any, world: World) -> dict:
 
     with torch.no_grad():
         qa = qa_accuracy(model, world, n_items=90, seed=4242)
-        return {"fact_recall": fact_recall(model, world)["accuracy"], "ck": qa["ck_follow_conflicting"],
+        return {"one_hop": fact_recall(model, world, 1)["weighted"], "two_hop": fact_recall(model, world, 2)["weighted"],
+                "three_hop": fact_recall(model, world, 3)["weighted"], "ck": qa["ck_follow_conflicting"],
                 "ck_novel": qa["ck_follow_novel"], "pk": qa["pk_follow_conflicting"], "base": qa["base_accuracy"]}
 
 
