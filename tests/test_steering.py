@@ -126,7 +126,7 @@ def test_spec_round_trip_and_sources(tmp_path, model):
     assert back.to_dict() == spec.to_dict() and torch.equal(back.vector, spec.vector)
     sae = saes.TopKSAE(model.d_model, 16, k=2)
     from_sae = Steering.from_sae(sae, 3, scale=2.0, hook=HOOK)
-    assert torch.equal(from_sae.vector, sae.W_dec[3].detach())
+    torch.testing.assert_close(from_sae.vector, sae.W_dec[3].detach() / sae.W_dec[3].detach().norm())
     with pytest.raises(ValueError, match="unknown positions"):
         Positions.parse("everywhere")
     with pytest.raises(ValueError, match=r"shape \(5,\).*\(32,\)"):
@@ -143,3 +143,20 @@ def test_kl_calibration_hits_the_target(model):
         tuned, kl = calibrate_scale(model, spec, PROMPTS, target)
         assert kl == pytest.approx(target, rel=0.05)
         assert next_token_kl(model, [tuned], PROMPTS) == pytest.approx(kl)
+
+
+def test_scale_means_the_same_strength_for_every_source(model):
+    """A folded input scale leaves decoder rows at norm 1/s; the added vector's norm is still
+    ``scale``, the same as for a plain direction, and the row's norm is on record."""
+    sae = saes.TopKSAE(model.d_model, 16, k=2)
+    with torch.no_grad():
+        sae.W_dec[5].mul_(7.6)                      # a row of norm 7.6, as after folding s = 1/7.6
+    spec = Steering.from_sae(sae, 5, scale=3.0, hook=HOOK)
+    same = Steering.from_direction(sae.W_dec[5].detach(), HOOK, scale=3.0)
+    x = torch.zeros(1, 2, model.d_model)
+    added = spec.apply(x, None) - x
+    torch.testing.assert_close(added.norm(dim=-1), torch.full((1, 2), 3.0))
+    torch.testing.assert_close(added, same.apply(x, None) - x)
+    assert spec.source["decoder_norm"] == pytest.approx(float(sae.W_dec[5].norm()))
+    from interp.interventions.steering import typical_norm
+    assert typical_norm(model, HOOK, PROMPTS[:2]) > 0

@@ -8,7 +8,7 @@ sequence of length one and indices computed per forward call would be wrong:
 * ``generated``: a window ``[start, stop)`` of generated steps (step ``j`` is the
   position holding the j-th generated token).
 
->>> spec = Steering.from_sae(sae, latent=12, scale=8.0, positions="all")
+>>> spec = Steering.from_sae(sae, latent=12, scale=8.0, positions="all")   # adds a vector of norm 8
 >>> out = model.generate("the cat", max_new_tokens=10, steering=[spec])
 """
 from __future__ import annotations
@@ -90,7 +90,14 @@ class Positions:
 
 @dataclass
 class Steering:
-    """Add ``scale · vector`` to the activation at ``hook`` on the chosen positions."""
+    """Add ``scale · vector`` to the activation at ``hook`` on the chosen positions.
+
+    One unit for every source: the constructors (:meth:`from_sae`, :meth:`from_snmf`,
+    :meth:`from_direction`) store a unit vector, so ``scale`` is the norm of what is added,
+    in the hook's own activation units, whatever the vector came from. Compare it with the
+    hook's typical activation norm (:func:`typical_norm`), or let :func:`calibrate_scale`
+    pick it for a target next-token KL.
+    """
 
     hook: str
     vector: torch.Tensor  # the hook's per-token shape, e.g. [d_model]
@@ -106,12 +113,23 @@ class Steering:
     # -- constructors for the usual sources ----------------------------------------------
     @classmethod
     def from_sae(cls, sae: Any, latent: int, scale: float = 1.0, positions: Any = ALL, hook: str | None = None) -> Steering:
-        """The latent's decoder row (unit norm for trained SAEs) at the SAE's hook."""
+        """The latent's decoder row, scaled to unit norm, at the SAE's hook.
+
+        Decoder rows are not always unit: folding an input scale into the weights
+        (``normalize_input=True``) leaves them at ``1 / s``. Normalising here keeps ``scale``
+        in the hook's units for every SAE. ``source["decoder_norm"]`` records the row's norm:
+        to add ``a`` units of the latent's activation (``a · W_dec[latent]``), pass
+        ``scale = a * decoder_norm``.
+        """
         hook = hook or _sae_hook(sae)
         if not 0 <= latent < sae.W_dec.shape[0]:
             raise ValueError(f"latent {latent} is outside the SAE's {sae.W_dec.shape[0]} latents")
-        return cls(hook, sae.W_dec[latent], scale, positions, name=f"sae latent {latent}",
-                   source={"kind": "sae", "latent": latent})
+        row = sae.W_dec[latent].detach().float()
+        norm = float(row.norm())
+        if norm == 0:
+            raise ValueError(f"latent {latent}'s decoder row is zero: it has no direction to steer along")
+        return cls(hook, row / norm, scale, positions, name=f"sae latent {latent}",
+                   source={"kind": "sae", "latent": latent, "decoder_norm": norm})
 
     @classmethod
     def from_snmf(cls, result: Any, feature: int, hook: str, scale: float = 1.0, positions: Any = ALL) -> Steering:
@@ -224,6 +242,17 @@ def next_token_kl(model: Any, specs: Sequence[Any], prompts: Any) -> float:
     with model.hooks(edit_hooks(specs, state)):
         steered = model(tokens, attention_mask=mask)
     return float(token_kl(clean, steered)[mask.bool()].mean())
+
+
+@torch.no_grad()
+def typical_norm(model: Any, hook: str, prompts: Any) -> float:
+    """Mean activation norm at ``hook`` over the tokens of ``prompts``: the yardstick for a
+    steering ``scale`` (a scale of a few tenths of it is usually visible)."""
+    norms = []
+    for prompt in [prompts] if isinstance(prompts, str) else prompts:   # one at a time: no padding
+        _, cache = model.run_with_cache(prompt, names=[hook])
+        norms.append(cache[hook].float().norm(dim=-1).flatten())
+    return float(torch.cat(norms).mean())
 
 
 def calibrate_scale(model: Any, spec: Steering, prompts: Any, target_kl: float, rel_tol: float = 0.05,
