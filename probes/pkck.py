@@ -121,14 +121,16 @@ class PKCKSubspace:
     n_train: int
 
     def shares(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        return knowledge_shares(hidden, self.U)
+        anchors = self.orientation.get("anchors")
+        return knowledge_shares(hidden, self.U, tuple(anchors) if anchors else None)
 
     def save(self, path: str | os.PathLike) -> None:
         """One safetensors file: ``U`` and, in its header, the hook, rank and training record."""
         from saes.formats.durable import atomic_save_tensors
 
         meta = {"hook": self.hook, "rank": self.rank, "n_train": self.n_train, "orientation": self.orientation,
-                "interchange_accuracy": self.fit.accuracy, "losses": self.fit.losses}
+                "interchange_accuracy": self.fit.accuracy, "losses": self.fit.losses,
+                "interchange": self.fit.interchange}
         atomic_save_tensors(Path(path), {"U": self.U.contiguous()}, {"pkck": json.dumps(meta)})
 
     @classmethod
@@ -139,43 +141,150 @@ class PKCKSubspace:
         if "pkck" not in header or "U" not in tensors:
             raise ValueError(f"{path} holds no PK/CK subspace; write one with PKCKSubspace.save()")
         meta = json.loads(header["pkck"])
-        fit = SubspaceFit(tensors["U"], meta.get("losses", []), meta.get("interchange_accuracy", float("nan")))
+        fit = SubspaceFit(tensors["U"], meta.get("losses", []), meta.get("interchange_accuracy", float("nan")),
+                          meta.get("interchange", "column"))
         return cls(tensors["U"], meta["hook"], meta["rank"], fit, meta.get("orientation", {}), meta.get("n_train", 0))
 
 
-def train_pkck(model: Any, data: PKCKData, hook: str, rank: int = 2, steps: int = 300, lr: float = 1e-2,
-               batch_size: int = 32, seed: int = 0, min_confidence: float = 0.5) -> PKCKSubspace:
-    """Interchange training at ``hook``, last prompt token, on items answered right everywhere.
+def usable_items(data: PKCKData, min_confidence: float = 0.5) -> torch.Tensor:
+    """Indices of items answered as expected, confidently, in all three renderings."""
+    return (data.correct & (data.confidence >= min_confidence).all(1)).nonzero()[:, 0]
 
-    Column 0 is fed from the ignore-the-context (PK) source, column 1 from the
-    use-only-the-context (CK) source; the target is the source's answer.
-    """
-    keep = data.correct & (data.confidence >= min_confidence).all(1)
-    idx = keep.nonzero()[:, 0]
-    if len(idx) == 0:
-        raise ValueError("no item is answered confidently and correctly in all three renderings; "
-                         "the model has not learnt the task (or lower min_confidence)")
+
+def interchange_rows(model: Any, data: PKCKData, idx: torch.Tensor, hook: str) -> tuple[InterchangeData, Any, dict]:
+    """Rows for items ``idx``: each base (*consider*) with its PK source, then with its CK
+    source; the target is the source's answer. Returns the rows, the downstream of the
+    base prompts, and the states per rendering."""
     tokens, pos = data.tokens[idx], data.last_pos[idx]
     h = {r: states_at(model, tokens[:, r], pos, hook) for r in (IGNORE, USE, CONSIDER)}
     n = len(idx)
-    interchange = InterchangeData(
+    rows = InterchangeData(
         h_base=torch.cat([h[CONSIDER], h[CONSIDER]]),
         h_source=torch.cat([h[IGNORE], h[USE]]),
         column=torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)]),
         target=torch.cat([data.answers[idx, IGNORE], data.answers[idx, USE]]),
         base_index=torch.cat([torch.arange(n), torch.arange(n)]),
     )
-    params = [p for p in model.model.parameters() if p.requires_grad]
-    for p in params:  # only U is trained; the model's weights need no gradients
-        p.requires_grad_(False)
-    try:
-        fit = train_subspace(interchange, patched_downstream(model, tokens[:, CONSIDER], pos, hook),
-                             rank=rank, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+    return rows, patched_downstream(model, tokens[:, CONSIDER], pos, hook), h
+
+
+def train_pkck(model: Any, data: PKCKData, hook: str, rank: int = 2, steps: int = 300, lr: float = 1e-2,
+               batch_size: int = 32, seed: int = 0, min_confidence: float = 0.5, interchange: str = "full",
+               items: torch.Tensor | None = None) -> PKCKSubspace:
+    """Interchange training at ``hook``, last prompt token, on items answered right everywhere
+    (only those among ``items`` when given: keep the rest for held-out evaluation).
+
+    Each base (*consider*) is patched from its ignore-the-context (PK) source and from its
+    use-only-the-context (CK) source; the target is the source's answer. ``interchange``
+    "full" swaps the whole subspace (the reference's interchange); "column" sends PK to
+    column 0 and CK to column 1 and swaps that coordinate only.
+    """
+    idx = usable_items(data, min_confidence)
+    if items is not None:
+        idx = idx[torch.isin(idx, items)]
+    if len(idx) == 0:
+        raise ValueError("no item is answered confidently and correctly in all three renderings; "
+                         "the model has not learnt the task (or lower min_confidence)")
+    rows, downstream, h = interchange_rows(model, data, idx, hook)
+    with _frozen(model):
+        fit = train_subspace(rows, downstream, rank=rank, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                             interchange=interchange)
     U, orientation = orient_axes(fit.U, h[IGNORE].mean(0), h[USE].mean(0))
-    return PKCKSubspace(U, hook, rank, fit, orientation, n)
+    return PKCKSubspace(U, hook, rank, fit, orientation, len(idx))
+
+
+class _frozen:
+    """Within the block the model's weights need no gradients (only ``U`` is trained)."""
+
+    def __init__(self, model: Any) -> None:
+        self.params = [p for p in model.model.parameters() if p.requires_grad]
+
+    def __enter__(self) -> None:
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in self.params:
+            p.requires_grad_(True)
+
+
+@torch.no_grad()
+def interchange_accuracy(model: Any, data: PKCKData, hook: str, U: torch.Tensor, items: torch.Tensor,
+                         interchange: str = "full") -> dict[str, float]:
+    """Interchange accuracy of ``U`` [d, r] at ``hook`` on ``items`` (usable ones only).
+
+    ``informative``: on the rows whose source answer differs from the base's, the share the
+    patch moves to the source's answer (the references' metric; with no intervention it is
+    0 by construction). ``all_rows`` counts every row, and ``no_intervention`` is what
+    ``all_rows`` would be without patching (rows where source and base already agree).
+    """
+    idx = items[torch.isin(items, usable_items(data))]
+    if len(idx) == 0:
+        raise ValueError("no usable held-out item: use more items or a smaller training share")
+    rows, downstream, _ = interchange_rows(model, data, idx, hook)
+    column = None if interchange == "full" else rows.column.clamp(max=U.shape[1] - 1)
+    from probes.subspace import interchange as swap
+
+    pred = downstream(rows.base_index, swap(U.float(), rows.h_base, rows.h_source, column)).argmax(-1)
+    base_answer = data.answers[idx, CONSIDER].repeat(2)
+    informative = rows.target != base_answer
+    hit = pred == rows.target
+    return {"informative": float(hit[informative].float().mean()) if informative.any() else float("nan"),
+            "all_rows": float(hit.float().mean()), "no_intervention": float((~informative).float().mean()),
+            "n_informative": int(informative.sum()), "n_rows": len(hit)}
+
+
+def mean_interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean and 95% t-interval half-width of ``values`` (over seeds)."""
+    import math
+    from statistics import mean, stdev
+
+    t975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+    vals = [v for v in values if v == v]
+    if len(vals) < 2:
+        return {"mean": vals[0] if vals else float("nan"), "ci95": float("nan"), "n": len(vals)}
+    return {"mean": mean(vals), "ci95": t975.get(len(vals) - 1, 1.96) * stdev(vals) / math.sqrt(len(vals)),
+            "n": len(vals)}
+
+
+def interchange_sweep(model: Any, data: PKCKData, hooks: Sequence[str], ranks: Sequence[int] = (1, 2, 3, 4),
+                      seeds: Sequence[int] = (0, 1, 2), holdout: float = 0.3, interchange: str = "full",
+                      steps: int = 150, lr: float = 2e-2) -> dict[str, Any]:
+    """Interchange accuracy on held-out informative rows, per hook and rank, over seeds.
+
+    Each seed draws its own split of the usable items (``holdout`` of them held out) and its
+    own initialisation. Beside each rank: a random orthonormal subspace of the same rank
+    (the control) on the same held-out rows, and the no-intervention share. Returns
+    ``{hook: {rank: {"accuracy": mean_interval, "random": mean_interval, "per_seed": [...]}}}``
+    plus the settings.
+    """
+    usable = usable_items(data)
+    if len(usable) < 10:
+        raise ValueError(f"only {len(usable)} items are answered right in all three renderings; need at least 10")
+    out: dict[str, Any] = {"interchange": interchange, "holdout": holdout, "seeds": list(seeds),
+                           "n_usable_items": len(usable), "hooks": {}}
+    for hook in hooks:
+        per_rank = {}
+        for rank in ranks:
+            runs = []
+            for seed in seeds:
+                gen = torch.Generator().manual_seed(1000 + seed)
+                perm = usable[torch.randperm(len(usable), generator=gen)]
+                n_test = max(1, int(round(holdout * len(perm))))
+                test, train = perm[:n_test], perm[n_test:]
+                space = train_pkck(model, data, hook, rank=rank, steps=steps, lr=lr, seed=seed,
+                                   interchange=interchange, items=train)
+                held = interchange_accuracy(model, data, hook, space.U, test, interchange)
+                rand_U = torch.linalg.qr(torch.randn(space.U.shape[0], rank, generator=gen)).Q
+                control = interchange_accuracy(model, data, hook, rand_U, test, interchange)
+                runs.append({"seed": seed, "held_out": held, "random": control["informative"],
+                             "train_accuracy": space.fit.accuracy})
+            per_rank[rank] = {"accuracy": mean_interval([r["held_out"]["informative"] for r in runs]),
+                              "random": mean_interval([r["random"] for r in runs]),
+                              "no_intervention_all_rows": mean_interval([r["held_out"]["no_intervention"] for r in runs]),
+                              "per_seed": runs}
+        out["hooks"][hook] = per_rank
+    return out
 
 
 @torch.no_grad()
@@ -283,13 +392,17 @@ class RankComparison:
 
 
 def compare_ranks(model: Any, data: PKCKData, hook: str, ranks: Sequence[int] = (1, 2), steps: int = 150,
-                  lr: float = 2e-2, max_new_tokens: int = 4, seed: int = 0) -> RankComparison:
+                  lr: float = 2e-2, max_new_tokens: int = 4, seed: int = 0, interchange: str = "full") -> RankComparison:
     """Train one subspace per rank at ``hook`` and read each over the model's own answers.
 
     Every rank sees the same training items and is read on the same items: those typed
     supportive, conflicting or other from the model's answers, in their *consider* rendering.
     """
-    spaces = {r: train_pkck(model, data, hook, rank=r, steps=steps, lr=lr, seed=seed) for r in ranks}
+    if any(r not in (1, 2) for r in ranks):
+        raise ValueError(f"ranks {list(ranks)}: read-outs are defined for ranks 1 and 2; sweep higher ranks "
+                         "with interchange_sweep")
+    spaces = {r: train_pkck(model, data, hook, rank=r, steps=steps, lr=lr, seed=seed, interchange=interchange)
+              for r in ranks}
     types = data.interaction()
     prompts, last = data.tokens[:, CONSIDER], data.last_pos
     supportive = torch.tensor([t == "supportive" for t in types])

@@ -18,10 +18,13 @@ def test_pkck_command_writes_report_figures_and_subspaces(tmp_path, capsys):
 
     out = tmp_path / "pkck"
     rc = main(["pkck", "--model", "world", "--items", "60", "--steps", "30", "--max-new-tokens", "1",
-               "--out", str(out)])
+               "--ranks", "1,2,3", "--seeds", "0,1", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["hook"] == "blocks.1.hook_resid_post"  # the middle layer (rounding down), stated
+    assert report["hook"] == "blocks.2.hook_resid_post"  # the middle layer (rounding down), stated
+    sweep = report["sweep"]["hooks"]["blocks.2.hook_resid_post"]
+    assert set(sweep) == {"1", "2", "3"} and sweep["3"]["accuracy"]["n"] == 2
+    assert all(0 <= run["held_out"]["informative"] <= 1 for r in sweep.values() for run in r["per_seed"])
     assert set(report["ranks"]) == {"1", "2"}
     for r in ("1", "2"):
         assert report["ranks"][r]["n_train"] > 0
@@ -35,8 +38,10 @@ def test_pkck_command_writes_report_figures_and_subspaces(tmp_path, capsys):
 
 
 def test_pkck_command_rejects_bad_ranks(capsys):
-    assert main(["pkck", "--ranks", "3"]) == 1
-    assert "rank 1 or 2" in capsys.readouterr().err
+    assert main(["pkck", "--ranks", "5"]) == 1
+    assert "ranks 1 to 4" in capsys.readouterr().err
+    assert main(["pkck", "--seeds", "a"]) == 1
+    assert "--seeds 'a': give comma-separated integers" in capsys.readouterr().err
 
 
 def test_subspace_file_that_is_not_one_is_named(tmp_path):

@@ -10,7 +10,7 @@ from probes.subspace import (InterchangeData, Subspace, knowledge_shares, orient
                              train_subspace)
 
 
-def planted_task(n=600, d=24, vocab=6, seed=11):  # not 0: the subspace init draws with seed 0
+def planted_task(n=600, d=24, vocab=6, seed=11, interchange="full"):  # not 0: the init draws with seed 0
     """A downstream read-out that sees h only through a planted plane S = span(s_pk, s_ck).
 
     The answer is arg-max of R h with R's rows in S; the PK source carries its answer on
@@ -31,8 +31,10 @@ def planted_task(n=600, d=24, vocab=6, seed=11):  # not 0: the subspace init dra
     column = torch.arange(n) % 2
     # Source states agree with the base except on the axis they are sources for.
     h_src = state(torch.where(column == 0, src_ans, base_pk), torch.where(column == 1, src_ans, base_ck), 2.0)
-    # What the answer is after a perfect swap on that axis: read out by R on the patched state.
-    target = (R @ (h_base + S[:, column].T * ((h_src - h_base) * S[:, column].T).sum(-1, keepdim=True)).T).argmax(0)
+    # What the answer is after a perfect swap (of the plane, or of the source's axis only):
+    # read out by R on the patched state.
+    from probes.subspace import interchange as swap
+    target = (swap(S, h_base, h_src, None if interchange == "full" else column) @ R.T).argmax(1)
     # Keep only the counterfactual rows: those where the swap changes the answer.
     changed = target != (h_base @ R.T).argmax(1)
     data = InterchangeData(h_base[changed], h_src[changed], column[changed], target[changed],
@@ -40,23 +42,35 @@ def planted_task(n=600, d=24, vocab=6, seed=11):  # not 0: the subspace init dra
     return data, (lambda idx, h: h @ R.T), S
 
 
-def test_interchange_training_recovers_planted_plane_and_stays_orthonormal():
-    data, downstream, S = planted_task()
-    fit = train_subspace(data, downstream, rank=2, steps=300, lr=0.05, batch_size=128)
+@pytest.mark.parametrize("interchange", ["full", "column"])
+def test_interchange_training_recovers_planted_plane_and_stays_orthonormal(interchange):
+    data, downstream, S = planted_task(interchange=interchange)
+    fit = train_subspace(data, downstream, rank=2, steps=400, lr=0.05, batch_size=512, interchange=interchange)
     assert torch.allclose(fit.U.T @ fit.U, torch.eye(2), atol=1e-5)
     angles = principal_angles(fit.U, S)
     assert angles.max() < math.radians(12), torch.rad2deg(angles)
     assert fit.accuracy > 0.9
     assert sum(fit.losses[-20:]) / 20 < 0.05 * fit.losses[0]
-    # The axes are separate: column 0 aligns with the PK direction, column 1 with CK.
-    assert abs(float(fit.U[:, 0] @ S[:, 0])) > 0.9 and abs(float(fit.U[:, 1] @ S[:, 1])) > 0.9
+    if interchange == "column":  # routing names the axes: column 0 is PK's direction, column 1 CK's
+        assert abs(float(fit.U[:, 0] @ S[:, 0])) > 0.9 and abs(float(fit.U[:, 1] @ S[:, 1])) > 0.9
 
 
 def test_rank_one_cannot_carry_both_axes():
     data, downstream, S = planted_task()
-    rank1 = train_subspace(data, downstream, rank=1, steps=300, lr=0.05, batch_size=128)
-    rank2 = train_subspace(data, downstream, rank=2, steps=300, lr=0.05, batch_size=128)
-    assert rank1.accuracy < 0.7 < 0.95 < rank2.accuracy
+    rank1 = train_subspace(data, downstream, rank=1, steps=400, lr=0.05, batch_size=512)
+    rank2 = train_subspace(data, downstream, rank=2, steps=400, lr=0.05, batch_size=512)
+    assert rank1.accuracy < 0.7 < 0.9 < rank2.accuracy
+
+
+def test_full_interchange_nests_ranks_where_column_routing_does_not():
+    """A full swap of rank r+1 can do whatever rank r does, so accuracy does not fall with
+    rank; routing each source to one column makes every swap 1-D, so on a task whose
+    sources move both coordinates rank 2 column-routed is no better than rank 1."""
+    data, downstream, S = planted_task(interchange="full")
+    full = [train_subspace(data, downstream, rank=r, steps=400, lr=0.05, batch_size=512).accuracy for r in (1, 2, 3)]
+    assert full[0] < 0.7 < 0.9 < min(full[1], full[2])
+    column = train_subspace(data, downstream, rank=2, steps=400, lr=0.05, batch_size=512, interchange="column")
+    assert column.accuracy < full[1] - 0.15
 
 
 def test_orientation_and_shares():
@@ -81,5 +95,19 @@ def test_subspace_patch_only_moves_the_chosen_coordinate():
     rows = torch.arange(5)
     torch.testing.assert_close(coords_out[rows, col], coords_src[rows, col])
     torch.testing.assert_close(coords_out[rows, 1 - col], coords_h[rows, 1 - col])
-    with pytest.raises(ValueError, match="rank must be 1 or 2"):
-        Subspace(8, 3)
+    with pytest.raises(ValueError, match="rank must be between 1 and d=8"):
+        Subspace(8, 9)
+    full = space.patch(h, src)                      # the whole plane moves
+    torch.testing.assert_close(full.detach() @ U, coords_src)
+    torch.testing.assert_close(full.detach() - full.detach() @ U @ U.T, h - h @ U @ U.T)
+
+
+def test_rank_one_reads_a_share_between_its_anchors():
+    """Rank 1's read-out is continuous between the PK-only and CK-only anchors, not a sign
+    fixed in advance: a state halfway between reads 0.5."""
+    u = torch.eye(3)[:, :1]
+    pk_mean, ck_mean = torch.tensor([4.0, 1, 0]), torch.tensor([-2.0, 0, 1])
+    oriented, record = orient_axes(u, pk_mean, ck_mean)
+    shares = knowledge_shares(torch.stack([pk_mean, ck_mean, (pk_mean + ck_mean) / 2, 3 * pk_mean]), oriented,
+                              tuple(record["anchors"]))
+    torch.testing.assert_close(shares["pk_share"], torch.tensor([1.0, 0.0, 0.5, 1.0]))
