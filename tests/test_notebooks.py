@@ -116,12 +116,14 @@ def test_03_steering_raises_the_topic_rate_at_matched_kl(tmp_path, monkeypatch):
 def test_04_knowledge_subspace_is_trained_and_read_at_one_layer(tmp_path, monkeypatch):
     summary = run_notebook("04_knowledge_subspace", tmp_path, monkeypatch)
     assert summary["accuracy"]["ignore (PK)"] > 0.9  # the model answers from memory when told to
-    assert summary["hook"] == "blocks.1.hook_resid_post"  # trained and read at one explicit layer
+    assert summary["hook"] == "blocks.2.hook_resid_post"  # trained and read at one explicit layer
     assert summary["orthonormality"] < 1e-4
     assert summary["n_train"] >= 10
     loss = summary["interchange_loss"]
     assert loss["last10"] < 0.8 * loss["first"]  # the interchange objective is being learnt
-    # A sign read-out carries no balance at all: it cannot tell supportive from conflicting.
-    assert summary["separation"]["rank 1"] == pytest.approx(0.0, abs=1e-6)
+    # Accuracy is measured on held-out informative rows, beside a random subspace.
+    assert set(summary["interchange_accuracy"]) == {"rank 2", "rank 1", "random rank 2"}
+    assert all(0 <= v <= 1 for v in summary["interchange_accuracy"].values())
+    assert set(summary["separation"]) == {"rank 2", "rank 1"}
     shares = [v for values in summary["pk_share_by_type"].values() for v in values]
     assert shares and all(0 <= v <= 1 for v in shares)

@@ -21,7 +21,7 @@ EVAL_EPILOG = """example:
   interp world eval --model runs/world-model --json report.json
 """
 # `interp world eval --quick`: smaller samples; flags given with it still apply.
-QUICK_EVAL = {"heldout_docs": 100, "qa_items": 200, "topic_prompts": 2}
+QUICK_EVAL = {"heldout_docs": 100, "qa_items": 200, "topic_prompts": 2, "ablation_docs": 64}
 CORPUS_EPILOG = """example:
   interp world corpus --n 1000 --seed 0 --out world.jsonl
 """
@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     world = subparsers.add_parser(
         "world", help="the planted-ground-truth world and its default model",
         description="The planted world: a seeded language with labelled topics, sentiment, a category "
-                    "hierarchy, memorised facts and PK/CK question items; and the tiny model trained on it.",
+                    "hierarchy, memorised and composed (multi-hop) facts and PK/CK question items; and the small "
+                    "model trained on it.",
         epilog="example:\n  interp world eval\n  interp world corpus --n 100 --out world.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = world.add_subparsers(dest="world_command", metavar="SUBCOMMAND")
@@ -47,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a model on its world",
-                       description="Held-out loss vs the generator's exact entropy, fact recall, PK/CK "
-                                   "instruction following and topic consistency, against the bars.",
+                       description="Held-out loss vs the generator's exact entropy, fact recall by hop count, "
+                                   "PK/CK instruction following, topic consistency, and the CE rise when each "
+                                   "attention and MLP block is mean-ablated, against the bars.",
                        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model directory (default: the shipped default model)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")

@@ -10,10 +10,11 @@
 # * "consider the given context ." — the base,
 #
 # and a rank-2 subspace `U` is trained by interchange intervention at one layer's last prompt
-# token: patching column 0 from the PK source (column 1 from the CK source) into the base must
-# make the model give the source's answer. The coordinates `Uᵀh` then say, token by token,
-# how much the state draws on each source. A rank-1 direction read by sign cannot say "both",
-# which supportive items (memory and context agree) need.
+# token: replacing the base's projection on `U` by a source's, `h ← (I − UUᵀ) h_base + UUᵀ
+# h_source` (the reference code's interchange), must make the model give the source's answer.
+# The coordinates `Uᵀh` then say, token by token, how much the state draws on each source.
+# A rank-1 direction has one coordinate: a single number between the PK and CK anchors,
+# which cannot say "both", the state supportive items (memory and context agree) need.
 #
 # The world model has a memorised fact base and QA items whose type is known, so the read-out
 # can be checked. `CI=1` shrinks every size.
@@ -29,8 +30,8 @@ import torch
 
 import interp
 from interp.world import World, pkck_batch, pkck_items
-from probes.pkck import (CONSIDER, IGNORE, USE, answer_all, read_generation, separation_auroc, shares_by_type,
-                         shares_figure, train_pkck)
+from probes.pkck import (CONSIDER, IGNORE, USE, answer_all, interchange_accuracy, read_generation,
+                         separation_auroc, shares_by_type, shares_figure, train_pkck, usable_items)
 
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 ONLINE = os.environ.get("INTERP_ONLINE", "") == "1"  # the cells that download a real model run only then
@@ -66,27 +67,30 @@ print("interaction types from the model's own answers:", {t: types.count(t) for 
 # %% [markdown]
 # ## 2. Train the subspace (rank 2) and a rank-1 baseline
 #
-# The layer is explicit: trained at block 1's output (of 4), read at the same hook. There the
-# model has read the instruction but not yet looked the answer up, so a 2-D swap can switch
-# which source it uses; at the last blocks the answer itself is already formed and a 2-D
-# swap cannot carry it (`interp pkck --layer L` compares layers).
-# Only items answered right (and confidently) in all three renderings are used. Afterwards
-# the axes are named and signed: the PK axis is the one the mean PK-only state projects on
-# most, and each anchor projects positively.
+# The layer is explicit: trained at the output of block (n_layers − 1) // 2, read at the same
+# hook (`interp pkck --layers all` compares layers). Only items answered right (and
+# confidently) in all three renderings are used, and 30% of them are held out: accuracy is
+# measured on held-out rows where the source's answer differs from the base's (on the others
+# a patch that does nothing already "succeeds"), beside a random subspace of the same rank.
+# Afterwards the axes are named and signed: the PK axis is the one the mean PK-only state
+# projects on most, and each anchor projects positively.
 
 # %%
 HOOK = f"blocks.{(model.n_layers - 1) // 2}.hook_resid_post"
-rank2 = train_pkck(model, data, HOOK, rank=2, steps=SIZES["steps"], lr=2e-2)
-rank1 = train_pkck(model, data, HOOK, rank=1, steps=SIZES["steps"], lr=2e-2)
+usable = usable_items(data)
+order = usable[torch.randperm(len(usable), generator=torch.Generator().manual_seed(0))]
+held_out, train_items = order[: len(order) * 3 // 10], order[len(order) * 3 // 10:]
+rank2 = train_pkck(model, data, HOOK, rank=2, steps=SIZES["steps"], lr=2e-2, items=train_items)
+rank1 = train_pkck(model, data, HOOK, rank=1, steps=SIZES["steps"], lr=2e-2, items=train_items)
+random2 = torch.linalg.qr(torch.randn(model.d_model, 2, generator=torch.Generator().manual_seed(1))).Q
 orthonormality = float((rank2.U.T @ rank2.U - torch.eye(2)).abs().max())
-# How often the unpatched base already gives the source's answer (memory and context agree,
-# or the base follows that source anyway): the accuracy a patch that does nothing gets.
-used = data.correct & (data.confidence >= 0.5).all(1)  # train_pkck's selection
-targets = torch.cat([data.answers[used, IGNORE], data.answers[used, USE]])
-no_patch = float((targets == data.answers[used, CONSIDER].repeat(2)).float().mean())
+held = {name: interchange_accuracy(model, data, HOOK, U, held_out)
+        for name, U in (("rank 2", rank2.U), ("rank 1", rank1.U), ("random rank 2", random2))}
+for name, r in held.items():
+    print(f"{name:<14} held-out interchange accuracy {r['informative']:.2f} on {r['n_informative']} informative rows "
+          f"(all rows {r['all_rows']:.2f}; no patch, all rows {r['no_intervention']:.2f})")
 for space in (rank2, rank1):
-    print(f"rank {space.rank} at {space.hook}: {space.n_train} training items, interchange accuracy "
-          f"{space.fit.accuracy:.2f} (no patch: {no_patch:.2f}), loss {space.fit.losses[0]:.2f} -> "
+    print(f"rank {space.rank} at {space.hook}: {space.n_train} training items, loss {space.fit.losses[0]:.2f} -> "
           f"{space.fit.losses[-1]:.2f}")
 print(f"|UᵀU − I| max {orthonormality:.1e}; orientation {rank2.orientation}")
 
@@ -130,12 +134,12 @@ fig.show()
 #
 # Supportive items draw on both sources, so both coordinates are large and the PK share sits
 # near the middle; conflicting items lean on one. "Balance" = 1 − 2·|PK share − ½| measures
-# that. A rank-1 sign read-out gives a share of exactly 0 or 1, so its balance is always 0
-# and cannot tell the two kinds apart (AUROC ½). Rank 2 can only do better where the
-# subspace carries the sources: check first that its interchange accuracy in section 2 is
-# well above the no-patch baseline (at the `CI=1` sizes, a few dozen steps, it cannot be).
-# Where it is not, the two axes do not hold PK and CK apart at this layer and the
-# separation below means little.
+# that. Rank 1 reads where its one coordinate sits between the PK-only and CK-only anchors
+# (0 at the CK anchor, 1 at the PK anchor), so a state halfway between reads 0.5: the
+# read-out does not decide the answer in advance, and the comparison below can go either
+# way. Either rank can only separate the items where its subspace carries the sources:
+# check first that its held-out accuracy in section 2 is well above the random subspace's
+# (at the `CI=1` sizes, a few dozen steps, it cannot be).
 
 # %%
 chosen = [i for i, t in enumerate(types) if t in ("supportive", "conflicting")]
@@ -157,7 +161,8 @@ summary = {
     "accuracy": accuracy,
     "n_train": rank2.n_train,
     "orthonormality": orthonormality,
-    "interchange_accuracy": {"rank 2": rank2.fit.accuracy, "rank 1": rank1.fit.accuracy, "no patch": no_patch},
+    "interchange_accuracy": {name: r["informative"] for name, r in held.items()},
+    "no_patch_all_rows": held["rank 2"]["no_intervention"],
     "interchange_loss": {"first": rank2.fit.losses[0], "last10": sum(rank2.fit.losses[-10:]) / 10},
     "hook": rank2.hook,
     "separation_auroc_by_step": by_step,
