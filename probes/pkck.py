@@ -234,17 +234,13 @@ def interchange_accuracy(model: Any, data: PKCKData, hook: str, U: torch.Tensor,
             "n_informative": int(informative.sum()), "n_rows": len(hit)}
 
 
-def mean_interval(values: Sequence[float]) -> dict[str, float]:
-    """Mean and 95% t-interval half-width of ``values`` (over seeds)."""
-    import math
-    from statistics import mean, stdev
+def _interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean and 95% t interval over seeds, JSON-ready."""
+    from dataclasses import asdict
 
-    t975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-    vals = [v for v in values if v == v]
-    if len(vals) < 2:
-        return {"mean": vals[0] if vals else float("nan"), "ci95": float("nan"), "n": len(vals)}
-    return {"mean": mean(vals), "ci95": t975.get(len(vals) - 1, 1.96) * stdev(vals) / math.sqrt(len(vals)),
-            "n": len(vals)}
+    from probes.metrics import mean_interval
+
+    return asdict(mean_interval(values, method="t"))
 
 
 def interchange_sweep(model: Any, data: PKCKData, hooks: Sequence[str], ranks: Sequence[int] = (1, 2, 3, 4),
@@ -255,7 +251,7 @@ def interchange_sweep(model: Any, data: PKCKData, hooks: Sequence[str], ranks: S
     Each seed draws its own split of the usable items (``holdout`` of them held out) and its
     own initialisation. Beside each rank: a random orthonormal subspace of the same rank
     (the control) on the same held-out rows, and the no-intervention share. Returns
-    ``{hook: {rank: {"accuracy": mean_interval, "random": mean_interval, "per_seed": [...]}}}``
+    ``{hook: {rank: {"accuracy": {mean, lo, hi, n}, "random": ..., "per_seed": [...]}}}``
     plus the settings.
     """
     usable = usable_items(data)
@@ -279,9 +275,9 @@ def interchange_sweep(model: Any, data: PKCKData, hooks: Sequence[str], ranks: S
                 control = interchange_accuracy(model, data, hook, rand_U, test, interchange)
                 runs.append({"seed": seed, "held_out": held, "random": control["informative"],
                              "train_accuracy": space.fit.accuracy})
-            per_rank[rank] = {"accuracy": mean_interval([r["held_out"]["informative"] for r in runs]),
-                              "random": mean_interval([r["random"] for r in runs]),
-                              "no_intervention_all_rows": mean_interval([r["held_out"]["no_intervention"] for r in runs]),
+            per_rank[rank] = {"accuracy": _interval([r["held_out"]["informative"] for r in runs]),
+                              "random": _interval([r["random"] for r in runs]),
+                              "no_intervention_all_rows": _interval([r["held_out"]["no_intervention"] for r in runs]),
                               "per_seed": runs}
         out["hooks"][hook] = per_rank
     return out

@@ -24,6 +24,7 @@ def test_pkck_command_writes_report_figures_and_subspaces(tmp_path, capsys):
     assert report["hook"] == "blocks.2.hook_resid_post"  # the middle layer (rounding down), stated
     sweep = report["sweep"]["hooks"]["blocks.2.hook_resid_post"]
     assert set(sweep) == {"1", "2", "3"} and sweep["3"]["accuracy"]["n"] == 2
+    assert sweep["3"]["accuracy"]["lo"] <= sweep["3"]["accuracy"]["mean"] <= sweep["3"]["accuracy"]["hi"]
     assert all(0 <= run["held_out"]["informative"] <= 1 for r in sweep.values() for run in r["per_seed"])
     assert set(report["ranks"]) == {"1", "2"}
     for r in ("1", "2"):

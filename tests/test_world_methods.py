@@ -94,7 +94,7 @@ def test_rank2_separates_supportive_from_conflicting(pkck):
 
 
 def test_difference_in_means_steering_raises_the_topic_share(world_model):
-    from interp.interventions.steering_eval import evaluate_steering, topic_prompts, topic_specs
+    from interp.interventions.steering_lexical import evaluate_steering, topic_prompts, topic_specs
     from interp.world.labels import lexical_tables
     from interp.world.lexicon import TOPICS
 

@@ -6,7 +6,8 @@ import json
 import textwrap
 from typing import Any
 
-from interp.cli.options import add_model_option, also_names, positive
+from interp.cli.options import add_config_options, add_model_option, also_names, config_values, positive
+from interp.interventions.steering_eval import SteerEvalConfig
 from interp.errors import InterpError
 
 STEER_EPILOG = """examples:
@@ -18,9 +19,18 @@ STEER_EPILOG = """examples:
 STEER_EVAL_EPILOG = """examples:
   interp quickstart && interp steer-eval --from runs/quickstart            # SAE, SNMF and diff-in-means
   interp steer-eval --from runs/quickstart --topics school,music --kl 0.25,0.5,1 --out runs/steer-eval
+  interp steer-eval --from runs/quickstart --candidates 3 --dim-hook resid_post
+  interp steer-eval --from runs/quickstart --protocol lexical --prompts 12  # the earlier protocol
+
+--protocol paper (default) follows the SNMF paper: neutral prompts sampled several times,
+a selection set that picks each dictionary's (unit, sign) among --candidates units steered
+with +alpha and -alpha, a report set it is scored on, alpha matched to the KL at the last
+prompt token, success and fluency read exactly from the world's generator, 95% bootstrap
+intervals. The defaults take about 3 minutes of CPU for 8 topics x 3 KL targets on a
+6-layer, d_model-256 world model.
 
 writes OUT/steering.json (one row per topic, method and KL target) and OUT/steering.html
-(success against fluency, averaged over topics).
+(success against fluency, over topics).
 """
 
 PATCH_EPILOG = """example:
@@ -60,10 +70,15 @@ def register(subparsers: Any) -> None:
     e.add_argument("--snmf", default=None, help="SNMF directory at blocks.L.mlp.hook_post (default: FROM/snmf)")
     e.add_argument("--topics", default=None, help="comma-separated planted topics (default: all)")
     e.add_argument("--kl", default="0.25,0.5,1.0", help="next-token KL targets the methods are matched at")
-    e.add_argument("--prompts", type=int, default=12, help="prompts per topic (openings of other topics' documents)")
-    e.add_argument("--new-tokens", type=int, default=16)
+    e.add_argument("--protocol", choices=("paper", "lexical"), default="paper",
+                   help="paper: the SNMF paper's protocol, scored by the world's generator; lexical: the earlier "
+                        "one (best-AUROC unit, greedy continuations of other topics' openings, topic-word share) "
+                        "(default: paper)")
+    e.add_argument("--prompts", type=positive(int), default=12,
+                   help="--protocol lexical: prompts per topic (openings of other topics' documents) (default: 12)")
+    add_config_options(e, SteerEvalConfig)
     e.add_argument("--out", default="runs/steer-eval")
-    also_names(e, {"kl_targets": "--kl", "n_prompts": "--prompts", "new_tokens": "--new-tokens", "topics": "--topics"})
+    also_names(e, {"kl_targets": "--kl", "n_prompts": "--prompts", "topics": "--topics", "protocol": "--protocol"})
     e.set_defaults(func=steer_eval)
 
     q = subparsers.add_parser("patch", help="activation patching heat map (layer x position) as HTML",
@@ -93,8 +108,6 @@ def steer_eval(args: argparse.Namespace) -> int:
     from saes.formats.durable import atomic_write_text
 
     from interp.model.loading import load
-    from interp.model.hooked import layer_of
-    from interp.interventions.steering_eval import compare_methods, mean_by_method, steering_chart
     from interp.world.lexicon import TOPICS
 
     source = Path(args.source)
@@ -104,15 +117,42 @@ def steer_eval(args: argparse.Namespace) -> int:
         if not d.exists():
             raise InterpError(f"no {what} at {d}: run `interp quickstart` first (it writes {source}/topk and "
                               f"{source}/snmf), or pass --sae/--snmf")
-    try:
-        kl = [float(x) for x in args.kl.split(",") if x.strip()]
-    except ValueError:
-        raise InterpError(f"--kl {args.kl!r}: give comma-separated numbers, e.g. --kl 0.25,0.5,1") from None
-    if not kl or any(k <= 0 for k in kl):
-        raise InterpError(f"--kl {args.kl!r}: KL targets must be positive")
+    kl = _kl_targets(args.kl)
     model = load(args.model)
     sae = saes.load(sae_dir)
     snmf = saes.SNMFResult.load(snmf_dir)
+    layer = _common_layer(sae, snmf)
+    topics = [t.strip() for t in args.topics.split(",")] if args.topics else list(TOPICS)
+    out = Path(args.out)
+    try:
+        if args.protocol == "lexical":
+            report = _lexical(args, model, topics, layer, sae, snmf, kl)
+        else:
+            report = _paper(args, model, topics, layer, sae, snmf, kl)
+    except ValueError as err:
+        raise InterpError(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    payload, chart = report
+    atomic_write_text(out / "steering.json", json.dumps(_finite(payload), indent=2))
+    atomic_write_text(out / "steering.html", chart.to_html(include_plotlyjs=True))
+    print(f"wrote {out}/steering.json and steering.html")
+    return 0
+
+
+def _kl_targets(text: str) -> list[float]:
+    try:
+        kl = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InterpError(f"--kl {text!r}: give comma-separated numbers, e.g. --kl 0.25,0.5,1") from None
+    if not kl or any(k <= 0 for k in kl):
+        raise InterpError(f"--kl {text!r}: KL targets must be positive")
+    return kl
+
+
+def _common_layer(sae: Any, snmf: Any) -> int:
+    """The layer both dictionaries read: steer-eval compares dictionaries of one layer."""
+    from interp.model.hooked import layer_of
+
     hook = sae.metadata.get("hook_name") or ""
     layer = layer_of(hook)
     if layer is None:
@@ -122,25 +162,85 @@ def steer_eval(args: argparse.Namespace) -> int:
     if snmf_hook != f"blocks.{layer}.mlp.hook_post":
         raise InterpError(f"the SAE reads {hook} but the SNMF was fit at {snmf_hook}; "
                           f"compare dictionaries of one layer (the SNMF at blocks.{layer}.mlp.hook_post)")
-    topics = [t.strip() for t in args.topics.split(",")] if args.topics else list(TOPICS)
-    try:
-        rows = compare_methods(model, topics, layer, sae=sae, snmf=snmf, kl_targets=kl, n_prompts=args.prompts,
-                               new_tokens=args.new_tokens)
-    except ValueError as err:
-        raise InterpError(str(err)) from None
+    return layer
+
+
+def _lexical(args: argparse.Namespace, model: Any, topics: list[str], layer: int, sae: Any, snmf: Any,
+             kl: list[float]) -> tuple[dict, Any]:
+    """The earlier protocol: its JSON payload and chart, its table printed."""
+    from interp.interventions.steering_eval import compare_methods
+    from interp.interventions.steering_lexical import mean_by_method, steering_chart
+
+    rows = compare_methods(model, topics, layer, sae=sae, snmf=snmf, kl_targets=kl, n_prompts=args.prompts,
+                           new_tokens=args.new_tokens, seed=args.seed, protocol="lexical")
     means = mean_by_method(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "steering.json", json.dumps({"layer": layer, "topics": topics, "kl_targets": kl,
-                                                         "rows": rows, "mean": [vars(r) for r in means]}, indent=2))
-    chart = steering_chart(means, topic=f"{len(topics)} topics (mean)")
-    atomic_write_text(out / "steering.html", chart.to_html(include_plotlyjs=True))
-    print(f"layer {layer}; {len(topics)} topics x {args.prompts} prompts; mean over topics")
+    print(f"layer {layer}; {len(topics)} topics x {args.prompts} prompts; mean over topics (lexical protocol)")
     print(f"{'method':<15}{'KL target':>10}{'KL':>8}{'success':>9}{'fluency':>9}")
     for r in means:
         print(f"{r.method:<15}{r.target_kl:>10.2f}{r.kl:>8.2f}{r.success:>9.3f}{r.fluency:>9.3f}")
-    print(f"wrote {out}/steering.json and steering.html")
-    return 0
+    payload = {"protocol": "lexical", "layer": layer, "topics": topics, "kl_targets": kl, "rows": rows,
+               "mean": [vars(r) for r in means]}
+    return payload, steering_chart(means, topic=f"{len(topics)} topics (mean)")
+
+
+def _paper(args: argparse.Namespace, model: Any, topics: list[str], layer: int, sae: Any, snmf: Any,
+           kl: list[float]) -> tuple[dict, Any]:
+    """The SNMF paper's protocol: its JSON payload and chart, its table (with intervals) printed."""
+    from dataclasses import asdict
+
+    from interp.interventions.steering_eval import paper_protocol, summarize, summary_chart
+
+    config = SteerEvalConfig(**config_values(SteerEvalConfig, args))
+    rows, sets = paper_protocol(model, topics, layer, sae, snmf, kl, config, world=_world_for(args.model),
+                                progress=True)
+    summary = summarize(rows, n_boot=config.n_boot, seed=config.seed)
+    print(f"layer {layer}; {len(topics)} topics; chosen on {len(sets.selection)} prompts x {sets.selection_samples} "
+          f"samples, reported on {len(sets.report)} x {sets.report_samples} "
+          f"({'other' if sets.disjoint else 'the same'} prompts, other seeds)")
+    print("mean over topics x prompts x samples [95% bootstrap interval]; success = P(target topic | grammatical "
+          "prefix), log p = generator's log-prob per accepted token, accepted = share of generated tokens accepted")
+    print(f"{'method':<15}{'KL target':>10}{'KL':>7}  {'success':<24}{'log p/token':<27}{'accepted':<24}")
+    for r in summary:
+        print(f"{r.method:<15}{r.target_kl:>10.2f}{r.kl:>7.2f}  {str(r.success):<24}{str(r.logprob):<27}"
+              f"{str(r.accepted):<24}")
+    reached = {(r.method, r.target_kl): r.topics for r in summary}
+    for method in ("diff-in-means", "sae latent", "snmf feature"):
+        for target in kl:
+            if reached.get((method, target), 0) < len(topics):
+                print(f"note: {method} reaches KL {target:g} on {reached.get((method, target), 0)} of {len(topics)} "
+                      "topics only (elsewhere every candidate saturates below it)")
+    payload = {"protocol": "paper", "layer": layer, "topics": topics, "kl_targets": kl, "settings": asdict(config),
+               "prompts": {"selection": list(sets.selection), "report": list(sets.report),
+                           "selection_samples": sets.selection_samples, "report_samples": sets.report_samples,
+                           "selection_seed": sets.selection_seed, "report_seed": sets.report_seed,
+                           "disjoint": sets.disjoint},
+               "rows": rows, "mean": [r.to_dict() for r in summary]}
+    return payload, summary_chart(summary, f"{len(topics)} topics")
+
+
+def _world_for(model: str) -> Any:
+    """The world the model was trained on (its world.json), or the default world."""
+    from pathlib import Path
+
+    from interp.model.loading import DEFAULT_MODEL_ALIASES
+    from interp.world import World, world_of_model
+
+    if model in DEFAULT_MODEL_ALIASES:
+        return world_of_model()
+    return world_of_model(model) if Path(model).is_dir() else World()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: JSON has no NaN."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def steer(args: argparse.Namespace) -> int:

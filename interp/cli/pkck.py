@@ -132,11 +132,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_sweep(sweep: dict) -> None:
     """One row per hook and rank: held-out informative accuracy against a random subspace."""
-    print(f"interchange ({sweep['interchange']}) on held-out informative rows, mean ± 95% interval over seeds "
+    print(f"interchange ({sweep['interchange']}) on held-out informative rows, mean ± 95% t interval over seeds "
           f"{sweep['seeds']} ({sweep['n_usable_items']} usable items, {sweep['holdout']:.0%} held out)")
     print(f"  {'hook':28s} {'rank':>4}  {'accuracy':>15}  {'random subspace':>15}  {'no intervention, all rows':>25}")
     for hook, per_rank in sweep["hooks"].items():
         for rank, r in per_rank.items():
             a, c, b = r["accuracy"], r["random"], r["no_intervention_all_rows"]
-            print(f"  {hook:28s} {rank:>4}  {a['mean']:7.3f} ± {a['ci95']:5.3f}  {c['mean']:7.3f} ± {c['ci95']:5.3f}"
-                  f"  {b['mean']:17.3f}")
+            print(f"  {hook:28s} {rank:>4}  {_span(a):>15}  {_span(c):>15}  {b['mean']:25.3f}")
+
+
+def _span(interval: dict) -> str:
+    """``mean ± half-width`` of a t interval (half-width n/a with one seed)."""
+    half = (interval["hi"] - interval["lo"]) / 2
+    return f"{interval['mean']:.3f} ± {half:.3f}" if half == half else f"{interval['mean']:.3f}"

@@ -233,15 +233,27 @@ def _vector_path(path: str | os.PathLike) -> Path:
 
 
 # -- strength calibration -----------------------------------------------------------------
+KLPosition = Literal["all", "last"]
+
+
 @torch.no_grad()
-def next_token_kl(model: Any, specs: Sequence[Any], prompts: Any) -> float:
-    """Mean KL(clean ‖ steered) of the next-token distribution over the prompts' real tokens."""
+def next_token_kl(model: Any, specs: Sequence[Any], prompts: Any, kl_position: KLPosition = "all") -> float:
+    """Mean KL(clean ‖ steered) of the next-token distribution over the prompts' real tokens.
+
+    ``kl_position="last"`` reads it at each prompt's last token only (the SNMF paper's
+    protocol): the distribution generation starts from, not the prompt's inner tokens.
+    """
+    if kl_position not in ("all", "last"):
+        raise ValueError(f"kl_position must be 'all' or 'last', got {kl_position!r}")
     tokens, mask = left_padded(model, prompts)
     state = DecodeState(prompt_length=tokens.shape[1], pad=(mask == 0).sum(1), width=tokens.shape[1])
     clean = model(tokens, attention_mask=mask)
     with model.hooks(edit_hooks(specs, state)):
         steered = model(tokens, attention_mask=mask)
-    return float(token_kl(clean, steered)[mask.bool()].mean())
+    kl = token_kl(clean, steered)
+    if kl_position == "last":  # left padding puts every prompt's last token in the last column
+        return float(kl[:, -1].mean())
+    return float(kl[mask.bool()].mean())
 
 
 @torch.no_grad()
@@ -256,16 +268,17 @@ def typical_norm(model: Any, hook: str, prompts: Any) -> float:
 
 
 def calibrate_scale(model: Any, spec: Steering, prompts: Any, target_kl: float, rel_tol: float = 0.05,
-                    max_iter: int = 40, start: float = 1.0) -> tuple[Steering, float]:
+                    max_iter: int = 40, start: float = 1.0, kl_position: KLPosition = "all") -> tuple[Steering, float]:
     """The scale whose mean next-token KL from the clean model hits ``target_kl``, by bisection.
 
     The SNMF paper's protocol for comparing steering methods at matched strength. Returns
     the spec at that scale and the KL it reaches. The sign of ``spec.scale`` is kept.
+    ``kl_position``: where the KL is read (:func:`next_token_kl`); the paper uses "last".
     """
     if target_kl <= 0:
         raise ValueError(f"target_kl must be positive, got {target_kl}")
     sign = -1.0 if spec.scale < 0 else 1.0
-    kl_at = lambda s: next_token_kl(model, [spec.with_scale(sign * s)], prompts)  # noqa: E731
+    kl_at = lambda s: next_token_kl(model, [spec.with_scale(sign * s)], prompts, kl_position)  # noqa: E731
     lo, hi = 0.0, start
     kl = kl_at(hi)
     for _ in range(24):  # grow the bracket until it holds the target

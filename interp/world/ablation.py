@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from interp.world.generator import World
 from interp.world.labels import encode_docs
+from interp.world.recall import fact_recall
 
 
 def block_names(model: Any) -> list[str]:
@@ -108,8 +109,6 @@ def ablation_table(model: Any, world: World, n_docs: int = 256, seed: int = 777,
     ``ce_fact_answers`` and ``accuracy`` ``{hops: value}``; ablated rows add ``ce_rise_all``,
     ``ce_rise_fact_answers`` and ``accuracy_drop``.
     """
-    from interp.world.evaluate import fact_recall
-
     docs = world.sample_docs(n_docs, seed=seed)
     tokens, labels = encode_docs(world, docs)
     mask = labels["doc_kind"] >= 0

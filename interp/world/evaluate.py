@@ -15,11 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.world.datasets import fact_prompts, pkck_items
+from interp.world.datasets import pkck_items
 from interp.world.generator import EOS, World
 from interp.world.grammar import ITEM_TYPES
 from interp.world.labels import lexical_tables
 from interp.world.lexicon import INSTRUCTIONS, TOPICS
+from interp.world.recall import fact_recall, last_logits, vocab_ids, vocab_index
 from interp.world.scorer import score_doc
 
 # The bars the shipped model must clear (see WORLD.md). Never lowered to make a model pass.
@@ -54,69 +55,16 @@ class EvalConfig:
         "help": "held-out documents for the mean-ablation table (0: skip it and its bars)"})
 
 
-def _ids(world: World, words: list[str]) -> list[int]:
-    index = _index(world)
-    return [index[w] for w in words]
-
-
-def _index(world: World) -> dict[str, int]:
-    cached = getattr(world, "_vocab_index", None)
-    if cached is None:
-        cached = {w: i for i, w in enumerate(world.vocab)}
-        world._vocab_index = cached
-    return cached
-
-
-@torch.no_grad()
-def _last_logits(model: Any, prompts: list[list[int]], batch_size: int) -> torch.Tensor:
-    """Next-token logits after each prompt ``[n, vocab]``; prompts are right-padded."""
-    out = []
-    device = next(model.parameters()).device
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        tokens = torch.zeros(len(chunk), width, dtype=torch.long)
-        for i, p in enumerate(chunk):
-            tokens[i, : len(p)] = torch.tensor(p)
-        logits = model(input_ids=tokens.to(device)).logits
-        last = torch.tensor([len(p) - 1 for p in chunk], device=device)
-        out.append(logits[torch.arange(len(chunk), device=device), last].float().cpu())
-    return torch.cat(out)
-
-
-def fact_recall(model: Any, world: World, hops: int = 1, batch_size: int = 64) -> dict:
-    """Greedy answers to every question with ``hops`` look-ups (:func:`fact_prompts`).
-
-    ``accuracy`` counts each question once; ``weighted`` weights it by how often the
-    generator writes its land (the accuracy on the world's own text); ``rarest_quarter``
-    is the accuracy on the quarter of lands written least.
-    """
-    chains = world.facts.chains(hops)
-    prompts, values, _ = fact_prompts(world, hops)
-    logits = _last_logits(model, [_ids(world, p) for p in prompts], batch_size)
-    pred = logits.argmax(-1).tolist()
-    correct = [p == t for p, t in zip(pred, _ids(world, values))]
-    weights = [world.facts.weight(c) for c in chains]
-    rare = set(world.facts.entities[-len(world.facts.entities) // 4:])
-    in_rare = [(world.facts.land_of_capital(c.anchor) if c.chain.startswith("capital") else c.anchor) in rare
-               for c in chains]
-    wrong = [" ".join(p[1:]) + " -> " + world.vocab[q] for p, q, c in zip(prompts, pred, correct) if not c]
-    rare_hits = [c for c, r in zip(correct, in_rare) if r]
-    return {"accuracy": sum(correct) / len(correct),
-            "weighted": sum(w for w, c in zip(weights, correct) if c) / sum(weights),
-            "rarest_quarter": sum(rare_hits) / len(rare_hits), "n": len(correct), "wrong": wrong[:10]}
-
-
 def qa_accuracy(model: Any, world: World, n_items: int, seed: int, batch_size: int = 64) -> dict:
     """Greedy answers of QA items in all three renderings, scored against the grammar."""
     items = pkck_items(n_items, seed=seed, world=world)
     prompts, targets, keys = [], [], []
     for it in items:
         for ins in INSTRUCTIONS:
-            prompts.append(_ids(world, it.prompts[ins]))
-            targets.append(_index(world)[it.answers[ins]])
+            prompts.append(vocab_ids(world, it.prompts[ins]))
+            targets.append(vocab_index(world)[it.answers[ins]])
             keys.append((it, ins))
-    pred = _last_logits(model, prompts, batch_size).argmax(-1).tolist()
+    pred = last_logits(model, prompts, batch_size).argmax(-1).tolist()
     hits: dict[tuple[str, str], list[bool]] = defaultdict(list)
     for (it, ins), p, t in zip(keys, pred, targets):
         hits[(it.item_type, ins)].append(p == t)
@@ -156,7 +104,7 @@ def heldout_loss(model: Any, world: World, n_docs: int, seed: int, batch_size: i
         width = max(len(d) for d in chunk)
         tokens = torch.zeros(len(chunk), width, dtype=torch.long)
         for i, d in enumerate(chunk):
-            tokens[i, : len(d)] = torch.tensor(_ids(world, d.tokens))
+            tokens[i, : len(d)] = torch.tensor(vocab_ids(world, d.tokens))
         logp = F.log_softmax(model(input_ids=tokens.to(device)).logits.float(), -1).cpu()
         for i, d in enumerate(chunk):
             score = score_doc(world, d.tokens)
@@ -204,7 +152,7 @@ def topic_consistency(model: Any, world: World, n_prompts: int, k: int, max_new:
     words that belong to the prompt's topic (the generator itself scores 1.0), and the
     fraction of samples the generator could have produced (grammatical rate)."""
     table = lexical_tables(world)["word_topics"]
-    index = _index(world)
+    index = vocab_index(world)
     eos = index[EOS]
     gen = torch.Generator().manual_seed(seed)
     by_topic, valid, total = {}, 0, 0
@@ -212,7 +160,7 @@ def topic_consistency(model: Any, world: World, n_prompts: int, k: int, max_new:
         on, content = 0, 0
         for doc in world.sample_docs(n_prompts, seed=seed + ti, kind="topical", topic=topic):
             prompt_words = doc.tokens[: doc.segments[0]["end"]]
-            for seq in _sample(model, _ids(world, prompt_words), k, max_new, eos, gen):
+            for seq in _sample(model, vocab_ids(world, prompt_words), k, max_new, eos, gen):
                 words = [world.vocab[t] for t in seq]
                 member = table[torch.tensor(seq)] if seq else torch.zeros(0, len(TOPICS), dtype=torch.bool)
                 has_topic = member.any(-1)

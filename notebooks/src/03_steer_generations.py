@@ -26,7 +26,7 @@ import torch
 import interp
 import saes
 from interp import Steering, calibrate_scale
-from interp.interventions.steering_eval import (evaluate_steering, steering_chart, topic_prompts, topic_specs,
+from interp.interventions.steering_lexical import (evaluate_steering, steering_chart, topic_prompts, topic_specs,
                                   topic_success)
 from interp.world import World
 from interp.world.labels import lexical_tables
