@@ -1,4 +1,4 @@
-"""Where does the default model compose its facts? Activation patching over layer x position.
+"""Where does the default model do its planted work? Patching per chain, and probes per layer.
 
 For each chain of the world (direct, neighbor, capital, capital_neighbor) it draws pairs of
 prompts that differ only in the written name (a land, or the city in "whose capital is")
@@ -8,6 +8,11 @@ position. The score is the share of the clean-minus-corrupted logit difference r
 (1: that one state carries everything that differs; 0: nothing). It prints one JSON object:
 per chain, the score at the written name and at the final ``is`` for every layer, and the
 full grid with the prompt's words.
+
+Then linear probes (held out by document, or by relation for the bridges) at the embedding
+and after every block: the topic on every token of topical documents, the sentence's
+sentiment at its full stop, a member's parent category at the member, and the unwritten
+bridge land at the final ``is`` of two-hop prompts (one probe per chain).
 
     python bench/world_where.py --pairs 48 --out bench/world_where.json
 """
@@ -49,6 +54,78 @@ def pairs_for(world: World, chain: str, n: int, seed: int) -> tuple[list[list[st
     return clean, corrupted, good, bad
 
 
+def land_transfer(model, world: World, hooks: list[str]) -> dict:
+    """Is the unwritten bridge represented like a written land? A probe learns to read the
+    land at the final ``is`` of one-hop prompts ("the REL of ENT is", held out by relation);
+    read on two-hop prompts it names either the written name's land or the bridge. The
+    bridge is a fixed function of the written name, so a probe trained on two-hop states
+    could learn that mapping without the model computing anything; this one never sees them."""
+    import probes
+
+    index = {w: i for i, w in enumerate(world.vocab)}
+    lands = world.facts.entities
+
+    def states(items) -> dict[str, torch.Tensor]:
+        tokens = torch.tensor([[index[w] for w in ["<bos>"] + c.words()] for c in items])
+        keep = torch.zeros_like(tokens, dtype=torch.bool)
+        keep[:, -1] = True
+        return probes.sweep.collect(model, tokens, hooks, keep)
+
+    direct = [c for c in world.facts.chains(1)]
+    x_direct = states(direct)
+    labels = torch.tensor([lands.index(c.anchor) for c in direct])
+    groups = torch.tensor([world.facts.relations.index(c.relation) for c in direct])
+    two_hop = {chain: [c for c in world.facts.chains(2) if c.chain == chain] for chain in ("neighbor", "capital")}
+    x_two = {chain: states(items) for chain, items in two_hop.items()}
+    out: dict = {}
+    for hook in hooks:
+        probe = probes.LinearProbe(test_fraction=0.2)
+        row = {"one_hop_written_land": round(probe.fit(x_direct[hook], labels, groups).accuracy, 3)}
+        for chain, items in two_hop.items():
+            pred = probe.logits(x_two[chain][hook]).argmax(-1)
+            row[f"{chain}_reads_bridge"] = round(float((pred == torch.tensor(
+                [lands.index(c.target) for c in items])).float().mean()), 3)
+            if chain == "neighbor":
+                row[f"{chain}_reads_written_land"] = round(float((pred == torch.tensor(
+                    [lands.index(c.anchor) for c in items])).float().mean()), 3)
+        out[hook] = row
+    return out
+
+
+def probe_by_layer(model, world: World) -> dict:
+    """Held-out probe accuracy per hook for each planted variable."""
+    import probes
+    from interp.world import labelled_batch
+    from interp.world.labels import WORD_CLASSES
+    from interp.world.lexicon import HIERARCHY_PARENT, MEMBER_PARENT
+
+    hooks = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)]
+    out: dict = {}
+
+    def run(name: str, tokens: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> None:
+        acts = probes.sweep.collect(model, tokens, hooks, keep)
+        results = probes.probe_hooks(acts, labels, groups)
+        out[name] = {h: round(r.accuracy, 3) for h, r in results.items()}
+
+    docs = torch.arange(400)[:, None]
+    topical = labelled_batch(200, seed=11, world=world, kind="topical")
+    keep = topical.labels["topic"] >= 0
+    run("topic (every token)", topical.tokens, keep, topical.labels["topic"][keep],
+        docs[:200].expand_as(keep)[keep])
+    dot = topical.tokens == world.vocab.index(".")
+    keep = (topical.labels["sentiment"] >= 0) & dot
+    run("sentiment (at the full stop)", topical.tokens, keep, topical.labels["sentiment"][keep],
+        docs[:200].expand_as(keep)[keep])
+    member = topical.labels["word_class"] == WORD_CLASSES.index("member")
+    categories = list(HIERARCHY_PARENT)
+    parent = torch.tensor([categories.index(MEMBER_PARENT[world.vocab[t]]) if m else -1
+                           for t, m in zip(topical.tokens.flatten().tolist(), member.flatten().tolist())])
+    run("parent category (at a member)", topical.tokens, member, parent[member.flatten()],
+        docs[:200].expand_as(member)[member])
+    out["land read at the final 'is'"] = land_transfer(model, world, hooks)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="world")
@@ -78,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "at_last_by_layer": [round(float(v), 3) for v in result.scores[:, last]],
             "grid": [[round(float(v), 3) for v in row] for row in result.scores],
         }
+    report["probes"] = probe_by_layer(model, world)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
