@@ -1,8 +1,7 @@
 """Methods on the shipped world model: they must find what the world planted.
 
 * probes find topic and sentiment where the model computes them, not in the embedding;
-* the rank-2 PK/CK subspace separates supportive from conflicting items where a rank-1
-  sign read-out cannot;
+* the PK/CK subspace moves held-out answers to the source's far more than a random one;
 * steering towards a topic with a difference-in-means vector raises the topic's share.
 """
 from __future__ import annotations
@@ -52,45 +51,47 @@ def test_probes_find_sentence_sentiment_at_the_full_stop(world_model):
     assert max(r.auroc for r in results.values()) > 0.7
 
 
-# The subspace is trained where the source can still be switched: after block 1 of 4 the
-# model has read the instruction but not yet looked up the answer (at the last block the
-# answer itself is formed and a 2-D swap cannot carry it; interchange accuracy 0.53 there).
-PKCK_LAYER = 1
+# The subspace is trained at the middle of the 6-layer model (the `interp pkck` default),
+# where the instruction has been read and the answer can still be switched.
+PKCK_LAYER = 2
 
 
 @pytest.fixture(scope="module")
-def pkck(world_model):
-    from probes.pkck import compare_ranks
-
+def pkck_data(world_model):
     items = pkck_items(200, seed=5)
     batch = pkck_batch(items)
-    data = answer_all(world_model, batch["tokens"], batch["last_pos"], batch["answers"],
+    return answer_all(world_model, batch["tokens"], batch["last_pos"], batch["answers"],
                       [it.item_type for it in items])
-    return data, compare_ranks(world_model, data, f"blocks.{PKCK_LAYER}.hook_resid_post", ranks=(1, 2),
-                               steps=200, max_new_tokens=4)
 
 
 @pytest.mark.slow
-def test_pkck_subspace_is_orthonormal_trained_at_an_explicit_layer(pkck):
-    data, comparison = pkck
+def test_full_interchange_moves_held_out_answers_far_beyond_a_random_subspace(world_model, pkck_data):
+    """Accuracy counts only held-out rows whose source answer differs from the base's, so
+    doing nothing scores 0; a random subspace of the same rank is the control."""
+    from probes.pkck import interchange_sweep
+
+    hook = f"blocks.{PKCK_LAYER}.hook_resid_post"
+    sweep = interchange_sweep(world_model, pkck_data, [hook], ranks=(1, 2), seeds=(0, 1), steps=150)
+    rank = sweep["hooks"][hook]
+    assert rank[2]["accuracy"]["mean"] > rank[2]["random"]["mean"] + 0.3, rank
+    # The full swap nests ranks: rank 2 can do whatever rank 1 does.
+    assert rank[2]["accuracy"]["mean"] >= rank[1]["accuracy"]["mean"] - 0.05, rank
+
+
+@pytest.mark.slow
+def test_pkck_subspace_is_orthonormal_and_read_where_trained(world_model, pkck_data):
+    from probes.pkck import compare_ranks
+
+    comparison = compare_ranks(world_model, pkck_data, f"blocks.{PKCK_LAYER}.hook_resid_post", ranks=(1, 2),
+                               steps=150, max_new_tokens=4)
     rank2 = comparison.spaces[2]
-    assert rank2.hook == comparison.hook == f"blocks.{PKCK_LAYER}.hook_resid_post"
-    assert comparison.readouts[2]["hook"] == rank2.hook  # read where it was trained
+    assert rank2.hook == comparison.hook == comparison.readouts[2]["hook"]
     torch.testing.assert_close(rank2.U.T @ rank2.U, torch.eye(2), atol=1e-5, rtol=0)
     assert rank2.n_train >= 100
-    assert rank2.fit.accuracy > 0.65  # the interchange moves the answer to the source's
-
-
-@pytest.mark.slow
-def test_rank2_separates_supportive_from_conflicting(pkck):
-    data, comparison = pkck
-    types = data.interaction()
-    assert types.count("supportive") >= 10 and types.count("conflicting") >= 40
-    # A rank-1 sign read-out gives every token a share of 0 or 1: its balance carries nothing
-    # about whether both sources are active, at any step.
-    assert comparison.strength(1) == pytest.approx(0.0, abs=1e-6)
-    # Rank 2 reads two coordinates: supportive and conflicting items differ in their balance.
-    assert comparison.strength(2) > 0.2, comparison.separation[2]
+    # Rank 1's read-out is continuous between its anchors, so its separation is measured,
+    # not fixed at 0 by construction.
+    shares = comparison.readouts[1]["pk_share"]
+    assert bool(((shares > 0.01) & (shares < 0.99)).any())
 
 
 def test_difference_in_means_steering_raises_the_topic_share(world_model):
