@@ -28,14 +28,14 @@ import torch
 import interp
 from interp.interventions.patching import activation_patching, logit_diff
 from interp.world import World
-from interp.world.facts import CHAINS
+from interp.world.facts import CHAIN_HOPS, CHAINS
 
 
 def pairs_for(world: World, chain: str, n: int, seed: int) -> tuple[list[list[str]], list[list[str]], list[str],
                                                                      list[str]]:
     """``n`` (clean, corrupted) prompts of one chain: same relation, other name, other answer."""
     rng = random.Random(f"where-{chain}-{seed}")
-    hops = {"direct": 1, "neighbor": 2, "capital": 2, "capital_neighbor": 3}[chain]
+    hops = CHAIN_HOPS[chain]
     by_relation: dict[str, list] = {}
     for c in world.facts.chains(hops):
         if c.chain == chain:

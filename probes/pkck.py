@@ -222,8 +222,9 @@ def interchange_accuracy(model: Any, data: PKCKData, hook: str, U: torch.Tensor,
     if len(idx) == 0:
         raise ValueError("no usable held-out item: use more items or a smaller training share")
     rows, downstream, _ = interchange_rows(model, data, idx, hook)
-    column = None if interchange == "full" else rows.column.clamp(max=U.shape[1] - 1)
-    from probes.subspace import interchange as swap
+    from probes.subspace import interchange as swap, routing
+
+    column = routing(rows, U.shape[1], interchange)
 
     pred = downstream(rows.base_index, swap(U.float(), rows.h_base, rows.h_source, column)).argmax(-1)
     base_answer = data.answers[idx, CONSIDER].repeat(2)

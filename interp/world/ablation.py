@@ -7,7 +7,7 @@ with its mean over the real tokens of held-out documents, then measures what is 
 * the cross-entropy rise over all tokens of held-out documents, and over the fact-answer
   tokens among them (``is_fact_answer``: fact-sentence values and QA answers equal to the
   truth);
-* greedy fact-answer accuracy for each hop count (:func:`.evaluate.fact_recall`).
+* greedy fact-answer accuracy for each hop count (:func:`.recall.fact_recall`).
 
 Mean ablation (not zero) keeps the block's average contribution, so a drop means the block
 carried information that varies with the input, not that the next layer lost a bias.

@@ -148,7 +148,10 @@ class FactBase:
                     out.append(self.resolve(relation, chain, anchor))
         return out
 
+    def anchor_land(self, item: Chain) -> str:
+        """The land the question's written name stands for (a capital names its land)."""
+        return self.land_of_capital(item.anchor) if item.chain.startswith("capital") else item.anchor
+
     def weight(self, item: Chain) -> float:
         """How often the generator writes this question's anchor (its land's fame)."""
-        land = self.land_of_capital(item.anchor) if item.chain.startswith("capital") else item.anchor
-        return self.land_weights[land]
+        return self.land_weights[self.anchor_land(item)]

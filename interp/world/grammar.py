@@ -118,6 +118,7 @@ class Grammar:
         self.facts = facts
         self.topics = list(TOPICS)
         self.content_words = tuple(self._content_words())
+        self._land_names = frozenset(facts.entities)
 
     # -- doc level --------------------------------------------------------------------------
     def doc_prior(self) -> list[tuple[Z, float]]:
@@ -232,10 +233,10 @@ class Grammar:
     def _noun_phrase(self, topic: str, sentiment: str, nouns: tuple[str, ...], role: str,
                      state: dict, history: list[str]) -> Generator[Emit, str, str]:
         """``[ADJ] NOUN`` (the determiner is emitted by the caller). Returns the noun."""
-        noun_set = set(nouns)
+        noun_set = frozenset(nouns)
         mentioned = tuple(w for w in dict.fromkeys(history) if w in noun_set)
         tok = yield Emit(self._adjective_or(topic, sentiment, nouns, mentioned), {"role": "adjective"},
-                         ((frozenset(noun_set), role),))
+                         ((noun_set, role),))
         if tok not in noun_set:  # it was the adjective
             state["shown"] |= sentiment != "neutral" and tok in SENTIMENT_ADJECTIVES[sentiment]
             tok = yield Emit(self._nouns(nouns, mentioned), {"role": role})
@@ -323,7 +324,7 @@ class Grammar:
         """``the REL of ENT is VAL .``, or a chain of look-ups whose bridges are never written:
         ``the REL of the neighbor of ENT``, ``the REL of the land whose capital is CITY``,
         ``the REL of the neighbor of the land whose capital is CITY``."""
-        lands = frozenset(self.facts.entities)
+        lands = self._land_names
         hop = {"role": "hop"}
         yield Emit(point("the"))
         relation = yield Emit(uniform(tuple(self.facts.relations)), {"role": "relation"})

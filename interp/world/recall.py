@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from interp.world.datasets import fact_prompts
-from interp.world.generator import World
+from interp.world.generator import BOS, World
 
 
 def vocab_ids(world: World, words: list[str]) -> list[int]:
@@ -51,14 +50,13 @@ def fact_recall(model: Any, world: World, hops: int = 1, batch_size: int = 64) -
     is the accuracy on the quarter of lands written least.
     """
     chains = world.facts.chains(hops)
-    prompts, values, _ = fact_prompts(world, hops)
+    prompts, values = [[BOS] + c.words() for c in chains], [c.value for c in chains]
     logits = last_logits(model, [vocab_ids(world, p) for p in prompts], batch_size)
     pred = logits.argmax(-1).tolist()
     correct = [p == t for p, t in zip(pred, vocab_ids(world, values))]
     weights = [world.facts.weight(c) for c in chains]
     rare = set(world.facts.entities[-len(world.facts.entities) // 4:])
-    in_rare = [(world.facts.land_of_capital(c.anchor) if c.chain.startswith("capital") else c.anchor) in rare
-               for c in chains]
+    in_rare = [world.facts.anchor_land(c) in rare for c in chains]
     wrong = [" ".join(p[1:]) + " -> " + world.vocab[q] for p, q, c in zip(prompts, pred, correct) if not c]
     rare_hits = [c for c, r in zip(correct, in_rare) if r]
     return {"accuracy": sum(correct) / len(correct),
