@@ -5,6 +5,8 @@
 * :func:`tree`: a feature hierarchy. Each parent is present whenever one of its mutually
   exclusive children is (and sometimes alone); child directions are correlated with their
   parent's (``child_parent_cos``), hence with each other.
+* :func:`mlp_factors`: SNMF's ground truth, MLP activations ``A = Y Z`` with sparse
+  mixed-sign features ``Z`` and sparse non-negative coefficients ``Y``.
 
 Both return :class:`SyntheticData` with activations ``x [N, d]``, unit directions
 ``[m, d]``, magnitudes ``codes [N, m]`` and presence ``labels [N, m]``, so recovery can be
@@ -164,3 +166,25 @@ def tree(
         x = x + noise * torch.randn(x.shape, generator=g)
     freq = labels.float().mean(0)
     return SyntheticData(x, directions, codes, labels, freq, hierarchy)
+
+
+def mlp_factors(n_tokens: int = 600, d: int = 64, rank: int = 6, *, support: int = 8, seed: int = 0,
+                p_active: float = 0.3, noise: float = 0.01) -> SyntheticData:
+    """Token-major activations ``x = codes @ features + noise`` as SNMF models MLP neurons.
+
+    Each of the ``rank`` features touches ``support`` random neurons with mixed signs and
+    magnitudes in ``[0.5, 1.5)``; each token's coefficient on a feature is uniform in
+    ``[0, 1)`` with probability ``p_active``, else 0. ``directions`` are the features
+    themselves (not unit norm: SNMF fixes the scale on the coefficients' side).
+    """
+    if support > d:
+        raise ConfigError(f"support={support} neurons per feature, but d={d}")
+    g = torch.Generator().manual_seed(seed)
+    features = torch.zeros(rank, d)
+    for j in range(rank):
+        rows = torch.randperm(d, generator=g)[:support]
+        features[j, rows] = torch.randn(support, generator=g).sign() * (0.5 + torch.rand(support, generator=g))
+    codes = (torch.rand(rank, n_tokens, generator=g) * (torch.rand(rank, n_tokens, generator=g) < p_active)).T
+    x = codes @ features + noise * torch.randn(d, n_tokens, generator=g).T
+    labels = codes > 0
+    return SyntheticData(x.contiguous(), features, codes.contiguous(), labels, labels.float().mean(0))

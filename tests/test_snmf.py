@@ -6,19 +6,14 @@ import math
 import pytest
 import torch
 
+from saes.synthetic import mlp_factors
 from saes.snmf import SNMF, SNMFResult, hierarchical, reconstruction_error, semi_nmf_coefficient_step
 
 
-def planted(n_tokens=600, d=64, rank=6, support=8, seed=0):
-    """A = Z Y + noise with sparse mixed-sign Z [d, r] and sparse non-negative Y [r, N]."""
-    g = torch.Generator().manual_seed(seed)
-    Z = torch.zeros(d, rank)
-    for j in range(rank):
-        rows = torch.randperm(d, generator=g)[:support]
-        Z[rows, j] = torch.randn(support, generator=g).sign() * (0.5 + torch.rand(support, generator=g))
-    Y = torch.rand(rank, n_tokens, generator=g) * (torch.rand(rank, n_tokens, generator=g) < 0.3)
-    A = Z @ Y + 0.01 * torch.randn(d, n_tokens, generator=g)
-    return A.T.contiguous(), Z.T.contiguous()  # token-major acts, true features [r, d]
+def planted(seed=0, **shape):
+    """Token-major activations and the true features [rank, d] (see synthetic.mlp_factors)."""
+    data = mlp_factors(seed=seed, **shape)
+    return data.x, data.directions
 
 
 def test_invariants_support_and_nonnegativity():
