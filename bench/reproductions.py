@@ -29,7 +29,7 @@ def topk(seed: int) -> dict:
     """Gao et al. (2024): TopK fixes L0 at k and recovers the true features."""
     data = synthetic.superposition(n_features=96, d=32, n_samples=16_384, seed=seed, mean_active=3)
     sae = saes.TopKSAE(32, 192, k=3)
-    saes.train(sae, data.x, saes.TrainConfig(batch_size=256, total_tokens=300_000, lr=3e-3, seed=seed), progress=False)
+    saes.train(sae, data.x, saes.TrainConfig(batch_size=256, total_tokens=200_000, lr=3e-3, seed=seed), progress=False)
     control = saes.TopKSAE(32, 192, k=3)
     control.reset_parameters(torch.Generator().manual_seed(seed + 1000))
     z = sae.encode(data.x)
@@ -64,7 +64,7 @@ def batchtopk(seed: int) -> dict:
     train, test = data.x[:16_384], data.x[16_384:]   # held-out rows of the same features
     k = 4
     tk, btk = saes.TopKSAE(24, 128, k=k), saes.BatchTopKSAE(24, 128, k=k)
-    saes.train([tk, btk], train, saes.TrainConfig(batch_size=256, total_tokens=400_000, lr=3e-3, seed=seed),
+    saes.train([tk, btk], train, saes.TrainConfig(batch_size=256, total_tokens=200_000, lr=3e-3, seed=seed),
                progress=False)
     codes = btk.encode(test)
     per_token = (codes > 0).sum(-1).float()

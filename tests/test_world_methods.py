@@ -51,7 +51,7 @@ def test_probes_find_sentence_sentiment_at_the_full_stop(world_model):
     assert max(r.auroc for r in results.values()) > 0.7
 
 
-# The subspace is trained at the middle of the 6-layer model (the `interp pkck` default),
+# The subspace is trained after block 2 of the 4-layer model,
 # where the instruction has been read and the answer can still be switched.
 PKCK_LAYER = 2
 

@@ -27,7 +27,7 @@ a selection set that picks each dictionary's (unit, sign) among --candidates uni
 with +alpha and -alpha, a report set it is scored on, alpha matched to the KL at the last
 prompt token, success and fluency read exactly from the world's generator, 95% bootstrap
 intervals. The defaults take about 3 minutes of CPU for 8 topics x 3 KL targets on a
-6-layer, d_model-256 world model.
+4-layer, d_model-256 world model.
 
 writes OUT/steering.json (one row per topic, method and KL target) and OUT/steering.html
 (success against fluency, over topics).

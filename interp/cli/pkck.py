@@ -11,7 +11,7 @@ from interp.errors import InterpError
 EPILOG = """examples:
   interp pkck --model world --out runs/pkck
   interp pkck --model world --layers all --ranks 1,2,3,4 --seeds 0,1,2 --out runs/pkck-sweep
-  interp pkck --model world --layer 3 --items 400 --interchange column --max-new-tokens 6 --out runs/pkck-l3
+  interp pkck --model world --layer 2 --items 400 --interchange column --max-new-tokens 6 --out runs/pkck-l2
 
 Interchange accuracy is measured on held-out items (--holdout of the usable ones, a new
 split per seed), on the rows where the source's answer differs from the base's, with a

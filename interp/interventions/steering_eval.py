@@ -52,7 +52,7 @@ PROTOCOLS = ("paper", "lexical")
 # ==========================================================================================
 @dataclass(frozen=True)
 class SteerEvalConfig:
-    """Settings of the paper protocol. The defaults keep 8 topics x 3 KL targets on a 6-layer,
+    """Settings of the paper protocol. The defaults keep 8 topics x 3 KL targets on a 4-layer,
     d_model-256 world model to a few minutes of CPU: 5 candidates x 2 signs per dictionary
     are each calibrated and sampled 8 times (4 prompts x 2) on the selection set; each chosen
     vector is sampled 24 times (6 prompts x 4) on the report set."""
