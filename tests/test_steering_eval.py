@@ -60,7 +60,7 @@ def dictionaries(tmp_path_factory):
     sae = saes.TopKSAE(32, 64, k=4)
     sae.metadata.update(hook_name=f"blocks.{LAYER}.hook_resid_post")
     sae.save(directory / "topk")
-    features = torch.randn(6, 128) * (torch.rand(6, 128) < 0.1)
+    features = torch.randn(6, 64) * (torch.rand(6, 64) < 0.1)
     saes.SNMFResult(features, torch.zeros(1, 6), [0.0], 0,
                     {"hook_name": f"blocks.{LAYER}.mlp.hook_post"}).save(directory / "snmf")
     return directory

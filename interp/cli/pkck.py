@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("pkck", help="train and read the rank-2 PK/CK knowledge subspace (world model)",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="world", help="a model trained on the synthetic world (default: world)")
-    p.add_argument("--layer", type=int, default=None, help="residual stream layer (default: the middle one, rounding down)")
+    p.add_argument("--layer", type=int, default=None, help="residual stream layer (default: n_layers // 2, the quickstart's)")
     p.add_argument("--hook", default=None, help="any hook instead of --layer, e.g. blocks.2.hook_resid_post")
     p.add_argument("--items", type=int, default=240, help="QA items, each rendered three ways")
     p.add_argument("--ranks", default="1,2", help="comma-separated ranks to train, 1 to 4 (1 and 2 are also read out)")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise InterpError(f"{args.model!r} does not speak the synthetic world's language; "
                           "`interp pkck` needs a world model (--model world). On other models use "
                           "probes.pkck.answer_all / compare_ranks with your own renderings (README: PK/CK).")
-    layer = (model.n_layers - 1) // 2 if args.layer is None else args.layer
+    layer = model.n_layers // 2 if args.layer is None else args.layer
     hook = args.hook or f"blocks.{layer}.hook_resid_post"
     if args.layers is None:
         sweep_hooks = [hook]
