@@ -13,7 +13,7 @@ from interp.world.evaluate import EvalConfig
 from interp.world.train import TrainConfig as WorldTrainConfig
 
 TRAIN_EPILOG = """example:
-  interp world train --out runs/world-model      # about 75 min on 2 CPU cores
+  interp world train --out runs/world-model      # about 40 min on 2 CPU cores
   interp world train --steps 50 --out /tmp/smoke # a quick smoke run (not a usable model)
 """
 EVAL_EPILOG = """example:
