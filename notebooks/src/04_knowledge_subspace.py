@@ -67,7 +67,7 @@ print("interaction types from the model's own answers:", {t: types.count(t) for 
 # %% [markdown]
 # ## 2. Train the subspace (rank 2) and a rank-1 baseline
 #
-# The layer is explicit: trained at the output of block (n_layers − 1) // 2, read at the same
+# The layer is explicit: trained at the output of block n_layers // 2, read at the same
 # hook (`interp pkck --layers all` compares layers). Only items answered right (and
 # confidently) in all three renderings are used, and 30% of them are held out: accuracy is
 # measured on held-out rows where the source's answer differs from the base's (on the others
@@ -76,7 +76,7 @@ print("interaction types from the model's own answers:", {t: types.count(t) for 
 # projects on most, and each anchor projects positively.
 
 # %%
-HOOK = f"blocks.{(model.n_layers - 1) // 2}.hook_resid_post"
+HOOK = f"blocks.{model.n_layers // 2}.hook_resid_post"
 usable = usable_items(data)
 order = usable[torch.randperm(len(usable), generator=torch.Generator().manual_seed(0))]
 held_out, train_items = order[: len(order) * 3 // 10], order[len(order) * 3 // 10:]
