@@ -24,8 +24,10 @@ from interp.world import World, score_doc
 from interp.world.generator import BOS, EOS
 from interp.world.labels import lexical_tables
 from interp.world.scorer import latent_posterior
+from interp.world.train import ModelConfig
 
 LAYER = 1
+TINY = ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128)  # the random model the tests steer
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +39,11 @@ def world():
 def model_dir(tmp_path_factory, world):
     """A random 2-layer world model with its word-level tokenizer, saved like a trained one."""
     from interp.world.tokenizer import build_tokenizer
-    from interp.world.train import ModelConfig, build_model
+    from interp.world.train import build_model
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("tiny-world")
-    build_model(world, ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128)).save_pretrained(directory)
+    build_model(world, TINY).save_pretrained(directory)
     build_tokenizer(world.vocab, 128).save_pretrained(directory)
     return directory
 
@@ -57,10 +59,10 @@ def dictionaries(tmp_path_factory):
     """A random TopK SAE at resid_post and random sparse SNMF features at mlp.hook_post."""
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("dicts")
-    sae = saes.TopKSAE(32, 64, k=4)
+    sae = saes.TopKSAE(TINY.n_embd, 64, k=4)
     sae.metadata.update(hook_name=f"blocks.{LAYER}.hook_resid_post")
     sae.save(directory / "topk")
-    features = torch.randn(6, 64) * (torch.rand(6, 64) < 0.1)
+    features = torch.randn(6, TINY.d_mlp) * (torch.rand(6, TINY.d_mlp) < 0.1)
     saes.SNMFResult(features, torch.zeros(1, 6), [0.0], 0,
                     {"hook_name": f"blocks.{LAYER}.mlp.hook_post"}).save(directory / "snmf")
     return directory

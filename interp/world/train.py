@@ -40,6 +40,10 @@ class ModelConfig:
     # of three-hop recall; narrower MLPs leave less room to spread it.
     mlp_ratio: int = 2
 
+    @property
+    def d_mlp(self) -> int:
+        return self.mlp_ratio * self.n_embd
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -157,7 +161,7 @@ def build_model(world: World, mcfg: ModelConfig) -> Any:
 
     config = GPT2Config(
         vocab_size=len(world.vocab), n_positions=mcfg.n_positions, n_embd=mcfg.n_embd, n_layer=mcfg.n_layer,
-        n_head=mcfg.n_head, n_inner=mcfg.mlp_ratio * mcfg.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        n_head=mcfg.n_head, n_inner=mcfg.d_mlp, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=world.vocab.index(BOS), eos_token_id=world.vocab.index("<eos>"),
         pad_token_id=world.vocab.index(PAD), tie_word_embeddings=True,
     )
