@@ -1,10 +1,11 @@
 """Interoperability with SAELens and EleutherAI sparsify, against the real libraries.
 
-Skipped cleanly when sae_lens (or sparsify) is not importable. To run it, use an
-environment that has them, e.g.::
+Skipped cleanly when sae_lens (or sparsify) is not importable. CI (.ci/run) runs it in a
+second environment with the pinned versions; by hand::
 
-    python -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0 sae-lens eai-sparsify
-    PYTHONPATH=. /tmp/peers/bin/python -m pytest tests/test_saes_interop.py
+    python3 -m venv .venv-peers && .venv-peers/bin/pip install torch==2.13.0 sae-lens==6.54.12 \
+        eai-sparsify==1.3.3 pytest -e .
+    .venv-peers/bin/python -m pytest tests/test_saes_interop.py -p no:cacheprovider
 
 (tests/test_saes_io.py checks the same layouts with hand-written files and always runs.)
 """
@@ -46,40 +47,72 @@ def sparsify():
     return pytest.importorskip("sparsify")
 
 
+# Every architecture this package saves, in each variant SAELens has a class for, with the
+# SAELens class it must load as. Thresholds are set so BatchTopK-style codes are non-trivial.
+SAVED_HERE = {
+    "topk": (lambda: saes.TopKSAE(16, 64, k=5), "TopKSAE"),
+    "batchtopk": (lambda: saes.BatchTopKSAE(16, 64, k=5), "JumpReLUSAE"),
+    "matryoshka": (lambda: saes.MatryoshkaSAE(16, [16, 48], k=5), "JumpReLUSAE"),
+    "matryoshka_topk": (lambda: saes.MatryoshkaSAE(16, [16, 48], k=5, batch_topk=False), "TopKSAE"),
+    "mp": (lambda: saes.MPSAE(16, 64, k=6), "MatchingPursuitSAE"),
+    "relu": (lambda: saes.ReLUSAE(16, 64), "StandardSAE"),
+    "jumprelu": (lambda: saes.JumpReLUSAE(16, 64), "JumpReLUSAE"),
+}
+
+
+def _with_threshold(sae: saes.SAE) -> saes.SAE:
+    threshold = getattr(sae, "threshold", None)
+    if isinstance(threshold, torch.Tensor):
+        with torch.no_grad():  # per latent where the class has one per latent, else one θ
+            threshold.copy_(torch.linspace(0.1, 0.5, threshold.numel()).reshape(threshold.shape)
+                            if threshold.ndim else torch.tensor(0.3))
+    return sae
+
+
 class TestSAELens:
 
-    def test_topk_saved_here_loads_in_saelens_and_encodes_identically(self, tmp_path, x, sae_lens):
-        ours = _trained_like(saes.TopKSAE(16, 64, k=5))
+    @pytest.mark.parametrize("with_hook", [True, False], ids=["hook", "no_hook"])
+    @pytest.mark.parametrize("name", list(SAVED_HERE))
+    def test_every_sae_saved_here_loads_in_saelens_and_encodes_identically(self, tmp_path, x, sae_lens, name,
+                                                                           with_hook):
+        make, their_class = SAVED_HERE[name]
+        ours = _with_threshold(_trained_like(make()))
+        if not with_hook:  # an SAE trained on a plain tensor knows no model or hook
+            ours.metadata.clear()
         ours.save(tmp_path)
         theirs = sae_lens.SAE.load_from_disk(tmp_path)
-        assert type(theirs).__name__ == "TopKSAE"
-        assert theirs.cfg.k == 5
-        assert theirs.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
-        assert torch.equal(theirs.encode(x), ours.encode(x))
-        torch.testing.assert_close(theirs.decode(theirs.encode(x)), ours(x), rtol=1e-6, atol=1e-6)
+        assert type(theirs).__name__ == their_class
+        assert theirs.cfg.metadata.hook_name == ("blocks.0.hook_resid_post" if with_hook else None)
+        assert theirs.cfg.metadata.model_name == ("tiny-gpt2" if with_hook else None)
+        assert theirs.cfg.metadata.sae_lens_training_version is None  # not trained by SAELens
+        codes = ours.encode(x)
+        assert (codes != 0).any(), "the check needs active latents"
+        torch.testing.assert_close(theirs.encode(x), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
 
-    def test_batchtopk_saved_here_loads_in_saelens_as_jumprelu(self, tmp_path, x, sae_lens):
-        ours = _trained_like(saes.BatchTopKSAE(16, 64, k=5))
-        ours.threshold.fill_(0.4)
-        ours.save(tmp_path)
-        theirs = sae_lens.SAE.load_from_disk(tmp_path)
-        assert type(theirs).__name__ == "JumpReLUSAE"
-        assert torch.all(theirs.threshold == 0.4)
-        assert torch.equal(theirs.encode(x), ours.encode(x))
+    def test_topk_keeps_k_and_batchtopk_keeps_its_threshold(self, tmp_path, sae_lens):
+        saes.TopKSAE(16, 64, k=5).save(tmp_path / "topk")
+        assert sae_lens.SAE.load_from_disk(tmp_path / "topk").cfg.k == 5
+        btk = _trained_like(saes.BatchTopKSAE(16, 64, k=5))
+        btk.threshold.fill_(0.4)
+        btk.save(tmp_path / "btk")
+        assert torch.all(sae_lens.SAE.load_from_disk(tmp_path / "btk").threshold == 0.4)
 
-    def test_mp_saved_here_loads_in_saelens_and_encodes_identically(self, tmp_path, x, sae_lens):
-        ours = _trained_like(saes.MPSAE(16, 64, k=6))
+    def test_bfloat16_sae_loads_in_saelens_as_bfloat16(self, tmp_path, x, sae_lens):
+        ours = _trained_like(saes.TopKSAE(16, 64, k=5, dtype="bfloat16"))
         ours.save(tmp_path)
         theirs = sae_lens.SAE.load_from_disk(tmp_path)
-        assert type(theirs).__name__ == "MatchingPursuitSAE"
-        torch.testing.assert_close(theirs.encode(x), ours.encode(x), rtol=1e-5, atol=1e-5)
+        assert theirs.W_dec.dtype == torch.bfloat16 and torch.equal(theirs.W_dec, ours.W_dec)
+        torch.testing.assert_close(theirs.encode(x.bfloat16()), ours.encode(x.bfloat16()))
 
-    def test_matryoshka_saved_here_loads_in_saelens(self, tmp_path, x, sae_lens):
-        ours = _trained_like(saes.MatryoshkaSAE(16, [16, 48], k=5))
-        ours.threshold.fill_(0.3)
-        ours.save(tmp_path)
-        theirs = sae_lens.SAE.load_from_disk(tmp_path)
-        assert torch.equal(theirs.encode(x), ours.encode(x))
+    @pytest.mark.parametrize("variant", [{"tied": False}, {"signed": True}, {"reselect": False}])
+    def test_mp_variants_without_a_saelens_class_are_refused_there(self, tmp_path, sae_lens, variant):
+        """Written as "mp", which SAELens does not know: it must refuse, not run another encoder."""
+        _trained_like(saes.MPSAE(16, 64, k=6, **variant)).save(tmp_path)
+        assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == "mp"
+        with pytest.raises(Exception, match="mp"):
+            sae_lens.SAE.load_from_disk(tmp_path)
+        assert isinstance(saes.load(tmp_path), saes.MPSAE)
 
     @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
     def test_saelens_saved_loads_here(self, tmp_path, x, arch, sae_lens):

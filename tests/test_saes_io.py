@@ -92,6 +92,22 @@ def test_saelens_layout_fields(tmp_path):
     assert cfg["saes"]["architecture"] == "matryoshka" and cfg["saes"]["config"]["group_sizes"] == [8, 40]
 
 
+def test_cfg_is_read_as_saelens_6_layout_even_without_hook_metadata(tmp_path):
+    """SAELens 6 converts a cfg.json without metadata.sae_lens_version as a pre-6.0 file, and
+    that conversion fails on a null top-level hook_name (an SAE trained on a plain tensor)."""
+    sae = _randomise(saes.TopKSAE(16, 48, k=4))
+    sae.metadata.clear()
+    sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["metadata"]["sae_lens_version"].startswith("6.")
+    assert cfg["metadata"]["hook_name"] is None and cfg["metadata"]["sae_lens_training_version"] is None
+    assert "hook_name" not in cfg and "model_name" not in cfg  # no nulls at the pre-6.0 top level
+    back = saes.load(tmp_path)
+    assert "sae_lens_version" not in back.metadata and "sae_lens_training_version" not in back.metadata
+    back.save(tmp_path / "again")  # a second save writes the same description
+    assert json.loads((tmp_path / "again" / "cfg.json").read_text())["metadata"] == cfg["metadata"]
+
+
 def test_bfloat16_and_device_arguments(tmp_path):
     sae = _randomise(saes.TopKSAE(16, 48, k=4, dtype="bfloat16"))
     sae.save(tmp_path)

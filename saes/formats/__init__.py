@@ -19,6 +19,12 @@ from saes.formats.loader import load
 from saes.formats.native import save
 
 __all__ = [
-    "load", "save", "atomic_write", "atomic_write_text", "atomic_write_files", "atomic_save_tensors",
-    "read_tensors", "tensors_digest",
+    "atomic_save_tensors",
+    "atomic_write",
+    "atomic_write_files",
+    "atomic_write_text",
+    "load",
+    "read_tensors",
+    "save",
+    "tensors_digest",
 ]

@@ -212,7 +212,7 @@ def read_tensors(
     """
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118 (not a dict)
     except Exception as err:  # safetensors raises its own error types
         raise FormatError(
             f"{path} is not a readable safetensors file: it is truncated, corrupted or of another format ({err}); "

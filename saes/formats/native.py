@@ -9,9 +9,9 @@ Layout written by :func:`save` (a directory)::
 ``cfg.json`` carries the fields SAELens reads (``architecture``, ``d_in``, ``d_sae``,
 ``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``,
 ``reshape_activations``, ``k`` for TopK, the matching-pursuit fields), the model/hook
-description both at top level (SAELens < 6 layout) and under ``metadata`` (SAELens 6
-layout), and a ``saes`` block with the architecture this package trained and its full
-settings, from which :func:`load_ours` rebuilds the exact class (looked up in
+description under ``metadata`` (SAELens 6 layout, with ``sae_lens_version`` so SAELens 6
+reads it as such) and, where known, at top level (SAELens < 6 layout), and a ``saes``
+block with the architecture this package trained and its full settings, from which :func:`load_ours` rebuilds the exact class (looked up in
 :mod:`saes.architectures.registry`). The SAELens ``architecture`` is the inference form
 SAELens can run (each class's ``saelens_architecture``):
 
@@ -48,6 +48,10 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 # 2: sae_weights.safetensors carries the sha256 of its tensors (required when reading).
 FORMAT_VERSION = 2
+# The SAELens release whose cfg.json layout the file follows (written as
+# metadata.sae_lens_version, which SAELens checks to pick its reader). The first 6.x
+# release, so that a later SAELens applies any conversion it has for older 6.x files.
+SAELENS_LAYOUT_VERSION = "6.0.0"
 
 F = schema.Field
 
@@ -93,8 +97,14 @@ def build_cfg(sae: SAE) -> dict[str, Any]:
         cfg["residual_threshold"] = sae.residual_threshold or 0.0  # type: ignore[attr-defined]
         cfg["max_iterations"] = sae.max_iterations or sae.k  # type: ignore[attr-defined]
         cfg["stop_on_duplicate_support"] = sae.stop_on_duplicate_support  # type: ignore[attr-defined]
-    cfg.update({k: meta.get(k) for k in METADATA_KEYS})
-    cfg["metadata"] = meta
+    # Top level: the SAELens < 6 layout, only where known (a null hook_name there breaks
+    # SAELens's pre-6.0 conversion).
+    cfg.update({k: meta[k] for k in METADATA_KEYS if meta.get(k) is not None})
+    # SAELens 6 reads a file as its own 6.x layout only when metadata names the SAELens
+    # version; without it the file is converted as a pre-6.0 one. An SAE not trained by
+    # SAELens says so (SAELens would otherwise fill in its own version).
+    cfg["metadata"] = {**meta, "sae_lens_version": SAELENS_LAYOUT_VERSION}
+    cfg["metadata"].setdefault("sae_lens_training_version", None)
     cfg["saes"] = {"format_version": FORMAT_VERSION, "architecture": sae.architecture, "config": sae.arch_config()}
     return cfg
 
@@ -129,6 +139,9 @@ def metadata_from(cfg: dict[str, Any]) -> dict[str, Any]:
     meta = {k: cfg.get(k) for k in METADATA_KEYS if k in cfg}
     if isinstance(cfg.get("metadata"), dict):
         meta.update({k: v for k, v in cfg["metadata"].items() if v is not None or k not in meta})
+    meta.pop("sae_lens_version", None)  # describes the file's layout, not the SAE
+    if meta.get("sae_lens_training_version", "") is None:  # not trained by SAELens: nothing to keep
+        del meta["sae_lens_training_version"]
     if "hook_point" in cfg and not meta.get("hook_name"):  # SAELens < 1 name
         meta["hook_name"] = cfg["hook_point"]
     return meta
