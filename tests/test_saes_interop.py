@@ -90,6 +90,24 @@ class TestSAELens:
         torch.testing.assert_close(theirs.encode(x), codes, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
 
+    def test_gemma_scope_npz_loaded_here_then_saved_loads_in_saelens(self, tmp_path, x, sae_lens):
+        """Gemma Scope encodes x, not x - b_dec: the saved file must say so to SAELens."""
+        np = pytest.importorskip("numpy")
+        g = torch.Generator().manual_seed(5)
+        arrays = {"W_enc": torch.randn(16, 64, generator=g) * 0.4, "b_enc": torch.randn(64, generator=g) * 0.2,
+                  "W_dec": torch.randn(64, 16, generator=g) * 0.3, "b_dec": torch.randn(16, generator=g) * 0.5,
+                  "threshold": torch.rand(64, generator=g) * 0.5}
+        src = tmp_path / "gemma-scope-2b-pt-res" / "layer_3" / "width_16k" / "average_l0_20"
+        src.mkdir(parents=True)
+        np.savez(src / "params.npz", **{k: v.numpy() for k, v in arrays.items()})
+        ours = saes.load(src)
+        ours.save(tmp_path / "out")
+        theirs = sae_lens.SAE.load_from_disk(tmp_path / "out")
+        assert type(theirs).__name__ == "JumpReLUSAE" and theirs.cfg.apply_b_dec_to_input is False
+        assert theirs.cfg.metadata.hook_name == "blocks.3.hook_resid_post"
+        torch.testing.assert_close(theirs.encode(x), ours.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+
     def test_topk_keeps_k_and_batchtopk_keeps_its_threshold(self, tmp_path, sae_lens):
         saes.TopKSAE(16, 64, k=5).save(tmp_path / "topk")
         assert sae_lens.SAE.load_from_disk(tmp_path / "topk").cfg.k == 5

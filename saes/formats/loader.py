@@ -1,10 +1,14 @@
-"""``saes.load``: read an SAE directory written by this package, by SAELens or by sparsify.
+"""``saes.load``: read an SAE written by this package, SAELens, sparsify, Gemma Scope or
+dictionary_learning.
 
 ``cfg.json`` is checked before use (wrong types are errors, unknown keys warnings), the
 weights' checksum is verified (:func:`saes.formats.durable.read_tensors`), and the layout
 picks the reader: a ``saes`` block is ours (:mod:`.native`), other ``sae_weights.safetensors``
 directories are SAELens's (:mod:`.saelens`), ``sae.safetensors`` is sparsify's
-(:mod:`.sparsify`). Nothing here unpickles: only JSON and safetensors are read.
+(:mod:`.sparsify`), ``params.npz`` is Gemma Scope's (:mod:`.gemma_scope`) and ``ae.pt`` with a
+``config.json`` is dictionary_learning's (:mod:`.dictionary_learning`). Nothing here runs
+code from a file: JSON and safetensors are read as data, ``params.npz`` with
+``allow_pickle=False`` and ``ae.pt`` with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch
 from saes.architectures.base import SAE
 from saes.dtypes import DTYPES, parse_dtype
 from saes.errors import ConfigError, FormatError
-from saes.formats import schema
+from saes.formats import dictionary_learning, gemma_scope, schema
 from saes.formats.durable import read_tensors
 from saes.formats.native import CFG_FILE, WEIGHTS_FILE, load_ours
 from saes.formats.saelens import load_saelens
@@ -60,31 +64,34 @@ def load(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> SAE:
-    """Load an SAE saved by this package, by SAELens, or by EleutherAI's sparsify.
+    """Load an SAE saved by this package, SAELens, sparsify, Gemma Scope or dictionary_learning.
 
     Args:
-        directory: the SAE's directory (or a file inside it).
+        directory: the SAE's directory, or a file inside it (a dictionary_learning
+            checkpoint ``checkpoints/ae_<step>.pt`` names the weights to read).
         device: where to put it.
         dtype: parameter dtype; default the file's.
 
     Supported: ours (every architecture); SAELens ``standard`` (→ :class:`ReLUSAE`),
     ``topk``, ``jumprelu`` (→ :class:`JumpReLUSAE`; SAELens saves BatchTopK this way),
-    ``matching_pursuit``; sparsify TopK SAEs (``cfg.json`` + ``sae.safetensors``).
-    Files from other libraries load for inference.
+    ``matching_pursuit``; sparsify TopK SAEs (``cfg.json`` + ``sae.safetensors``); Gemma
+    Scope JumpReLU SAEs (``params.npz``); dictionary_learning ``AutoEncoder``,
+    ``AutoEncoderTopK``, ``BatchTopKSAE``, ``MatryoshkaBatchTopKSAE`` and
+    ``JumpReluAutoEncoder`` (``ae.pt`` + ``config.json``). Files from other libraries
+    load for inference.
     """
-    where = Path(directory)
-    if where.is_file():
-        where = where.parent
+    given = Path(directory)
+    where = given.parent if given.is_file() else given
     if not where.is_dir():
         raise FormatError(f"no SAE at {where}: the directory does not exist")
     cfg_path = where / CFG_FILE
     weights, sparsify = where / WEIGHTS_FILE, where / SPARSIFY_WEIGHTS_FILE
     if not cfg_path.is_file() or not (weights.is_file() or sparsify.is_file()):
-        inner = sorted(p.parent.name for p in where.glob(f"*/{CFG_FILE}"))
-        hint = f"; these subdirectories hold SAEs: {', '.join(inner)}" if inner else ""
-        raise FormatError(
-            f"{where} has no {CFG_FILE} with {WEIGHTS_FILE} (or sparsify's {SPARSIFY_WEIGHTS_FILE}){hint}"
-        )
+        try:
+            sae = _load_other(given, where, dtype)
+        except ConfigError as err:  # sizes the file gives that no SAE can have
+            raise FormatError(f"{where}: {err}") from None
+        return sae.to(device).eval()
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -96,6 +103,31 @@ def load(
     except ConfigError as err:  # settings the file gives that no SAE can have
         raise FormatError(f"{cfg_path}: {err}") from None
     return sae.to(device).eval()
+
+
+def _load_other(given: Path, where: Path, dtype: Any) -> SAE:
+    """A Gemma Scope or dictionary_learning file, or an error listing what ``where`` lacks."""
+    npz = given if given.suffix == ".npz" else where / gemma_scope.WEIGHTS_FILE
+    if npz.is_file():
+        return gemma_scope.load_gemma_scope(npz, dtype)
+    pt = given if given.suffix == ".pt" else where / dictionary_learning.WEIGHTS_FILE
+    if pt.is_file():
+        config = dictionary_learning.config_for(pt)
+        if config is None:
+            raise FormatError(
+                f"{pt} has no {dictionary_learning.CONFIG_FILE} beside it (or one level up): "
+                "dictionary_learning's config names the dictionary class, which decides the encoder; "
+                "put the config.json saved with the weights next to them"
+            )
+        return dictionary_learning.load_dictionary_learning(pt, config, dtype)
+    inner = sorted({p.parent.name for pattern in (f"*/{CFG_FILE}", "*/params.npz", "*/ae.pt")
+                    for p in where.glob(pattern)})
+    hint = f"; these subdirectories hold SAEs: {', '.join(inner)}" if inner else ""
+    raise FormatError(
+        f"{where} holds no SAE this package reads: {CFG_FILE} with {WEIGHTS_FILE} (this package, SAELens) "
+        f"or {SPARSIFY_WEIGHTS_FILE} (sparsify), {gemma_scope.WEIGHTS_FILE} (Gemma Scope), or "
+        f"{dictionary_learning.WEIGHTS_FILE} with {dictionary_learning.CONFIG_FILE} (dictionary_learning){hint}"
+    )
 
 
 def _load_checked(cfg: dict[str, Any], cfg_path: Path, weights: Path, sparsify: Path, dtype: Any) -> SAE:
