@@ -108,7 +108,8 @@ class SNMFResult:
 
     @torch.no_grad()
     def encode(self, acts: torch.Tensor, n_iter: int = 100, eps: float = 1e-8) -> torch.Tensor:
-        """Non-negative coefficients ``[n, rank]`` of new tokens ``acts`` [n, d_mlp] on these features.
+        """Non-negative coefficients ``[n, rank]`` of new tokens ``acts`` [n, d_mlp] on these features:
+        the non-negative least-squares fit ``min ‖acts − Y·features‖, Y ≥ 0`` with the features fixed.
 
         ``coefficients`` only covers the tokens the factors were fitted on. For held-out
         tokens the features stay fixed and the fit's own coefficient update (the
@@ -124,8 +125,9 @@ class SNMFResult:
         Z = self.features.T.float()  # [d, r]
         Yt = torch.linalg.lstsq(Z, A.T).solution.T.clamp_min(0)  # [n, r]
         Yt = Yt + 1e-3 * Yt.mean().clamp_min(eps)
+        AtZ = A @ Z  # the features are fixed, so this product is the same every step
         for _ in range(n_iter):
-            Yt = semi_nmf_coefficient_step(A.T, Z, Yt, eps)
+            Yt = semi_nmf_coefficient_step(A.T, Z, Yt, eps, AtZ=AtZ)
         return Yt
 
     def decode(self, coefficients: torch.Tensor) -> torch.Tensor:

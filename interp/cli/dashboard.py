@@ -9,9 +9,9 @@ from interp.cli.options import also_names
 from interp.errors import InterpError
 
 EPILOG = """example:
-  interp dashboard --model world --sae runs/quickstart/sae --store runs/quickstart/store \\
+  interp dashboard --model world --sae runs/quickstart/topk --store runs/quickstart/store \\
       --latents 0,1,2 --out features.html --json features.json
-  interp dashboard --model world --snmf runs/snmf --store runs/quickstart/store --latents 0-9 --out snmf.html
+  interp dashboard --model world --snmf runs/quickstart/snmf --store runs/quickstart/store --latents 0-9 --out snmf.html
 """
 
 
@@ -21,9 +21,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default="world", help="model the store was harvested from (default: world)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--sae", help="SAE directory (saes.load)")
-    source.add_argument("--snmf", help="SNMF directory (SNMFResult.save), fit on --store's rows")
+    source.add_argument("--snmf", help="SNMF directory (SNMFResult.save); any store of its hook (rows it was not "
+                        "fit on are encoded with its fixed features)")
     p.add_argument("--store", required=True, help="activation store directory")
-    p.add_argument("--hook", default=None, help="store hook to read (default: the SAE's hook, or the store's only one)")
+    p.add_argument("--hook", default=None, help="store hook to read (default: the hook the SAE or SNMF records, "
+                   "or the store's only one)")
     p.add_argument("--latents", required=True, help="comma-separated latents, ranges allowed: 0,5,10-14")
     p.add_argument("--out", default="features.html", help="HTML file to write")
     p.add_argument("--json", default=None, help="also write the Neuronpedia-style JSON here")
@@ -52,10 +54,9 @@ def parse_latents(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     import saes
-
-    from interp.model.loading import load
-    from interp.dashboards import build_dashboard
     from interp.activations.store import ActivationStore
+    from interp.dashboards import build_dashboard
+    from interp.model.loading import load
 
     latents = parse_latents(args.latents)
     model = load(args.model)
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         hook = args.hook or dictionary.metadata.get("hook_name")
     else:
         dictionary = saes.SNMFResult.load(args.snmf)
-        hook = args.hook
+        hook = args.hook or dictionary.config.get("hook_name")
     store = ActivationStore.open(args.store, hook=hook, model=model)
     dash = build_dashboard(model, dictionary, store, latents, n_examples=args.examples,
                            n_quantile_examples=args.quantile_examples)

@@ -14,4 +14,4 @@ from interp.dashboards.build import build_dashboard
 from interp.dashboards.dashboard import Dashboard
 from interp.dashboards.data import Example, LabelMatch, LatentCard, QuantileGroup
 
-__all__ = ["build_dashboard", "Dashboard", "LatentCard", "Example", "QuantileGroup", "LabelMatch"]
+__all__ = ["Dashboard", "Example", "LabelMatch", "LatentCard", "QuantileGroup", "build_dashboard"]

@@ -8,19 +8,29 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
 from interp.dashboards.dashboard import Dashboard
 from interp.dashboards.data import Example, LabelMatch, LatentCard, QuantileGroup
-from interp.evaluation.features import mlp_output_direction, unembed_tokens, unembedding
-from interp.dashboards.latent_labels import resolve_labels
+from interp.dashboards.latent_labels import DOCUMENT, GIVEN, TOKEN, resolve_labels
 from interp.dashboards.sources import chunks, code_source
-from interp.dashboards.stream import FirstPass, SecondPass, draw_from_bins, quantile_groups
+from interp.dashboards.stream import (
+    FirstPass,
+    SecondPass,
+    draw_from_bins,
+    quantile_groups,
+)
+from interp.errors import InterpError
+from interp.evaluation.features import mlp_output_direction, unembedding
 
 # Hooks whose activations live in the residual stream's space, so a decoder row can be read
 # through the unembedding as it is.
 RESIDUAL_HOOK = re.compile(r"(^hook_(pos_)?embed$|hook_resid_(pre|mid|post)$|hook_(attn|mlp)_out$|^ln_final\.)")
 MLP_POST_HOOK = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
-MIN_POSITIVES = 5  # a concept seen on fewer rows gives AUROCs too noisy to name a latent by
+# A concept seen on fewer rows than this gives an AUROC too noisy to name a latent by: a rare
+# word that happens to sit in a few firing contexts would otherwise top the list.
+MIN_LABEL_TOKENS = 25
+# Token strings never listed as promoted or suppressed: they are not text a reader can relate
+# to a feature (tokenizers' own special ids are dropped too).
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "<|endoftext|>")
 
 
 def build_dashboard(
@@ -39,25 +49,35 @@ def build_dashboard(
     chunk_rows: int = 4096,
     seed: int = 0,
     progress: bool = True,
+    reasons: dict[int, str] | None = None,
+    min_label_tokens: int = MIN_LABEL_TOKENS,
+    n_labels: int = 3,
 ) -> Dashboard:
     """Feature dashboards of ``latents`` of an SAE or SNMF result, from an ActivationStore.
 
     Args:
         model: the HookedModel the store was harvested from (tokenizer and unembedding).
-        dictionary: a ``saes.SAE`` trained at ``store.hook``, or a ``saes.SNMFResult`` fit on
-            this store's rows.
+        dictionary: a ``saes.SAE`` trained at ``store.hook``, or an SNMF (``saes.SNMFResult``
+            or its ``as_dictionary()``) of the hook: on the rows it was fit on its codes are
+            the fit's coefficients, on any other store of the hook they are the non-negative
+            least-squares codes of :meth:`saes.SNMFResult.encode` on the fixed features.
         store: an ``ActivationStore`` read at the dictionary's hook.
         latents: latent (feature) indices to show.
         n_examples: top-activating examples per latent.
         n_quantile_examples: examples drawn from each of ``n_quantiles`` groups of the firing
             values (group edges are histogram-bin edges near the quantiles).
         labels: ``{concept: [n_rows] 0/1 tensor}`` aligned with the store; on a store of the
-            world model, None means the world's planted labels (lexical ones of each token, and
-            the document topic the window shows; see :mod:`.labels`).
+            world model, None means the world's planted labels (token labels of each row's word,
+            and the document labels its window shows: topic, doc_kind, sentiment, qa_part; see
+            :mod:`.latent_labels`).
         n_bins: bins of the activation histogram (firing values only).
         context: tokens shown before and after an example's token.
         n_logits: promoted and suppressed tokens listed per latent.
         chunk_rows: rows encoded at a time (memory is bounded by this, not the store).
+        reasons: ``{latent: why it is shown}``, printed under the latent's title (e.g.
+            ``"chosen: best AUROC for topic:travel (0.93)"``); latents not in it say "requested".
+        min_label_tokens: a concept needs at least this many positive rows to be matched.
+        n_labels: best-matching concepts listed per kind (token labels, document labels).
 
     Two streaming passes read the store (ranges, then histograms, samples and label
     counts); no pass holds more than one chunk of codes.
@@ -65,9 +85,11 @@ def build_dashboard(
     started = time.perf_counter()
     latents = _check_latents(latents)
     for name, value, least in (("n_examples", n_examples, 0), ("n_quantile_examples", n_quantile_examples, 0),
-                               ("n_quantiles", n_quantiles, 1), ("n_bins", n_bins, 1), ("chunk_rows", chunk_rows, 1)):
+                               ("n_quantiles", n_quantiles, 1), ("n_bins", n_bins, 1), ("chunk_rows", chunk_rows, 1),
+                               ("min_label_tokens", min_label_tokens, 1), ("n_labels", n_labels, 0)):
         if value < least:
             raise InterpError(f"{name} must be at least {least}, got {value}")
+    reasons = _check_reasons(reasons, latents)
     source = code_source(dictionary, store, latents)
     concepts = resolve_labels(model, store, labels)
     n_rows = len(store)
@@ -107,6 +129,7 @@ def build_dashboard(
     contexts.fetch([r for top, groups in picks for r, _ in top + [x for _, d in groups for x in d]])
 
     residual = _residual_directions(model, store.hook, source.directions())
+    special = special_token_ids(model) if residual is not None else []
     cards = []
     for j, latent in enumerate(latents):
         top, groups = picks[j]
@@ -122,14 +145,16 @@ def build_dashboard(
             hist_counts=hist.counts[j].tolist(),
             top=[contexts.example(r, v, j, "top") for r, v in top],
             quantiles=[g for g, _ in groups],
+            reason=reasons.get(latent, "requested"),
         )
         if residual is not None:
-            _add_logits(card, model, residual[j], n_logits)
+            _add_logits(card, model, residual[j], n_logits, special)
         else:
             card.logits_note = (f"no logit effects: {store.hook!r} is neither in the residual stream nor an "
                                 "mlp.hook_post, so its decoder rows have no single path to the unembedding")
         if concepts is not None and hist.auroc is not None:
-            card.label_matches = _matches(concepts.names, hist.auroc[j], hist.positives, n_rows)
+            card.label_matches = _matches(concepts.names, hist.auroc[j], hist.positives, n_rows, concepts.scopes,
+                                          n_labels, min_label_tokens)
         cards.append(card)
     return Dashboard(
         model_name=getattr(model, "name", None) or store.model_name,
@@ -148,6 +173,14 @@ def _check_latents(latents: Any) -> list[int]:
         raise InterpError("give at least one latent, e.g. latents=[0, 1, 2]")
     if len(set(out)) != len(out):
         raise InterpError(f"latents repeat: {out}; give each latent once")
+    return out
+
+
+def _check_reasons(reasons: dict[int, str] | None, latents: list[int]) -> dict[int, str]:
+    out = {int(k): str(v) for k, v in (reasons or {}).items()}
+    stray = sorted(set(out) - set(latents))
+    if stray:
+        raise InterpError(f"reasons name latents {stray} that are not shown; give reasons only for latents={latents}")
     return out
 
 
@@ -211,31 +244,55 @@ def _residual_directions(model: Any, hook: str, directions: torch.Tensor) -> tor
     return None
 
 
+def special_token_ids(model: Any) -> list[int]:
+    """Ids of the tokenizer's special tokens (``<pad>``, ``<bos>``...), which logit lists leave out."""
+    tok = model.tokenizer
+    ids = set(getattr(tok, "all_special_ids", None) or [])
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    ids |= {vocab[t] for t in SPECIAL_TOKENS if t in vocab}
+    return sorted(ids)
+
+
 @torch.no_grad()
-def _add_logits(card: LatentCard, model: Any, direction: torch.Tensor, k: int) -> None:
-    table = unembed_tokens(model, direction, k)
-    card.promoted, card.suppressed = table["promoted"], table["suppressed"]
+def _add_logits(card: LatentCard, model: Any, direction: torch.Tensor, k: int, special: list[int]) -> None:
+    """Promoted and suppressed tokens of a residual direction (``W_U · v``, the logit lens
+    without the final norm), special tokens left out, and the histogram of every logit."""
     W_U = unembedding(model)
     logits = (W_U @ direction.to(W_U.device, W_U.dtype)).float().cpu()
-    counts = torch.histc(logits, bins=40, min=float(logits.min()), max=float(logits.max()) + 1e-6)
-    edges = torch.linspace(float(logits.min()), float(logits.max()) + 1e-6, 41)
-    card.logit_hist_counts = counts.long().tolist()
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    keep[[i for i in special if i < logits.numel()]] = False
+    ids = keep.nonzero()[:, 0]
+    shown = logits[ids]
+    k = min(k, shown.numel())
+    top, bottom = shown.topk(k), (-shown).topk(k)
+    name = model.tokenizer.convert_ids_to_tokens
+    card.promoted = list(zip(name(ids[top.indices].tolist()), top.values.tolist()))
+    card.suppressed = list(zip(name(ids[bottom.indices].tolist()), (-bottom.values).tolist()))
+    lo, hi = float(shown.min()), float(shown.max()) + 1e-6
+    card.logit_hist_counts = torch.histc(shown, bins=40, min=lo, max=hi).long().tolist()
+    edges = torch.linspace(lo, hi, 41)
     card.logit_hist_centres = ((edges[:-1] + edges[1:]) / 2).tolist()
 
 
 def _matches(names: list[str], auroc: torch.Tensor, positives: torch.Tensor, n_rows: int,
-             top: int = 3) -> list[LabelMatch]:
-    """The ``top`` concepts by the lower end of AUROC's ~95% interval (AUROC - 2 SE).
+             scopes: list[str] | None = None, top: int = 3, min_positives: int = MIN_LABEL_TOKENS) -> list[LabelMatch]:
+    """The ``top`` concepts of each scope (token, document, given labels) by the lower end
+    of AUROC's ~95% interval (AUROC - 2 SE), among concepts with ``min_positives`` rows.
 
     Ranking by AUROC alone lets a concept seen on a handful of tokens that happen to fire
-    outrank a well-supported one; the standard error of Hanley & McNeil (1982) discounts it.
+    outrank a well-supported one; the standard error of Hanley & McNeil (1982) discounts it,
+    and the minimum count keeps very rare concepts out altogether. Scopes are ranked
+    separately so a document label (a topic) is listed even when a word's label beats it.
     """
+    scopes = scopes or [GIVEN] * len(names)
     a = auroc.double()
     n1 = positives.double()
     n2 = n_rows - n1
     q1, q2 = a / (2 - a), 2 * a**2 / (1 + a)
     var = (a * (1 - a) + (n1 - 1) * (q1 - a**2) + (n2 - 1) * (q2 - a**2)) / (n1 * n2).clamp_min(1)
     lower = a - 2 * var.clamp_min(0).sqrt()
-    ok = (positives >= MIN_POSITIVES) & torch.isfinite(a)
-    order = torch.where(ok, lower, torch.full_like(lower, -1.0)).argsort(descending=True)[:top]
-    return [LabelMatch(names[i], float(auroc[i]), int(positives[i])) for i in order.tolist() if ok[i]]
+    ok = (positives >= min_positives) & torch.isfinite(a)
+    order = torch.where(ok, lower, torch.full_like(lower, -1.0)).argsort(descending=True).tolist()
+    chosen = [i for scope in (GIVEN, DOCUMENT, TOKEN) for i in [i for i in order if ok[i] and scopes[i] == scope][:top]]
+    return [LabelMatch(names[i], float(auroc[i]), int(positives[i]), scopes[i], float(lower[i]))
+            for i in sorted(chosen, key=order.index)]  # best first, whatever its scope

@@ -12,10 +12,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from saes.formats.durable import atomic_write_text
-
 from interp.dashboards.data import Example, LatentCard, QuantileGroup, layer_id
-from interp.dashboards.render import examples_html, latent_figures, notebook_html, page_html
+from interp.dashboards.render import (
+    examples_html,
+    latent_figures,
+    notebook_html,
+    page_html,
+)
+from saes.formats.durable import atomic_write_text
 
 FORMAT = "interp-feature-dashboard"
 VERSION = 1
@@ -96,8 +100,9 @@ class Dashboard:
                 "neg_values": [_num(v) for _, v in c.suppressed],
                 "logits_hist_data_bar_heights": c.logit_hist_counts,
                 "logits_hist_data_bar_values": [_num(x) for x in c.logit_hist_centres],
-                "label_matches": [{"label": m.label, "auroc": _num(m.auroc), "n_positive": m.n_positive}
-                                  for m in c.label_matches],
+                "label_matches": [{"label": m.label, "auroc": _num(m.auroc), "n_positive": m.n_positive,
+                                   "scope": m.scope} for m in c.label_matches],
+                "reason": c.reason,
                 "activations": activations,
             })
         return {"format": FORMAT, "version": VERSION, "modelId": self.model_name, "layer": layer,

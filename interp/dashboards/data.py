@@ -34,9 +34,16 @@ class QuantileGroup:
 
 @dataclass
 class LabelMatch:
+    """A labelled concept the latent detects: AUROC of its codes for the concept over all rows,
+    the concept's row count, where the label comes from (``"token"``: the row's own word;
+    ``"document"``: the text around it; ``"given"``: the caller's labels) and the lower end of
+    the AUROC's ~95% interval, by which matches are ranked."""
+
     label: str
     auroc: float
     n_positive: int
+    scope: str = "given"
+    auroc_lower: float = float("nan")
 
 
 @dataclass
@@ -58,6 +65,7 @@ class LatentCard:
     logit_hist_centres: list[float] = field(default_factory=list)
     logits_note: str | None = None
     label_matches: list[LabelMatch] = field(default_factory=list)
+    reason: str = "requested"  # why the latent is on the page (the caller's words)
 
     @property
     def density(self) -> float:

@@ -19,22 +19,48 @@ FIRE_RGB = "255, 110, 0"  # positive codes
 NEG_RGB = "40, 110, 255"  # negative codes (signed dictionaries)
 GOOD_AUROC = 0.75  # below this the panel does not name a best label
 
+PAGE_FIGURES = ("histogram", "logit_histogram")  # the promoted/suppressed lists are tables on the page
+
+# Layout of a panel (a CSS grid). Wide screens: the tables in a narrow left column beside a
+# main column of top examples, histograms and group examples, so neither column leaves a
+# hole beside a taller neighbour. Narrow screens: one column, top examples first, then the
+# tables, histograms and group examples. Either way the top examples open the first screen.
+# The histograms sit in a grid whose columns stretch to fill the width (two side by side
+# down to about 650 px), so no fixed-size plot leaves a gap at the end of a row.
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
-header { border-bottom: 1px solid #ccc; margin-bottom: 1em; }
+header { border-bottom: 1px solid #ccc; margin-bottom: .5em; }
+header h1 { font-size: 1.4em; margin: .4em 0 .2em; }
+header p { margin: .2em 0 .4em; }
 nav a { margin-right: .6em; }
-.feature-panel { border: 1px solid #ddd; border-radius: 6px; padding: .5em 1em 1em; margin: 1em 0; }
-.feature-panel h2 { margin: .3em 0; }
+.feature-panel { border: 1px solid #ddd; border-radius: 6px; padding: .4em 1em 1em; margin: 1em 0; }
+.feature-panel h2 { margin: .2em 0; font-size: 1.3em; }
+.reason { margin: 0 0 .3em; color: #444; }
 .stats span { margin-right: 1.5em; }
-.row { display: flex; flex-wrap: wrap; gap: 1em; }
-.plot { width: 440px; height: 300px; }
-table.small { border-collapse: collapse; font-size: 90%; }
-table.small td, table.small th { padding: 1px 8px; text-align: left; }
-.examples { font-family: ui-monospace, monospace; font-size: 85%; }
-.example { margin: 2px 0; white-space: nowrap; overflow-x: auto; }
-.example .v { display: inline-block; width: 5.5em; color: #666; }
+.panel-grid { display: grid; grid-template-columns: minmax(0, 1fr);
+  grid-template-areas: "top" "side" "plots" "groups"; gap: .6em 1.5em; align-items: start; }
+@media (min-width: 1000px) { .panel-grid { grid-template-columns: minmax(21em, 1fr) minmax(0, 3fr);
+  grid-template-areas: "side top" "side plots" "side groups"; } }
+.top-examples { grid-area: top; }
+.side { grid-area: side; display: flex; flex-wrap: wrap; gap: 0 1.2em; align-content: flex-start; }
+.side > div { min-width: 0; }
+.plots { grid-area: plots; display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 1em; }
+.quantile-examples { grid-area: groups; }
+.plot { height: 260px; min-width: 0; }
+table.small { border-collapse: collapse; font-size: 88%; }
+table.small td, table.small th { padding: 1px 5px; text-align: left; }
+table.small td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.pos { background: rgba(255, 110, 0, .18); }
+td.neg { background: rgba(40, 110, 255, .16); }
+.examples { font-family: ui-monospace, monospace; font-size: 85%; min-width: 0; }
+.example { display: flex; align-items: baseline; margin: 2px 0; white-space: nowrap; overflow: hidden; }
+.example .v { flex: 0 0 5em; color: #666; }
+.example .left { flex: 0 0 40%; display: flex; justify-content: flex-end; overflow: hidden;
+  -webkit-mask-image: linear-gradient(to right, transparent, #000 2.5em); mask-image: linear-gradient(to right, transparent, #000 2.5em); }
+.example .right { flex: 1 1 0; display: flex; overflow: hidden; min-width: 0; }
+.example .left .tok, .example .right .tok { flex: 0 0 auto; }
 .tok { white-space: pre; border-radius: 2px; padding: 0 1px; margin-right: 3px; }
-.tok.own { outline: 1.5px solid #000; }
+.tok.own { outline: 1.5px solid #000; margin-left: 1px; }
 h4 { margin: .6em 0 .2em; }
 .note { color: #777; font-style: italic; }
 """
@@ -51,7 +77,7 @@ def latent_figures(card: LatentCard) -> dict[str, Any]:
     hist = go.Figure(go.Bar(x=card.hist_centres, y=card.hist_counts, width=width, marker_color=f"rgb({FIRE_RGB})",
                             hovertemplate="activation %{x:.3g}<br>%{y} tokens<extra></extra>"))
     hist.update_layout(title=f"Activations when firing (density {_percent(card.density)})", xaxis_title="activation",
-                       yaxis_title="tokens", bargap=0, margin=dict(l=50, r=10, t=40, b=40))
+                       yaxis_title="tokens", bargap=0, margin={"l": 50, "r": 10, "t": 40, "b": 40})
     figures["histogram"] = hist
     if card.promoted:
         tokens = [t for t, _ in card.suppressed][::-1] + [t for t, _ in card.promoted][::-1]
@@ -63,12 +89,12 @@ def latent_figures(card: LatentCard) -> dict[str, Any]:
                                   marker_color=[f"rgb({FIRE_RGB})" if v > 0 else f"rgb({NEG_RGB})" for v in values],
                                   hovertemplate="%{y}<br>logit effect %{x:.3g}<extra></extra>"))
         logits.update_layout(title="Promoted and suppressed tokens", xaxis_title="logit effect (W_U · decoder row)",
-                             margin=dict(l=120, r=10, t=40, b=40), yaxis=dict(tickfont=dict(size=9), dtick=1))
+                             margin={"l": 120, "r": 10, "t": 40, "b": 40}, yaxis={"tickfont": {"size": 9}, "dtick": 1})
         figures["logits"] = logits
     if card.logit_hist_counts:
         lh = go.Figure(go.Bar(x=card.logit_hist_centres, y=card.logit_hist_counts, marker_color="#888"))
         lh.update_layout(title="Logit effect on every token", xaxis_title="logit effect", yaxis_title="tokens",
-                         bargap=0, margin=dict(l=50, r=10, t=40, b=40))
+                         bargap=0, margin={"l": 50, "r": 10, "t": 40, "b": 40})
         figures["logit_histogram"] = lh
     return figures
 
@@ -87,49 +113,80 @@ def _token_text(token: str) -> str:
     return html.escape(token.replace("\n", "↵").replace("\t", "⇥") or "∅")
 
 
+def _tok(token: str, value: float, scale: float, own: bool = False) -> str:
+    cls = "tok own" if own else "tok"
+    return (f'<span class="{cls}" style="background:{_shade(value, scale)}" title="{value:.4g}">'
+            f"{_token_text(token)}</span>")
+
+
 def example_html(example: Example, scale: float) -> str:
-    spans = []
-    for i, (tok, v) in enumerate(zip(example.tokens, example.values)):
-        own = " own" if i == example.token_index else ""
-        spans.append(f'<span class="tok{own}" style="background:{_shade(v, scale)}" title="{v:.4g}">'
-                     f"{_token_text(tok)}</span>")
-    return f'<div class="example" data-row="{example.row}"><span class="v">{example.value:.3g}</span>{"".join(spans)}</div>'
+    """One context as a row: value, left context (right-aligned, clipped on the left), the
+    example's own token, right context; the own token therefore sits in one column."""
+    k = example.token_index
+    cells = [_tok(t, v, scale) for t, v in zip(example.tokens, example.values)]
+    return (f'<div class="example" data-row="{example.row}"><span class="v">{example.value:.3g}</span>'
+            f'<span class="left">{"".join(cells[:k])}</span>'
+            f"{_tok(example.tokens[k], example.values[k], scale, own=True)}"
+            f'<span class="right">{"".join(cells[k + 1:])}</span></div>')
+
+
+def _scale(card: LatentCard) -> float:
+    # One shading scale per latent (its maximum), so examples compare across groups.
+    return max(card.max_value, -card.min_value, 1e-12)
+
+
+def top_examples_html(card: LatentCard) -> str:
+    parts = [f'<div class="examples top-examples" data-latent="{card.latent}">',
+             f"<h4>Top activations (max {card.max_value:.4g})</h4>"]
+    if not card.top:
+        parts.append('<p class="note">this latent never fires on the store</p>')
+    parts += [example_html(e, _scale(card)) for e in card.top]
+    return "\n".join(parts + ["</div>"])
+
+
+def quantile_examples_html(card: LatentCard) -> str:
+    parts = [f'<div class="examples quantile-examples" data-latent="{card.latent}">']
+    for g in reversed(card.quantiles):  # highest group first, continuing from the top examples
+        parts.append(f"<h4>Activations {g.lo:.3g} – {g.hi:.3g} ({g.contains:.1%} of firing tokens)</h4>")
+        parts += [example_html(e, _scale(card)) for e in g.examples]
+    return "\n".join(parts + ["</div>"])
 
 
 def examples_html(card: LatentCard) -> str:
-    # One shading scale per latent (its maximum), so examples compare across groups.
-    scale = max(card.max_value, -card.min_value, 1e-12)
-    parts = [f'<div class="examples" data-latent="{card.latent}">']
-    parts.append(f"<h4>Top activations (max {card.max_value:.4g})</h4>")
-    if not card.top:
-        parts.append('<p class="note">this latent never fires on the store</p>')
-    parts += [example_html(e, scale) for e in card.top]
-    for g in reversed(card.quantiles):  # highest group first, continuing from the top examples
-        parts.append(f"<h4>Activations {g.lo:.3g} – {g.hi:.3g} ({g.contains:.1%} of firing tokens)</h4>")
-        parts += [example_html(e, scale) for e in g.examples]
-    parts.append("</div>")
-    return "\n".join(parts)
+    """Top and quantile examples of one latent, tokens shaded by activation."""
+    return top_examples_html(card) + "\n" + quantile_examples_html(card)
 
 
-def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> str:
-    body = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in rows)
-    return f'<table class="small"><tr><th>{head[0]}</th><th>{head[1]}</th></tr>{body}</table>'
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], classes: tuple[str, ...] = ()) -> str:
+    def cell(i: int, text: str) -> str:
+        cls = classes[i] if i < len(classes) else ""
+        return f'<td class="{cls}">{html.escape(text)}</td>' if cls else f"<td>{html.escape(text)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(i, x) for i, x in enumerate(r)) + "</tr>" for r in rows)
+    return f'<table class="small"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{body}</table>'
+
+
+LABEL_HEADINGS = {"document": "Document labels", "token": "Token labels", "given": "Labels"}
 
 
 def _side_tables(card: LatentCard) -> str:
+    """Best-matching labels per scope, then the promoted and suppressed tokens (each once)."""
     parts = []
-    if card.label_matches:
-        parts.append("<div><h4>Best-matching labels (AUROC; ranked by its lower 95% bound)</h4>"
-                     + _table([(m.label, f"{m.auroc:.3f} ({m.n_positive} tokens)") for m in card.label_matches],
-                              ("label", "AUROC")) + "</div>")
+    for scope, heading in LABEL_HEADINGS.items():
+        matches = [m for m in card.label_matches if m.scope == scope]
+        if matches:
+            parts.append(f'<div class="labels" data-scope="{scope}"><h4>{heading}</h4>'
+                         + _table(("label", "AUROC", "tokens"),
+                                  [(m.label, f"{m.auroc:.3f}", f"{m.n_positive:,}") for m in matches],
+                                  ("", "num", "num")) + "</div>")
     if card.promoted:
-        parts.append("<div><h4>Promoted tokens</h4>"
-                     + _table([(repr(t), f"{v:+.3g}") for t, v in card.promoted], ("token", "logit")) + "</div>")
-        parts.append("<div><h4>Suppressed tokens</h4>"
-                     + _table([(repr(t), f"{v:+.3g}") for t, v in card.suppressed], ("token", "logit")) + "</div>")
+        rows = [(repr(p), f"{a:+.3g}", repr(n), f"{b:+.3g}") for (p, a), (n, b) in zip(card.promoted, card.suppressed)]
+        parts.append('<div class="logit-table"><h4>Logit effects (W_U · decoder row)</h4>'
+                     + _table(("promoted", "logit", "suppressed", "logit"), rows, ("", "num pos", "", "num neg"))
+                     + "</div>")
     elif card.logits_note:
         parts.append(f'<p class="note">{html.escape(card.logits_note)}</p>')
-    return f'<div class="row">{"".join(parts)}</div>'
+    return f'<aside class="side">{"".join(parts)}</aside>'
 
 
 def _percent(x: float) -> str:
@@ -140,10 +197,12 @@ def _stats(card: LatentCard) -> str:
     best = card.label_matches[0] if card.label_matches else None
     label = ""
     if best is not None and best.auroc >= GOOD_AUROC:
-        label = f"<span>best label <b>{html.escape(best.label)}</b> (AUROC {best.auroc:.3f})</span>"
+        label = (f"<span>best label <b>{html.escape(best.label)}</b> (AUROC {best.auroc:.3f}, "
+                 f"{best.n_positive:,} tokens)</span>")
     elif best is not None:  # naming a label that barely beats chance would mislead
         label = f"<span>no label at AUROC ≥ {GOOD_AUROC} (best {best.auroc:.3f})</span>"
-    return (f'<div class="stats"><span>density <b>{_percent(card.density)}</b> ({card.n_fire:,} of {card.n_rows:,} '
+    return (f'<p class="reason">{html.escape(card.reason)}</p>'
+            f'<div class="stats"><span>density <b>{_percent(card.density)}</b> ({card.n_fire:,} of {card.n_rows:,} '
             f"tokens)</span><span>max <b>{card.max_value:.4g}</b></span>{label}</div>")
 
 
@@ -160,15 +219,18 @@ def _script_json(data: Any) -> str:
 def _panel(card: LatentCard) -> tuple[str, int]:
     figures = latent_figures(card)
     plots = []
-    for name, fig in figures.items():
-        spec = fig.to_plotly_json()
+    for name in PAGE_FIGURES:
+        if name not in figures:
+            continue
+        spec = figures[name].to_plotly_json()
         spec["layout"].pop("template", None)  # one shared template for the page, not one per figure
         fid = f"fig-{card.latent}-{name}"
         plots.append(f'<div class="plot" data-figure="{fid}"></div>'
                      f'<script type="application/json" id="{fid}">{_script_json(spec)}</script>')
     body = (f'<section class="feature-panel" id="latent-{card.latent}" data-latent="{card.latent}">'
             f"<h2>Latent {card.latent}</h2>{_stats(card)}"
-            f'<div class="row">{"".join(plots)}</div>{_side_tables(card)}{examples_html(card)}</section>')
+            f'<div class="panel-grid">{top_examples_html(card)}{_side_tables(card)}'
+            f'<div class="plots">{"".join(plots)}</div>{quantile_examples_html(card)}</div></section>')
     return body, len(plots)
 
 
@@ -180,9 +242,11 @@ def page_html(dash: Dashboard) -> str:
     panels = [_panel(c) for c in dash.cards]
     template = pio.templates["plotly_white"].to_plotly_json()
     d = dash.dictionary
+    kind = " ".join(dict.fromkeys(str(d.get(k)) for k in ("architecture", "kind")))  # "topk sae", "snmf"
     header = (f"<header><h1>Feature dashboard</h1><p>model <b>{html.escape(dash.model_name)}</b> · hook "
-              f"<b>{html.escape(dash.hook)}</b> ({layer_id(dash.hook)}) · {html.escape(str(d.get('architecture')))} "
-              f"{d.get('kind')} with {d.get('d_sae')} latents · {dash.n_rows:,} tokens · labels: "
+              f"<b>{html.escape(dash.hook)}</b> ({layer_id(dash.hook)}) · {html.escape(kind)} with {d.get('d_sae')} latents"
+              + (f" (codes: {html.escape(str(d['codes']))})" if d.get("codes") else "")
+              + f" · {dash.n_rows:,} tokens · labels: "
               f"{html.escape(dash.labels_source or 'none')}</p><nav>"
               + "".join(f'<a href="#latent-{i}">{i}</a>' for i in dash.latents) + "</nav></header>")
     draw = """
@@ -209,9 +273,10 @@ def page_html(dash: Dashboard) -> str:
 
 def notebook_html(dash: Dashboard) -> str:
     """A light view for Jupyter: stats, tables and shaded examples (figures via ``dash.figures``)."""
-    parts = [f"<style>{CSS}</style><div><b>{html.escape(dash.model_name)}</b> · {html.escape(dash.hook)} · "
-             f"{dash.n_rows:,} tokens</div>"]
+    parts = [(f"<style>{CSS}</style><div><b>{html.escape(dash.model_name)}</b> · {html.escape(dash.hook)} · "
+             f"{dash.n_rows:,} tokens</div>")]
     for card in dash.cards:
         parts.append(f'<div class="feature-panel"><h3>Latent {card.latent}</h3>{_stats(card)}'
-                     f"{_side_tables(card)}{examples_html(card)}</div>")
+                     f'<div class="panel-grid">{top_examples_html(card)}{_side_tables(card)}'
+                     f"{quantile_examples_html(card)}</div></div>")
     return "\n".join(parts)

@@ -1,4 +1,4 @@
-"""Where a dashboard's codes come from: an SAE run over store rows, or an SNMF's coefficients.
+"""Where a dashboard's codes come from: an SAE run over store rows, or an SNMF's codes.
 
 Both give, for a range of store rows, the codes of the chosen latents only ``[rows, L]``,
 and each latent's decoder direction in the hook's space ``[L, d]``. Activations are read a
@@ -55,46 +55,68 @@ class SAECodes:
 
 
 class SNMFCodes:
-    """SNMF coefficients of ``latents``; the factorisation must have been fit on this store's rows."""
+    """SNMF codes of ``latents`` on any store of the SNMF's hook.
+
+    On the rows the factorisation was fit on (a store with exactly as many rows) the codes
+    are its coefficients, read without touching the activations. On any other store of the
+    hook each chunk of rows is encoded with the fixed features (``SNMFResult.encode``: the
+    non-negative least-squares coefficients), so a dashboard can show held-out text, or
+    more of it than the fit saw.
+    """
 
     kind = "snmf"
-    needs_activations = False  # the coefficients are the codes; no activation is read
 
-    def __init__(self, result: Any, store: Any, latents: list[int]) -> None:
-        n_rows, rank = result.coefficients.shape
-        if n_rows != len(store):
+    def __init__(self, result: Any, store: Any, latents: list[int], n_iter: int = 100) -> None:
+        hook = (result.config or {}).get("hook_name")
+        if hook is not None and hook != store.hook:
             raise InterpError(
-                f"the SNMF was fit on {n_rows} rows but the store has {len(store)}; an SNMF's coefficients "
-                "belong to the rows it was fit on, so build its dashboard from that store"
+                f"the SNMF was fit at {hook!r} but the store is read at {store.hook!r}; open the store "
+                f"with ActivationStore.open(dir, hook={hook!r}) or store.select({hook!r})"
             )
-        if result.features.shape[1] != store.d:
-            raise InterpError(f"the SNMF features have width {result.features.shape[1]} but the store's hook "
-                              f"{store.hook!r} has d={store.d}; use the store it was fit on (an mlp.hook_post)")
-        self.result, self.latents = result, torch.tensor(latents)
+        rank, d = result.features.shape
+        if d != store.d:
+            raise InterpError(f"the SNMF features have width {d} but the store's hook {store.hook!r} has "
+                              f"d={store.d}; read the store at the hook it was fit on (an mlp.hook_post)")
+        self.result, self.store, self.latents, self.n_iter = result, store, torch.tensor(latents), n_iter
         self.n_latents = rank
+        self.fit_rows = result.coefficients.shape[0] == len(store)
+        self.needs_activations = not self.fit_rows  # held-out rows are encoded from their activations
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.result.encode(x.float(), n_iter=self.n_iter)[:, self.latents].float().cpu()
 
     def codes(self, start: int, stop: int, x: torch.Tensor | None = None) -> torch.Tensor:
-        return self.result.coefficients[start:stop][:, self.latents].float()
+        if self.fit_rows:
+            return self.result.coefficients[start:stop][:, self.latents].float()
+        assert x is not None, "held-out rows are encoded from their activations"
+        return self._encode(x)
 
     def codes_at(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.result.coefficients[rows][:, self.latents].float()
+        if self.fit_rows:
+            return self.result.coefficients[rows][:, self.latents].float()
+        return self._encode(read_rows(self.store, rows))
 
     def directions(self) -> torch.Tensor:
         return self.result.features[self.latents].float()
 
     def describe(self) -> dict[str, Any]:
         rank, d = self.result.features.shape
-        return {"kind": "snmf", "architecture": "snmf", "d_in": d, "d_sae": rank}
+        codes = ("the fit's coefficients" if self.fit_rows else
+                 f"non-negative least squares on the fixed features ({self.result.coefficients.shape[0]:,} rows fit)")
+        return {"kind": "snmf", "architecture": "snmf", "d_in": d, "d_sae": rank, "codes": codes}
 
 
 def code_source(dictionary: Any, store: Any, latents: list[int]) -> SAECodes | SNMFCodes:
-    """The code source for an SAE (``encode`` + ``W_dec``) or an SNMF result (``coefficients``)."""
-    if hasattr(dictionary, "coefficients") and hasattr(dictionary, "features"):
-        source: SAECodes | SNMFCodes = SNMFCodes(dictionary, store, latents)
+    """The code source for an SAE (``encode`` + ``W_dec``) or an SNMF (an ``SNMFResult``, or
+    its ``as_dictionary()`` view, whose ``n_iter`` then sets the encoding's iterations)."""
+    snmf = getattr(dictionary, "result", None) if not hasattr(dictionary, "coefficients") else dictionary
+    if snmf is not None and hasattr(snmf, "coefficients") and hasattr(snmf, "features"):
+        source: SAECodes | SNMFCodes = SNMFCodes(snmf, store, latents, n_iter=getattr(dictionary, "n_iter", 100))
     elif hasattr(dictionary, "encode") and hasattr(dictionary, "W_dec"):
         source = SAECodes(dictionary, store, latents)
     else:
-        raise InterpError(f"a dashboard needs an SAE (saes.SAE) or an SNMF result (saes.SNMFResult), "
+        raise InterpError(f"a dashboard needs an SAE (saes.SAE) or an SNMF (saes.SNMFResult), "
                           f"got {type(dictionary).__name__}")
     bad = [i for i in latents if not 0 <= i < source.n_latents]
     if bad:

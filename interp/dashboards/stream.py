@@ -166,7 +166,7 @@ class SecondPass:
         self.keys[where], self.rows[where], self.values[where] = keys[keep], rows[keep], values[keep]
 
     def _count_labels(self, codes: torch.Tensor, labels: torch.Tensor) -> None:
-        rows, n_latents = codes.shape
+        _rows, n_latents = codes.shape
         bins = torch.stack([bin_index(codes[:, j].contiguous(), self.auroc_edges[j]) for j in range(n_latents)], 1)
         slots = 3 * bins + (torch.sign(codes).long() + 1)  # ordered: below, at, above zero within a bin
         offset = torch.arange(n_latents) * self.n_slots
