@@ -13,6 +13,7 @@ edits, so the model never imports it.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -133,15 +134,18 @@ def generate_tokens(model: HookedModel, tokens: torch.Tensor, mask: torch.Tensor
     Hooks already attached to ``model`` run on every forward call and may read ``state``.
     """
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    cache = _new_cache(model, len(tokens)) if use_cache else None
+    cache = _new_cache(model, len(tokens)) if use_cache and not model._kv_cache_ignored else None
     finished = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
     for step in range(max_new_tokens):
-        start = 0 if (step == 0 or not use_cache) else tokens.shape[1] - 1
+        start = 0 if (step == 0 or cache is None) else tokens.shape[1] - 1
         state.offset, state.width = start, tokens.shape[1] - start
-        if model.backend == "transformer_lens" and not bool(mask.all()):
-            raise ValueError("generation on a TransformerLens model takes prompts of equal length; "
-                             "run them one by one or load the HF model")
+        if model.hf_model is None and not bool(mask.all()):
+            raise ValueError("generation on a TransformerLens HookedTransformer takes prompts of equal length; "
+                             "run them one by one, or wrap the model in a TransformerBridge or load the HF model")
         logits = model._forward(tokens, mask, start, cache)[:, -1]
+        if step == 0 and cache is not None and model.hf_model is not None and cache.get_seq_length() == 0:
+            cache = None
+            _note_cache_ignored(model)
         nxt = _next_token(logits, do_sample, temperature, top_k, generator)
         new_mask = (~finished).long()  # rows that already ended get masked padding
         if stop_at_eos and model.eos_token_id is not None:
@@ -154,11 +158,26 @@ def generate_tokens(model: HookedModel, tokens: torch.Tensor, mask: torch.Tensor
     return tokens, mask
 
 
+def _note_cache_ignored(model: HookedModel) -> None:
+    """The prompt pass left the KV cache empty: decode without it from here on.
+
+    Some TransformerLens bridges compute attention in their own components and look for the
+    cache under ``past_key_values``, a name recent transformers releases no longer pass to
+    attention layers (they pass ``cache``). Feeding such a model one new token per step would then
+    attend to nothing before it; re-running the whole sequence each step is slower but exact.
+    """
+    if not model._kv_cache_ignored:
+        model._kv_cache_ignored = True
+        warnings.warn(f"{model.name} did not fill the KV cache during generation (a TransformerLens bridge that "
+                      "does not read the cache transformers passes); generating without it, which gives the same "
+                      "tokens more slowly (use_cache=False decodes that way from the start).", RuntimeWarning, stacklevel=4)
+
+
 def _new_cache(model: HookedModel, batch: int) -> Any:
-    if model.backend == "transformer_lens":
+    if model.hf_model is None:  # HookedTransformer (TransformerLens 3) keeps its own cache class
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         return TransformerLensKeyValueCache.init_cache(model.model.cfg, model.device, batch)
     from transformers import DynamicCache
 
-    return DynamicCache(config=model.model.config)
+    return DynamicCache(config=model.hf_model.config)

@@ -2,11 +2,14 @@
 
 Both backends expose TransformerLens hook names. HF models are hooked in place through the
 declarative tables in :mod:`interp.model.families`, so their numerics are exactly HF's.
-TransformerLens models already carry HookPoints, which are used as they are.
+TransformerLens models (a ``HookedTransformer`` from TransformerLens 3, or a
+``TransformerBridge`` from TransformerLens 3 or 4) already carry HookPoints, which are used as
+they are. A bridge runs the HF model it wraps, so it takes the HF cache and masks.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
 
@@ -50,8 +53,10 @@ class HookedModel:
         self.name = name
         self.n_layers = n_layers
         self.d_model = d_model
-        self.backend = backend  # "hf" or "transformer_lens"
+        self.backend = backend  # "hf" or "transformer_lens" (a HookedTransformer or a TransformerBridge)
         self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._cache_name: str | None = None
+        self._kv_cache_ignored = False  # set once generation finds the model leaves its KV cache empty
 
     def __repr__(self) -> str:
         return f"HookedModel({self.name!r}, backend={self.backend}, n_layers={self.n_layers}, d_model={self.d_model})"
@@ -131,20 +136,48 @@ class HookedModel:
         tokens, mask = self._as_tokens(tokens_or_text, attention_mask)
         return self._forward(tokens, mask)
 
+    @property
+    def hf_model(self) -> nn.Module | None:
+        """The HF ``PreTrainedModel`` that runs the forward pass: the model itself on the HF
+        backend, the wrapped model of a TransformerLens ``TransformerBridge``, and None for a
+        ``HookedTransformer`` (TransformerLens 3), which is not an HF model."""
+        if self.backend == "hf":
+            return self.model
+        return getattr(self.model, "original_model", None)
+
+    def _cache_kwarg(self) -> str:
+        """The keyword the HF forward takes its KV cache under.
+
+        Recent transformers renamed ``past_key_values`` to ``cache`` (the old name still
+        works but warns); older 5.x releases know only ``past_key_values``. Passing ``cache``
+        to those would land in ``**kwargs`` and be ignored, so the signature decides.
+        """
+        if self._cache_name is None:
+            params = inspect.signature(self.hf_model.forward).parameters
+            self._cache_name = "cache" if "cache" in params else "past_key_values"
+        return self._cache_name
+
     def _forward(self, tokens: torch.Tensor, mask: torch.Tensor | None, start: int = 0, cache: Any = None) -> torch.Tensor:
         """Logits for columns ``start:`` of ``tokens``; earlier columns live in ``cache``.
 
         Position ids follow the attention mask, so a left-padded row sees the same positions
         as the same prompt unpadded.
         """
-        if self.backend == "transformer_lens":
+        if self.hf_model is None:  # HookedTransformer: its own cache class and mask handling
             if cache is not None:
                 return self.model(tokens[:, start:], past_kv_cache=cache)
             return self.model(tokens, attention_mask=mask)
-        position_ids = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
-        out = self.model(input_ids=tokens[:, start:], attention_mask=mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=cache is not None)
-        return out.logits
+        kwargs: dict[str, Any] = {"use_cache": cache is not None}
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        if cache is not None:
+            kwargs[self._cache_kwarg()] = cache
+        if self.backend == "transformer_lens":
+            # A TransformerBridge hands these keywords to the HF model it wraps; its own
+            # position-id derivation stays off because position_ids is given.
+            return self.model(tokens[:, start:], **kwargs)
+        return self.model(input_ids=tokens[:, start:], **kwargs).logits
 
     @torch.no_grad()
     def run_with_cache(
@@ -369,11 +402,14 @@ def _tl_hook_points(model: nn.Module) -> dict[str, HookPoint]:
     for name, module in model.hook_dict.items():
         layer = layer_of(name)
         if layer is None:
-            order = (n_layers, 0) if name.startswith("ln_final") else (-1, 0)
+            # Outside the blocks: embeddings first; the final norm, then (a TransformerBridge
+            # only) the unembedding last.
+            order = {"ln_final": (n_layers, 0), "unembed": (n_layers, 1), "hook_unembed": (n_layers, 1)}.get(
+                name.split(".")[0], (-1, 0))
         else:
             suffix = name.split(".", 2)[2]
             order = (layer, _TL_BLOCK_ORDER.index(suffix) if suffix in _TL_BLOCK_ORDER else len(_TL_BLOCK_ORDER))
-        points[name] = HookPoint(name, module, "output", layer, order)
+        points[name] = HookPoint(name, module, "output", layer, order, transformer_lens=True)
     return dict(sorted(points.items(), key=lambda kv: kv[1].order))
 
 
@@ -384,7 +420,7 @@ def wrap_hf(model: nn.Module, tokenizer: Any = None, name: str | None = None) ->
     if table is None:
         raise ModelLoadError(
             f"no hook table for HF model_type {model_type!r}; supported: {', '.join(sorted(TABLES))}. "
-            f"Add a table to interp/architectures.py (a dozen lines) or load it through TransformerLens."
+            f"Add a table to interp/model/families.py (a dozen lines) or load it through TransformerLens."
         )
     points, n_layers = hf_hook_points(model, table)
     name = name or getattr(model.config, "_name_or_path", None) or model_type
@@ -392,8 +428,15 @@ def wrap_hf(model: nn.Module, tokenizer: Any = None, name: str | None = None) ->
                        d_model=_config_int(model.config, "hidden_size", "n_embd"), backend="hf")
 
 
+def is_transformer_lens(model: nn.Module) -> bool:
+    """Whether ``model`` is a TransformerLens model: a ``HookedTransformer`` (TransformerLens 3)
+    or a ``TransformerBridge`` (TransformerLens 3 and 4), subclasses included."""
+    return any(c.__name__ in ("HookedTransformer", "TransformerBridge") for c in type(model).__mro__)
+
+
 def wrap_transformer_lens(model: nn.Module, name: str | None = None) -> HookedModel:
-    """A HookedModel over a TransformerLens ``HookedTransformer``; its HookPoints are used as they are."""
+    """A HookedModel over a TransformerLens ``HookedTransformer`` or ``TransformerBridge``;
+    its HookPoints (a bridge's hook aliases included) are used as they are."""
     cfg = model.cfg
     return HookedModel(model.eval(), model.tokenizer, _tl_hook_points(model), name=name or cfg.model_name,
                        n_layers=cfg.n_layers, d_model=cfg.d_model, backend="transformer_lens")

@@ -40,6 +40,10 @@ class HookPoint:
     layer_index: int | None = None
     order: tuple[int, int] = (0, 0)  # execution order: (layer, position inside the block)
     head_shape: tuple[int, ...] | None = None
+    # A TransformerLens HookPoint module: its own ``hook_conversion`` (a TransformerBridge
+    # fires attn.hook_z flat and reshapes it to heads only for hooks added through
+    # TransformerLens) is applied around the hook function here too.
+    transformer_lens: bool = False
 
     def layer(self) -> int | None:
         """The block index, as TransformerLens's ``hook.layer()``; None outside blocks."""
@@ -56,7 +60,11 @@ class HookPoint:
         return self.module.register_forward_hook(self._post_hook(fn))
 
     def _call(self, fn: HookFn, tensor: torch.Tensor) -> torch.Tensor | None:
-        view = tensor.unflatten(-1, self.head_shape) if self.head_shape else tensor
+        conversion = getattr(self.module, "hook_conversion", None) if self.transformer_lens else None
+        if conversion is not None:
+            view = conversion.convert(tensor)
+        else:
+            view = tensor.unflatten(-1, self.head_shape) if self.head_shape else tensor
         new = fn(view, hook=self)
         if new is None:
             return None
@@ -67,6 +75,8 @@ class HookPoint:
                 f"hook function on {self.name} returned shape {tuple(new.shape)} but the activation has "
                 f"shape {tuple(view.shape)}; return a tensor of the same shape"
             )
+        if conversion is not None:
+            return conversion.revert(new)
         return new.flatten(-len(self.head_shape)) if self.head_shape else new
 
     def _pre_hook(self, fn: HookFn):

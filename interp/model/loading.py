@@ -11,7 +11,7 @@ from torch import nn
 from saes.dtypes import parse_dtype
 
 from interp.errors import ModelLoadError
-from interp.model.hooked import HookedModel, wrap_hf, wrap_transformer_lens
+from interp.model.hooked import HookedModel, is_transformer_lens, wrap_hf, wrap_transformer_lens
 
 # Names that resolve to models shipped inside the package.
 DEFAULT_MODEL_ALIASES = ("world", "default")
@@ -48,8 +48,9 @@ def load(
 
     ``x`` is a HF hub name or local directory (both through
     ``AutoModelForCausalLM.from_pretrained``), ``"world"`` for the default model shipped with
-    the toolkit, an already-built HF ``PreTrainedModel``, or a TransformerLens
-    ``HookedTransformer``. HF weights are used as they are: no conversion.
+    the toolkit, an already-built HF ``PreTrainedModel``, or a TransformerLens model: a
+    ``TransformerBridge`` (TransformerLens 4, or 3) or a ``HookedTransformer``
+    (TransformerLens 3). HF weights are used as they are: no conversion.
 
     >>> model = interp.load("world")
     >>> model.hook_names()[:3]
@@ -58,7 +59,7 @@ def load(
     torch_dtype = None if dtype is None else parse_dtype(dtype)  # None: the checkpoint's own
     if isinstance(x, nn.Module):
         model = x
-        if type(model).__name__ == "HookedTransformer":
+        if is_transformer_lens(model):
             hooked = wrap_transformer_lens(model)
             if tokenizer is not None:
                 hooked.tokenizer = tokenizer
@@ -67,7 +68,7 @@ def load(
         else:
             raise ModelLoadError(
                 f"cannot hook a {type(model).__name__}: pass a HF PreTrainedModel, a TransformerLens "
-                "HookedTransformer, a hub name or a local path"
+                "TransformerBridge or HookedTransformer, a hub name or a local path"
             )
     else:
         source, name = _resolve(os.fspath(x))
