@@ -194,9 +194,16 @@ def _dashboard(model: Any, sae: Any, store: Any, row: dict, labels: dict, out: P
 
     t = time.perf_counter()
     latents = sorted(set(row["topic_latents"]))
-    dash = build_dashboard(model, sae, store, latents=latents, n_examples=8, n_quantile_examples=4)
-    dash.save_html(out / "dashboard.html")
     names = list(TOPICS)
+    # Why each latent is on the page, in the words of the selection above (one latent may be
+    # the best for several topics).
+    why: dict[int, list[str]] = {}
+    for topic, latent, auroc in zip(labels["topics"], row["topic_latents"], row["topic_aurocs"]):
+        why.setdefault(latent, []).append(f"topic:{names[topic]} ({auroc:.2f})")
+    reasons = {lat: f"chosen: best AUROC for {', '.join(why[lat])} among the content words of topical documents"
+               for lat in latents}
+    dash = build_dashboard(model, sae, store, latents=latents, n_examples=8, n_quantile_examples=4, reasons=reasons)
+    dash.save_html(out / "dashboard.html")
     pairs = ", ".join(f"{names[t]}: {lat}" for t, lat in zip(labels["topics"], row["topic_latents"]))
     _say("dashboard", f"{len(latents)} latents ({pairs}) in {time.perf_counter() - t:.0f}s -> {out / 'dashboard.html'}")
     return {"path": str(out / "dashboard.html"), "latents": latents}
