@@ -3,8 +3,9 @@
 * :mod:`.durable`: the one way files are written (atomic, fsync'd) and safetensors read
   back checksum-verified;
 * :mod:`.native`: this toolkit's directory (SAELens layout + a ``saes`` block), :func:`save`;
-* :mod:`.saelens`, :mod:`.sparsify`: other libraries' directories, for inference;
-* :mod:`.loader`: :func:`load`, which recognises all three;
+* :mod:`.saelens`, :mod:`.sparsify`, :mod:`.gemma_scope`, :mod:`.dictionary_learning`:
+  other projects' files, for inference;
+* :mod:`.loader`: :func:`load`, which recognises all of them;
 * :mod:`.schema`: checking JSON read from files.
 """
 from saes.formats.durable import (
