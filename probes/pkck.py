@@ -59,6 +59,15 @@ class PKCKData:
         return out
 
 
+def _prompt_mask(tokens: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:
+    """Attention mask [n, pos]: 1 up to each row's ``last_pos``, 0 on the right padding after it.
+
+    Under a causal model the outputs read here (at or before ``last_pos``) are the same with or
+    without it; it tells the model which columns are padding instead of leaving HF to guess.
+    """
+    return (torch.arange(tokens.shape[1], device=tokens.device) <= last_pos.to(tokens.device)[:, None]).long()
+
+
 @torch.no_grad()
 def answer_all(model: Any, tokens: torch.Tensor, last_pos: torch.Tensor, expected: torch.Tensor,
                item_type: Sequence[str] = (), batch_size: int = 64) -> PKCKData:
@@ -69,7 +78,8 @@ def answer_all(model: Any, tokens: torch.Tensor, last_pos: torch.Tensor, expecte
     answers, conf = [], []
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size].to(model.device)
-        logits = model(chunk)[torch.arange(len(chunk)), pos[start:start + batch_size].to(model.device)]
+        chunk_pos = pos[start:start + batch_size].to(model.device)
+        logits = model(chunk, attention_mask=_prompt_mask(chunk, chunk_pos))[torch.arange(len(chunk)), chunk_pos]
         probs = logits.float().softmax(-1)
         p, a = probs.max(-1)
         answers.append(a.cpu())
@@ -84,9 +94,11 @@ def states_at(model: Any, tokens: torch.Tensor, positions: torch.Tensor, hook: s
     out = []
     for start in range(0, len(tokens), batch_size):
         chunk = tokens[start:start + batch_size]
-        _, cache = model.run_with_cache(chunk, names=[hook], return_logits=False, device="cpu")
+        chunk_pos = positions[start:start + batch_size]
+        _, cache = model.run_with_cache(chunk, names=[hook], return_logits=False, device="cpu",
+                                        attention_mask=_prompt_mask(chunk, chunk_pos))
         rows = torch.arange(len(chunk))
-        out.append(cache[hook][rows, positions[start:start + batch_size]].float())
+        out.append(cache[hook][rows, chunk_pos].float())
     return torch.cat(out)
 
 
@@ -104,7 +116,7 @@ def patched_downstream(model: Any, base_tokens: torch.Tensor, base_pos: torch.Te
             return x
 
         with model.hooks([(hook, write)]):
-            return model(tokens)[rows, pos].float()
+            return model(tokens, attention_mask=_prompt_mask(tokens, pos))[rows, pos].float()
 
     return downstream
 

@@ -146,15 +146,8 @@ class HookedModel:
         return getattr(self.model, "original_model", None)
 
     def _cache_kwarg(self) -> str:
-        """The keyword the HF forward takes its KV cache under.
-
-        Recent transformers renamed ``past_key_values`` to ``cache`` (the old name still
-        works but warns); older 5.x releases know only ``past_key_values``. Passing ``cache``
-        to those would land in ``**kwargs`` and be ignored, so the signature decides.
-        """
         if self._cache_name is None:
-            params = inspect.signature(self.hf_model.forward).parameters
-            self._cache_name = "cache" if "cache" in params else "past_key_values"
+            self._cache_name = hf_cache_kwarg(self.hf_model)
         return self._cache_name
 
     def _forward(self, tokens: torch.Tensor, mask: torch.Tensor | None, start: int = 0, cache: Any = None) -> torch.Tensor:
@@ -355,6 +348,16 @@ class HookedModel:
         if record is not None:
             result.steered = edited_positions(record, out.shape)
         return result
+
+
+def hf_cache_kwarg(model: nn.Module) -> str:
+    """The keyword an HF model's forward takes its KV cache under.
+
+    Recent transformers releases renamed ``past_key_values`` to ``cache`` (the old name still
+    works but warns on every call); older 5.x releases know only ``past_key_values``. Passing
+    ``cache`` to those would land in ``**kwargs`` and be ignored, so the signature decides.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def layer_of(name: str) -> int | None:

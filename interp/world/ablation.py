@@ -58,6 +58,13 @@ def replaced(model: Any, name: str, value: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
+def _attention_mask(model: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+    """1 except on ``<pad>``: documents are right-padded with it and never contain it, so real
+    positions are unchanged; HF is told which columns are padding instead of guessing."""
+    pad = getattr(model.config, "pad_token_id", None)
+    return None if pad is None else (tokens != pad).long()
+
+
 @torch.no_grad()
 def block_means(model: Any, tokens: torch.Tensor, mask: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Mean output ``[d_model]`` of every block over the real tokens (``mask``) of ``tokens``."""
@@ -76,7 +83,8 @@ def block_means(model: Any, tokens: torch.Tensor, mask: torch.Tensor, batch_size
             handles.append(_module(model, n).register_forward_hook(recorder(n)))
         for start in range(0, len(tokens), batch_size):
             current["mask"] = mask[start:start + batch_size]
-            model(input_ids=tokens[start:start + batch_size])
+            t = tokens[start:start + batch_size]
+            model(input_ids=t, attention_mask=_attention_mask(model, t))
     finally:
         for h in handles:
             h.remove()
@@ -91,7 +99,7 @@ def _losses(model: Any, tokens: torch.Tensor, mask: torch.Tensor, answer: torch.
     total = [0.0, 0, 0.0, 0]
     for start in range(0, len(tokens), batch_size):
         t = tokens[start:start + batch_size]
-        logp = F.log_softmax(model(input_ids=t).logits[:, :-1].float(), -1)
+        logp = F.log_softmax(model(input_ids=t, attention_mask=_attention_mask(model, t)).logits[:, :-1].float(), -1)
         nll = -logp.gather(-1, t[:, 1:, None])[..., 0]
         m, a = mask[start:start + batch_size, 1:], answer[start:start + batch_size, 1:]
         total[0] += float(nll[m].sum())

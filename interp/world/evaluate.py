@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from interp.model.hooked import hf_cache_kwarg
 from interp.world.datasets import pkck_items
 from interp.world.generator import EOS, World
 from interp.world.grammar import ITEM_TYPES
@@ -103,9 +104,12 @@ def heldout_loss(model: Any, world: World, n_docs: int, seed: int, batch_size: i
         chunk = docs[start:start + batch_size]
         width = max(len(d) for d in chunk)
         tokens = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
         for i, d in enumerate(chunk):
             tokens[i, : len(d)] = torch.tensor(vocab_ids(world, d.tokens))
-        logp = F.log_softmax(model(input_ids=tokens.to(device)).logits.float(), -1).cpu()
+            mask[i, : len(d)] = 1
+        logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device)).logits
+        logp = F.log_softmax(logits.float(), -1).cpu()
         for i, d in enumerate(chunk):
             score = score_doc(world, d.tokens)
             ids = tokens[i, 1: len(d)]
@@ -127,10 +131,13 @@ def heldout_loss(model: Any, world: World, n_docs: int, seed: int, batch_size: i
 def _sample(model: Any, prompt: list[int], k: int, max_new: int, eos: int,
             generator: torch.Generator) -> list[list[int]]:
     """``k`` temperature-1 continuations of one prompt (KV cache, stops at <eos>)."""
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
     tokens = torch.tensor([prompt] * k, device=device)
-    out = model(input_ids=tokens, use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    cache = DynamicCache(config=model.config)  # filled in place by every forward call
+    cache_kwarg = hf_cache_kwarg(model)
+    logits = model(input_ids=tokens, use_cache=True, **{cache_kwarg: cache}).logits[:, -1]
     seqs = [[] for _ in range(k)]
     done = [False] * k
     for _ in range(max_new):
@@ -142,8 +149,7 @@ def _sample(model: Any, prompt: list[int], k: int, max_new: int, eos: int,
                 done[i] = t == eos
         if all(done):
             break
-        out = model(input_ids=nxt[:, None].to(device), past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+        logits = model(input_ids=nxt[:, None].to(device), use_cache=True, **{cache_kwarg: cache}).logits[:, -1]
     return seqs
 
 

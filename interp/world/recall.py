@@ -34,9 +34,12 @@ def last_logits(model: Any, prompts: list[list[int]], batch_size: int) -> torch.
         chunk = prompts[start:start + batch_size]
         width = max(len(p) for p in chunk)
         tokens = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
         for i, p in enumerate(chunk):
             tokens[i, : len(p)] = torch.tensor(p)
-        logits = model(input_ids=tokens.to(device)).logits
+            mask[i, : len(p)] = 1
+        # The mask changes no real position under right padding; it tells HF the zeros are padding.
+        logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device)).logits
         last = torch.tensor([len(p) - 1 for p in chunk], device=device)
         out.append(logits[torch.arange(len(chunk), device=device), last].float().cpu())
     return torch.cat(out)
