@@ -52,6 +52,20 @@ class ShapeError(InterpError, ValueError):
     """Tensors whose shapes do not fit together."""
 
 
+class InterpWarning(UserWarning):
+    """Advice about the user's input that does not stop the run (the command line shows it
+    as one ``warning:`` line)."""
+
+
+class UnknownTokensWarning(InterpWarning):
+    """Text whose tokens are mostly the tokenizer's unknown token (data in another language
+    than the model's vocabulary); its activations say little about the text."""
+
+
+class OriginWarning(InterpWarning):
+    """An SAE used with another model or hook than the one its metadata records."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates most similar to ``name``, best first (for 'did you mean' hints)."""
     candidates = list(candidates)

@@ -5,10 +5,20 @@ package's complaints apart from bugs deep inside torch.
 """
 from __future__ import annotations
 
+import re
+
 
 def readme_hint(message: str, section: str) -> str:
-    """``message`` followed by the README section that explains what to do."""
-    return f"{message} (see README.md, section \"{section}\")" if section and message else message
+    """``message`` followed by the README section that explains what to do.
+
+    A message that already ends with a section (an error re-raised as another kind, as the
+    command line does) keeps that one: the first names the section closest to the problem."""
+    if not section or not message or _HINT.search(message):
+        return message
+    return f"{message} (see README.md, section \"{section}\")"
+
+
+_HINT = re.compile(r'\(see README\.md, section "[^"]*"\)$')
 
 
 class SAEError(ValueError):

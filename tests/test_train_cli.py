@@ -54,7 +54,12 @@ def test_help_has_examples(capsys):
         assert "example" in out and f"interp {cmd} " in out
 
 
-def test_train_from_store_resume_and_eval(tmp_path, model, model_dir, corpus, capsys):
+def test_train_from_store_resume_and_eval(tmp_path, model_dir, corpus, capsys):
+    from interp.model.loading import load
+
+    # Loaded from its directory, as eval-sae will: the SAE records that model, and eval-sae
+    # refuses an SAE of another model.
+    model = load(model_dir, device="cpu")
     store = tmp_path / "store"
     harvest(model, str(corpus), HOOK, store, max_tokens=3000, context_length=16, progress=False)
     out = tmp_path / "sae"

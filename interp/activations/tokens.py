@@ -8,7 +8,11 @@ harvest skips the windows it has already stored and must find the same windows a
 Packing rule for text (the same for every text source):
 
 * each non-empty document is tokenised without special tokens and followed by EOS (when the
-  tokenizer has one), so documents are separated by EOS and never merged silently;
+  tokenizer has one), so documents are separated by EOS and never merged silently; a BOS or
+  EOS the text spells out at its start or end is dropped first (the packer adds its own);
+* text that is mostly the tokenizer's unknown token (over 5%) is packed all the same, with
+  one :class:`~interp.errors.UnknownTokensWarning`: it is in another language than the
+  model's;
 * the token stream is cut into windows of ``context_length``; when ``prepend_bos`` is on,
   each window is ``[BOS] + (context_length - 1)`` stream tokens, so every window starts the
   way the model saw text in training;
@@ -28,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,7 +40,7 @@ from typing import Any
 
 import torch
 
-from interp.errors import InterpError, ShapeError
+from interp.errors import InterpError, ShapeError, UnknownTokensWarning
 
 # Tokens per window when neither the caller nor a 2-D token tensor says otherwise.
 DEFAULT_CONTEXT_LENGTH = 128
@@ -223,15 +228,30 @@ def iter_documents(data: Any, text_field: str = "text") -> Iterator[str]:
 # --------------------------------------------------------------------------- packing
 
 
-def _token_stream(docs: Iterator[str], tokenizer: Any, eos_token_id: int | None) -> Iterator[list[int]]:
-    """Token ids per document (EOS appended), tokenised a chunk at a time."""
+def _token_stream(docs: Iterator[str], tokenizer: Any, eos_token_id: int | None,
+                  bos_token_id: int | None = None) -> Iterator[list[int]]:
+    """Token ids per document (EOS appended), tokenised a chunk at a time.
+
+    A document that spells out the model's BOS or EOS token at its edges (the world corpus's
+    ``"<bos> ... <eos>"``, a GPT-2 text ending in ``<|endoftext|>``) has them dropped: the
+    packer adds both itself, and would otherwise double them.
+    """
     chunk: list[str] = []
+    unknown = _UnknownCount(tokenizer, {bos_token_id, eos_token_id})
 
     def flush() -> Iterator[list[int]]:
         # verbose=False: long documents are fine here, they are cut into windows later.
         ids = tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
         for doc_ids in ids:
-            yield list(doc_ids) + ([eos_token_id] if eos_token_id is not None else [])
+            doc_ids = list(doc_ids)
+            if bos_token_id is not None and doc_ids[:1] == [bos_token_id]:
+                del doc_ids[0]
+            if eos_token_id is not None and doc_ids[-1:] == [eos_token_id]:
+                del doc_ids[-1]
+            if doc_ids:
+                unknown.add(doc_ids)
+                yield doc_ids + ([eos_token_id] if eos_token_id is not None else [])
+        unknown.check()
         chunk.clear()
 
     for doc in docs:
@@ -241,6 +261,42 @@ def _token_stream(docs: Iterator[str], tokenizer: Any, eos_token_id: int | None)
                 yield from flush()
     if chunk:
         yield from flush()
+
+
+# Above this share of unknown-token ids, the data is mostly outside the tokenizer's vocabulary
+# (English text through the world model's word-level tokenizer): its activations describe
+# the unknown token, not the text. A few percent is normal for rare words.
+UNKNOWN_TOKEN_WARNING = 0.05
+
+
+class _UnknownCount:
+    """Counts the tokenizer's unknown-token ids in a token stream and warns once, at the end
+    of a chunk, when their share exceeds :data:`UNKNOWN_TOKEN_WARNING`."""
+
+    def __init__(self, tokenizer: Any, special: set[int | None]) -> None:
+        unk = getattr(tokenizer, "unk_token_id", None)
+        # GPT-2's "unknown" token is its EOS: a byte-level BPE never produces it for text.
+        self.unk = None if unk in special else unk
+        self.name = getattr(tokenizer, "unk_token", None) or "unknown"
+        self.total = self.found = 0
+        self.warned = False
+
+    def add(self, ids: list[int]) -> None:
+        if self.unk is not None and not self.warned:
+            self.total += len(ids)
+            self.found += ids.count(self.unk)
+
+    def check(self) -> None:
+        if self.warned or not self.total or self.found / self.total <= UNKNOWN_TOKEN_WARNING:
+            return
+        self.warned = True
+        warnings.warn(
+            f"{self.found / self.total:.0%} of the first {self.total:,} tokens of the data are the tokenizer's "
+            f"unknown token {self.name!r}: the text is mostly outside this model's vocabulary, so its activations "
+            f"describe {self.name!r}, not the text. Use data in the model's language (the world model reads only "
+            f"the synthetic world's text, e.g. from `interp world corpus`), or a model whose tokenizer covers this "
+            f"text (a hub model such as gpt2)",
+            UnknownTokensWarning, stacklevel=2)
 
 
 def _pack(streams: Iterator[list[int]], cfg: PackingConfig) -> Iterator[tuple[list[int], int]]:
@@ -286,7 +342,7 @@ def iter_windows(
     if tokenizer is None:
         raise InterpError("text data needs a tokenizer; the model has none (pass token ids instead)")
     docs = iter_documents(data, text_field)
-    for ids, n in _pack(_token_stream(docs, tokenizer, cfg.eos_token_id), cfg):
+    for ids, n in _pack(_token_stream(docs, tokenizer, cfg.eos_token_id, cfg.bos_token_id), cfg):
         yield ids, n, cfg.prepend_bos
 
 

@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from interp.cli.options import TABLE_DEST, to_flags, warnings_in_flags
+from interp.cli.options import TABLE_DEST, check_device, to_flags, warnings_in_flags
 from interp.errors import InterpError
 
 # Modules that each add their commands to the parser, in the order `interp --help` lists them.
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     table = getattr(args, TABLE_DEST, None)
     try:
-        with warnings_in_flags(table):
+        with warnings_in_flags(table, prog=f"interp {args.command}"):
+            check_device(getattr(args, "device", None))  # every command's --device, before a model loads
             return int(args.func(args) or 0)
     except (InterpError, SAEError) as err:
         # The toolkit's own errors already say what to do; a traceback would bury that. They

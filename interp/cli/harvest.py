@@ -15,17 +15,20 @@ from interp.cli.options import (
     DATA_FLAGS, add_config_options, add_device_option, add_model_option, also_names, config_values,
 )
 
-HOOKS_EPILOG = """example:
-  interp hooks --model gpt2
-  interp hooks --model gpt2 --filter resid_post
+HOOKS_EPILOG = """examples:
+  interp hooks --model world --filter resid_post
+  interp hooks --model gpt2                      # any supported HF model (downloaded once)
 """
 
-HARVEST_EPILOG = """example:
+HARVEST_EPILOG = """examples:
+  interp harvest --model world --hook blocks.2.hook_resid_post --data corpus.txt --tokens 10000 \\
+      --out runs/world-l2
   interp harvest --model gpt2 --hook blocks.6.hook_resid_post --hook blocks.6.hook_mlp_out \\
       --data corpus.txt --tokens 2000000 --out runs/gpt2-l6 --context-length 128 --dtype bfloat16
 
   --data is a .txt file (one document per line) or a .jsonl file (a "text" field, or the
-  field named by --text-field). Re-running the same command after an interruption resumes
+  field named by --text-field), in the model's language: text that is mostly the tokenizer's
+  unknown token is harvested with a warning (English through the world model). Re-running the same command after an interruption resumes
   after the last complete shard. Read the result with
       interp.activations.store.ActivationStore.open("runs/gpt2-l6", hook="blocks.6.hook_resid_post")
 """

@@ -10,10 +10,16 @@ from interp.cli.options import add_config_options, add_model_option, also_names,
 from interp.interventions.steering_eval import SteerEvalConfig
 from interp.errors import InterpError
 
-STEER_EPILOG = """examples:
-  interp steer --model world --sae runs/quickstart/sae --latent 12 --scale 8 --prompt "the"
-  interp steer --model world --vector runs/topic.safetensors --prompt "the" --prompt "a" --positions generated
-  interp steer --model world --sae runs/quickstart/sae --latent 12 --target-kl 0.5 --prompt "the"
+STEER_EPILOG = """examples (after `interp quickstart`, which writes runs/quickstart/):
+  interp steer --model world --sae runs/quickstart/topk --latent 12 --scale 8 --prompt "the"
+  interp steer --model world --vector runs/quickstart/steering.safetensors --prompt "the" --prompt "a" \\
+      --positions generated
+  interp steer --model world --sae runs/quickstart/topk --latent 12 --target-kl 0.5 --prompt "the"
+
+--sae steers along one latent's decoder row (unit norm; --scale is in the hook's activation
+units); --vector replays a file written by Steering.save(), such as the quickstart's
+calibrated topic vector. The SAE's cfg.json names its hook and model; steering another
+model's activations is refused unless --allow-mismatch.
 """
 
 STEER_EVAL_EPILOG = """examples:
@@ -33,7 +39,9 @@ writes OUT/steering.json (one row per topic, method and KL target) and OUT/steer
 (success against fluency, over topics).
 """
 
-PATCH_EPILOG = """example:
+PATCH_EPILOG = """examples:
+  interp patch --model world --clean "the flag of grimges is" --corrupted "the flag of faskim is" \\
+      --correct black --wrong white --out patch.html
   interp patch --model gpt2 --clean "When Mary and John went to the store, John gave a drink to" \\
       --corrupted "When Mary and John went to the store, Mary gave a drink to" \\
       --correct " Mary" --wrong " John" --out patch.html
@@ -42,6 +50,9 @@ PATCH_EPILOG = """example:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("steer", help="generate with and without a steering vector, side by side",
+                              description="Generate from each prompt twice, unsteered and with a vector added at "
+                                          "a hook (an SAE latent's decoder row, or a saved steering file), and "
+                                          "print the continuations side by side.",
                               epilog=STEER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_option(p, default="world")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
@@ -53,15 +64,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scale", type=float, default=None, help="steering strength")
     p.add_argument("--target-kl", type=positive(float), default=None,
                    help="calibrate the scale to this next-token KL instead")
-    p.add_argument("--positions", default="all", help="all | prompt | generated | last_prompt")
-    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--positions", default="all", choices=("all", "prompt", "generated", "last_prompt"),
+                   help="where to add the vector: every position, the prompt's, the generated ones', or the "
+                        "last prompt token's (default: all)")
+    p.add_argument("--max-new-tokens", type=positive(int), default=20, help="tokens to generate (default: 20)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="steer even where the SAE's cfg.json records another model or hook")
     also_names(p, {"hook": "--hook", "latent": "--latent", "scale": "--scale", "target_kl": "--target-kl",
                    "positions": "--positions", "max_new_tokens": "--max-new-tokens"})
     p.set_defaults(func=steer)
 
     e = subparsers.add_parser("steer-eval", help="SAE latent vs SNMF feature vs diff-in-means steering at matched KL (world)",
+                              description="Compare three ways to steer the world model towards a planted topic (an "
+                                          "SAE latent, an SNMF feature, the difference in means) at matched "
+                                          "next-token KL, scored by the world's exact generator.",
                               epilog=STEER_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_option(e, default="world")
     e.add_argument("--from", dest="source", default="runs/quickstart",
@@ -77,20 +95,26 @@ def register(subparsers: Any) -> None:
     e.add_argument("--prompts", type=positive(int), default=12,
                    help="--protocol lexical: prompts per topic (openings of other topics' documents) (default: 12)")
     add_config_options(e, SteerEvalConfig)
-    e.add_argument("--out", default="runs/steer-eval")
+    e.add_argument("--out", default="runs/steer-eval",
+                   help="directory for steering.json and steering.html (default: runs/steer-eval)")
     also_names(e, {"kl_targets": "--kl", "n_prompts": "--prompts", "topics": "--topics", "protocol": "--protocol"})
     e.set_defaults(func=steer_eval)
 
     q = subparsers.add_parser("patch", help="activation patching heat map (layer x position) as HTML",
+                              description="Run a clean and a corrupted prompt of the same length, patch each "
+                                          "layer's activation at each position from the clean run into the "
+                                          "corrupted one, and map how much of the correct-vs-wrong logit "
+                                          "difference comes back.",
                               epilog=PATCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_option(q, default="world")
-    q.add_argument("--clean", required=True)
-    q.add_argument("--corrupted", required=True)
+    q.add_argument("--clean", required=True, help="the prompt whose activations are patched in")
+    q.add_argument("--corrupted", required=True, help="the prompt they are patched into (same token count)")
     q.add_argument("--correct", required=True, help="the clean answer token")
     q.add_argument("--wrong", required=True, help="the corrupted answer token")
-    q.add_argument("--hook-template", default="blocks.{layer}.hook_resid_pre")
+    q.add_argument("--hook-template", default="blocks.{layer}.hook_resid_pre",
+                   help="hook patched at each layer (default: blocks.{layer}.hook_resid_pre)")
     q.add_argument("--attribution", action="store_true", help="the gradient approximation (one pass)")
-    q.add_argument("--out", default="patch.html")
+    q.add_argument("--out", default="patch.html", help="HTML file to write (default: patch.html)")
     q.set_defaults(func=patch)
 
 
@@ -252,16 +276,17 @@ def steer(args: argparse.Namespace) -> int:
     model = load(args.model)
     positions = Positions.parse(args.positions)
     if args.sae:
-        if args.latent is None:
-            raise InterpError("--sae needs --latent: which latent's decoder row to steer with")
-        spec = Steering.from_sae(saes.load(args.sae), args.latent, scale=args.scale or 1.0, positions=positions,
-                                 hook=args.hook)
+        spec = _sae_steering(model, saes.load(args.sae), args, positions)
     else:
-        spec = Steering.load(args.vector)
+        try:
+            spec = Steering.load(args.vector)
+        except ValueError as err:  # not a steering file: say so in one line
+            raise InterpError(f"--vector {args.vector}: {err}") from None
         spec.positions = positions
         spec.hook = args.hook or spec.hook
         if args.scale is not None:
             spec.scale = args.scale
+    _check_fits(model, spec, "the SAE" if args.sae else f"the vector in {args.vector}")
     if args.target_kl is not None:
         try:
             spec, kl = calibrate_scale(model, spec, args.prompt, args.target_kl)
@@ -282,6 +307,36 @@ def steer(args: argparse.Namespace) -> int:
         for i in range(max(len(left), len(right))):
             print(f"  {(left[i] if i < len(left) else ''):<{width}} | {right[i] if i < len(right) else ''}")
     return 0
+
+
+def _sae_steering(model: Any, sae: Any, args: argparse.Namespace, positions: Any) -> Any:
+    """The --latent's decoder row of the SAE, at --hook or the SAE's recorded hook."""
+    from interp.evaluation.splice import origin_mismatches
+    from interp.interventions.steering import Steering
+
+    if args.latent is None:
+        raise InterpError("--sae needs --latent: which latent's decoder row to steer with")
+    if not 0 <= args.latent < sae.d_sae:
+        raise InterpError(f"--latent {args.latent} is outside the SAE's {sae.d_sae} latents; pick one from 0 to "
+                          f"{sae.d_sae - 1} (a dashboard of the SAE shows what each does)")
+    spec = Steering.from_sae(sae, args.latent, scale=args.scale or 1.0, positions=positions, hook=args.hook)
+    model.check_hooks(spec.hook)  # a typo in --hook lists the close matches
+    problems = origin_mismatches(model, sae, spec.hook)
+    if problems and not args.allow_mismatch:
+        raise InterpError(f"{'; '.join(problems)} (its cfg.json says so): its latent's direction means nothing "
+                          "there. Steer the model and hook it was trained on (without --hook, the recorded one), "
+                          "or pass --allow-mismatch to steer there anyway (the same model under another name)")
+    return spec
+
+
+def _check_fits(model: Any, spec: Any, what: str) -> None:
+    """The vector has the hook's per-token shape, or a one-line error before generating."""
+    model.check_hooks(spec.hook)
+    shape = tuple(int(s) for s in model.hook_shape(spec.hook))
+    if tuple(spec.vector.shape) != shape:
+        raise InterpError(f"{what} has width {list(spec.vector.shape)} but {spec.hook} of {model.name} carries "
+                          f"{list(shape)} per token: it was made for another model or hook; steer with one "
+                          f"made for this hook of this model, or pass the model it was made for with --model")
 
 
 def patch(args: argparse.Namespace) -> int:

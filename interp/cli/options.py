@@ -26,10 +26,12 @@ import argparse
 import contextlib
 import dataclasses
 import re
+import sys
 import types
 import typing
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 # The attribute of the parsed args that holds the flag table of the command that ran.
@@ -59,8 +61,34 @@ def add_model_option(parser: Any, *, help: str = MODEL_HELP, **kwargs: Any) -> N
 
 
 def add_device_option(parser: Any, *, help: str = DEVICE_HELP) -> None:
-    """``--device``, worded the same in every command."""
+    """``--device``, worded the same in every command (checked by :func:`check_device`)."""
     parser.add_argument("--device", default=None, help=help)
+
+
+def check_device(name: str | None) -> None:
+    """Refuse a ``--device`` this machine lacks before anything loads: torch would otherwise
+    fail deep inside ``model.to()`` with a traceback ("Torch not compiled with CUDA")."""
+    if name is None:
+        return
+    import torch
+
+    from interp.errors import InterpError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InterpError(f"--device {name} is not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise InterpError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__} is "
+                              f"{build}); use --device cpu, or leave --device out (cuda when available, else cpu)")
+        if device.index is not None and device.index >= count:
+            raise InterpError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                              f"cuda:{count - 1}; pick one of those")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InterpError(f"--device {name}: MPS is not available on this machine; use --device cpu")
 
 
 def flag_name(name: str) -> str:
@@ -236,13 +264,32 @@ def _assignment(option: Option, value: str) -> str:
     return f"{option.flag} {value}"
 
 
+# Warnings raised from these packages are the toolkit's own advice: one line, no source echo.
+_OWN_PACKAGES = tuple(str(Path(__file__).resolve().parents[2] / name) for name in ("interp", "saes", "probes"))
+
+
+def _own(category: Any, filename: str) -> bool:
+    """A warning of the toolkit's: its own kind (a library warning points at its caller, which
+    may be torch's no_grad wrapper), or raised in its code."""
+    from interp.errors import InterpWarning
+    from saes.errors import UnknownKeyWarning
+
+    return (isinstance(category, type) and issubclass(category, (InterpWarning, UnknownKeyWarning))
+            or str(Path(filename).resolve()).startswith(_OWN_PACKAGES))
+
+
 @contextlib.contextmanager
-def warnings_in_flags(table: Mapping[str, Option] | None) -> Iterator[None]:
-    """Warnings shown while the command runs name its flags too."""
+def warnings_in_flags(table: Mapping[str, Option] | None, prog: str = "interp") -> Iterator[None]:
+    """Warnings shown while the command runs name its flags too; the toolkit's own are one
+    ``PROG: warning: ...`` line, like its errors (others keep Python's format)."""
     show = warnings.showwarning
 
-    def translated(message: Any, *rest: Any, **kw: Any) -> None:
-        show(to_flags(str(message), table), *rest, **kw)
+    def translated(message: Any, category: Any, filename: str, *rest: Any, **kw: Any) -> None:
+        text = to_flags(str(message), table)
+        if _own(category, filename):
+            print(f"{prog}: warning: {text}", file=sys.stderr)
+        else:
+            show(text, category, filename, *rest, **kw)
 
     warnings.showwarning = translated
     try:

@@ -26,6 +26,10 @@ OUT/subspace_rank{R}.safetensors.
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("pkck", help="train and read the rank-2 PK/CK knowledge subspace (world model)",
+                              description="Find the subspace that carries whether the world model answers from "
+                                          "parametric knowledge (PK, memory) or from the context (CK): train it "
+                                          "by interchange on QA items, measure held-out accuracy against a random "
+                                          "subspace, and read the PK share out while the model answers.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="world", help="a model trained on the synthetic world (default: world)")
     p.add_argument("--layer", type=int, default=None, help="residual stream layer (default: n_layers // 2, the quickstart's)")
@@ -39,10 +43,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--interchange", choices=("full", "column"), default="full",
                    help="full: swap the whole subspace (the reference's); column: PK to column 0, CK to column 1")
     p.add_argument("--steps", type=int, default=150, help="interchange training steps per rank")
-    p.add_argument("--lr", type=float, default=2e-2)
+    p.add_argument("--lr", type=float, default=2e-2, help="interchange training learning rate (default: 0.02)")
     p.add_argument("--max-new-tokens", type=int, default=4, help="answer steps read after the prompt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/pkck")
+    p.add_argument("--seed", type=int, default=0, help="seed of the QA items and the read-outs (default: 0)")
+    p.add_argument("--out", default="runs/pkck", help="output directory (default: runs/pkck)")
     p.set_defaults(func=run)
 
 

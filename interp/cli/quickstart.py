@@ -8,6 +8,10 @@
    their coverage of the planted topics; print one comparison table;
 5. write a feature dashboard for the latents that best match the planted topics;
 6. steer one generation with a topic latent, before and after.
+
+Writes OUT/store (activations), OUT/topk, OUT/matryoshka, OUT/mp (SAEs), OUT/snmf,
+OUT/summary.json and, on the world model, OUT/dashboard.html and OUT/steering.safetensors
+(the calibrated topic vector, for `interp steer --vector`).
 """
 from __future__ import annotations
 
@@ -28,20 +32,23 @@ EPILOG = """example:
 
 
 def register(subparsers: Any) -> None:
+    from interp.cli.options import positive
+
     p = subparsers.add_parser("quickstart", help="run the main job on the default model (offline)",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="world", help="model name or path (default: the shipped world model)")
     p.add_argument("--data", default=None, help="text/JSONL file (default: freshly generated world text)")
     p.add_argument("--out", default="runs/quickstart", help="output directory (store, SAE, report)")
-    p.add_argument("--tokens", type=int, default=40_000, help="tokens to harvest")
+    p.add_argument("--tokens", type=positive(int), default=40_000, help="tokens to harvest (default: 40,000)")
     p.add_argument("--layer", type=int, default=None, help="layer to study (default: the middle one)")
-    p.add_argument("--d-sae", type=int, default=512)
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=3, help="SAE training passes over the store")
-    p.add_argument("--snmf-rank", type=int, default=32)
-    p.add_argument("--snmf-tokens", type=int, default=8000, help="MLP rows the SNMF is fit on")
-    p.add_argument("--snmf-iters", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--d-sae", type=positive(int), default=512, help="latents of each SAE (default: 512)")
+    p.add_argument("--k", type=positive(int), default=16, help="active latents per token (default: 16)")
+    p.add_argument("--epochs", type=positive(int), default=3, help="SAE training passes over the store (default: 3)")
+    p.add_argument("--snmf-rank", type=positive(int), default=32, help="SNMF features (default: 32)")
+    p.add_argument("--snmf-tokens", type=positive(int), default=8000,
+                   help="MLP rows the SNMF is fit on (default: 8000)")
+    p.add_argument("--snmf-iters", type=positive(int), default=60, help="SNMF iterations (default: 60)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the text, the SAEs and the SNMF (default: 0)")
     p.set_defaults(func=run)
 
 
@@ -92,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     topk = dictionaries["topk"][0]
     if labels is not None:
         summary["dashboard"] = _dashboard(model, topk, store, table["topk"], labels, out)
-        summary["steering"] = _steer_topic(model, topk, resid, table["topk"])
+        summary["steering"] = _steer_topic(model, topk, resid, table["topk"], out)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _say("done", f"{summary['seconds']}s; summary in {out / 'summary.json'}")
@@ -209,7 +216,7 @@ def _dashboard(model: Any, sae: Any, store: Any, row: dict, labels: dict, out: P
     return {"path": str(out / "dashboard.html"), "latents": latents}
 
 
-def _steer_topic(model: Any, sae: Any, hook: str, row: dict) -> dict:
+def _steer_topic(model: Any, sae: Any, hook: str, row: dict, out: Path) -> dict:
     """Steer a generation with the latent that best detects a planted topic."""
     from interp.interventions.steering import Steering, calibrate_scale
     from interp.world.lexicon import TOPICS
@@ -221,7 +228,9 @@ def _steer_topic(model: Any, sae: Any, hook: str, row: dict) -> dict:
     prompt = "the"
     before = model.generate(prompt, max_new_tokens=16, seed=0).texts[0]
     after = model.generate(prompt, max_new_tokens=16, steering=[spec], seed=0).texts[0]
+    spec.save(out / "steering.safetensors")  # replayed by `interp steer --vector`
     _say("steer", f"latent {latent} (topic {name!r}, AUROC {row['topic_aurocs'][best]:.3f}) at scale "
-                  f"{spec.scale:.1f} (next-token KL {kl:.2f})")
+                  f"{spec.scale:.1f} (next-token KL {kl:.2f}) -> {out / 'steering.safetensors'}")
     print(f"    before: {prompt} {before}\n    after:  {prompt} {after}")
-    return {"topic": name, "latent": latent, "scale": spec.scale, "kl": kl, "before": before, "after": after}
+    return {"topic": name, "latent": latent, "scale": spec.scale, "kl": kl, "before": before, "after": after,
+            "path": str(out / "steering.safetensors")}

@@ -22,7 +22,7 @@ from typing import Any
 from interp.activations.tokens import TokenSource
 from interp.activations.live import LiveConfig
 from interp.cli.options import (
-    DATA_FLAGS, add_config_options, add_device_option, add_model_option, also_names, config_values,
+    DATA_FLAGS, add_config_options, add_device_option, add_model_option, also_names, config_values, positive,
 )
 from interp.errors import InterpError
 from saes.architectures import registry
@@ -32,7 +32,9 @@ from saes.training.config import TrainConfig
 ARCHS = registry.cli_names()
 
 TRAIN_EPILOG = """examples:
-  # from an activation store written by `interp harvest`
+  # from an activation store written by `interp harvest` (here the quickstart's)
+  interp train --store runs/quickstart/store --hook blocks.2.hook_resid_post --arch topk \\
+      --d-sae 512 --k 16 --tokens 20000 --out saes/world-l2-topk
   interp train --store runs/gpt2-l6 --arch topk --d-sae 16384 --k 32 --tokens 50000000 \\
       --out saes/gpt2-l6-topk
 
@@ -44,12 +46,15 @@ TRAIN_EPILOG = """examples:
   run ends with exactly the weights an uninterrupted one would have.
 """
 
-EVAL_EPILOG = """example:
+EVAL_EPILOG = """examples:
+  interp eval-sae --sae runs/quickstart/topk --model world --data heldout.txt --tokens 5000
   interp eval-sae --sae saes/gpt2-l6-topk --model gpt2 --data heldout.txt --tokens 200000
 
   Prints the metrics as JSON, then as a table: CE-loss recovered against zero ablation,
   KL of the spliced model from the clean one, FVU, L0 and dead fraction at the hook.
-  The hook defaults to the one recorded in the SAE's cfg.json.
+  The hook defaults to the one recorded in the SAE's cfg.json; an SAE whose cfg.json
+  records another model or hook is refused (its figures would measure the mismatch)
+  unless --allow-mismatch.
 """
 
 
@@ -104,8 +109,11 @@ def register(subparsers: Any) -> None:
     e.add_argument("--sae", required=True, help="SAE directory (ours, SAELens or sparsify)")
     add_model_option(e, required=True)
     e.add_argument("--hook", default=None, help="hook to splice at (default: the SAE's recorded hook)")
-    e.add_argument("--tokens", type=int, default=100_000, help="tokens to evaluate (default 100000)")
-    e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    e.add_argument("--tokens", type=positive(int), default=100_000, help="tokens to evaluate (default 100000)")
+    e.add_argument("--batch-size", type=positive(int), default=8, help="windows per forward pass (default 8)")
+    e.add_argument("--allow-mismatch", action="store_true",
+                   help="evaluate even where the SAE's cfg.json records another model or hook (the same model "
+                        "under another name, or a deliberate transfer test)")
     add_config_options(e, TokenSource, DATA_FLAGS, required=["data"],
                        overrides={"context_length": {"cli_default": None, "default_text": "the SAE's recorded "
                                                      "context size, else 128"},
@@ -275,6 +283,7 @@ def run_eval_sae(args: argparse.Namespace) -> int:
     if not hook:
         raise InterpError(f"{args.sae} records no hook name; pass --hook")
     model = load(args.model, device=args.device)
+    _check_origin(model, sae, hook, args)
     options = config_values(TokenSource, args)
     recorded = sae.metadata.get("context_size")
     if options["context_length"] is None and recorded:
@@ -287,3 +296,14 @@ def run_eval_sae(args: argparse.Namespace) -> int:
         print()
         print(result.table())
     return 0
+
+
+def _check_origin(model: Any, sae: Any, hook: str, args: argparse.Namespace) -> None:
+    """Refuse an SAE whose cfg.json records another model or hook, unless --allow-mismatch."""
+    from interp.evaluation.splice import origin_mismatches
+
+    problems = origin_mismatches(model, sae, hook)
+    if problems and not args.allow_mismatch:
+        raise InterpError(f"{'; '.join(problems)} (its cfg.json says so): its figures here would measure the "
+                          "mismatch, not the SAE. Evaluate it with the model and hook it was trained on, or pass "
+                          "--allow-mismatch if this is the same model under another name or a deliberate test")

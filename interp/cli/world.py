@@ -12,13 +12,19 @@ from interp.world.config import WorldConfig
 from interp.world.evaluate import EvalConfig
 from interp.world.train import TrainConfig as WorldTrainConfig
 
-TRAIN_EPILOG = """example:
-  interp world train --out runs/world-model      # about 40 min on 2 CPU cores
-  interp world train --steps 50 --out /tmp/smoke # a quick smoke run (not a usable model)
+TRAIN_EPILOG = """examples:
+  interp world train --out runs/world-model        # about 40 minutes on 2 CPU cores
+  interp world train --steps 20 --out runs/smoke   # a quick smoke run (not a usable model)
+
+Commands take the new model with --model runs/world-model; --model world stays the shipped
+one unless you retrain that on purpose with --overwrite-default instead of --out.
 """
-EVAL_EPILOG = """example:
-  interp world eval                               # the shipped default model
-  interp world eval --model runs/world-model --json report.json
+EVAL_EPILOG = """examples:
+  interp world eval                                  # the shipped default model, about a minute
+  interp world eval --quick --json report.json       # smaller samples; the report as JSON too
+
+--model DIR evaluates a model written by `interp world train --out DIR`. The exit status is
+0 when every bar is passed, 1 otherwise.
 """
 # `interp world eval --quick`: smaller samples; flags given with it still apply.
 QUICK_EVAL = {"heldout_docs": 100, "qa_items": 200, "topic_prompts": 2, "ablation_docs": 64}
@@ -34,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The planted world: a seeded language with labelled topics, sentiment, a category "
                     "hierarchy, memorised and composed (multi-hop) facts and PK/CK question items; and the small "
                     "model trained on it.",
-        epilog="example:\n  interp world eval\n  interp world corpus --n 100 --out world.jsonl",
+        epilog="examples:\n  interp world eval --quick\n  interp world corpus --n 100 --out world.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = world.add_subparsers(dest="world_command", metavar="SUBCOMMAND")
     world.set_defaults(func=lambda args: (world.print_help(), 2)[1])
@@ -42,8 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the default model (deterministic recipe)",
                        description="Train the default model from its seed with the shipped recipe.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=None,
-                   help="model directory to write (default: the package's default_model/)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", default=None, help="model directory to write")
+    target.add_argument("--overwrite-default", action="store_true",
+                        help="write over the shipped default model in the package (what --model world loads)")
     add_config_options(p, WorldTrainConfig, ["steps", "seed", "threads"], keep_unset=True)
     p.set_defaults(func=_train)
 
@@ -78,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     from interp.world.train import train
 
     cfg = replace(WorldTrainConfig(), **changed_fields(WorldTrainConfig, args))
-    out = Path(args.out) if args.out else default_model_path()
+    out = Path(args.out) if args.out else default_model_path()  # --overwrite-default, asked for by name
     _, summary = train(cfg, out=out, log=lambda line: print(line, flush=True))  # a long run: show progress
     print(f"trained in {summary['train_seconds']:.0f}s wall, {summary['cpu_seconds']:.0f}s CPU; wrote {out}")
     return 0

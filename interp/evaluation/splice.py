@@ -42,7 +42,7 @@ import torch
 from saes.metrics import ReconstructionStats
 
 from interp.activations.tokens import TokenSource
-from interp.errors import InterpError, ShapeError
+from interp.errors import InterpError, OriginWarning, ShapeError
 from interp.evaluation.losses import next_token_nll, token_kl
 
 
@@ -88,10 +88,44 @@ def check_sae_fits(model: Any, sae: Any, hook: str) -> tuple[int, ...]:
             f"the SAE has d_in={sae.d_in} but {hook} of {model.name} has per-token shape {list(shape)} "
             f"(d={d}); use an SAE trained on this hook, or pick the hook it was trained on"
         )
-    trained_on = (getattr(sae, "metadata", None) or {}).get("hook_name")
-    if trained_on and trained_on != hook:
-        warnings.warn(f"the SAE was trained on {trained_on}, not {hook}", stacklevel=3)
+    for problem in origin_mismatches(model, sae, hook):
+        warnings.warn(f"{problem}; its figures here say little about it", OriginWarning, stacklevel=3)
     return shape
+
+
+def origin_mismatches(model: Any, sae: Any, hook: str) -> list[str]:
+    """How the model and hook the SAE's metadata records differ from ``model`` and ``hook``.
+
+    An SAE of another model with the same width splices in without a shape error and gives
+    numbers that look like a bad SAE (FVU in the hundreds, negative CE-loss recovered); only
+    the recorded origin tells the two apart. Names are compared as paths where both are
+    directories, so ``./m`` and ``/abs/m`` are one model."""
+    recorded = getattr(sae, "metadata", None) or {}
+    problems = []
+    trained_model = recorded.get("model_name")
+    if trained_model and _model_key(trained_model) != _model_key(getattr(model, "name", None)):
+        problems.append(f"the SAE was trained on model {trained_model!r}, not {model.name!r}")
+    trained_hook = recorded.get("hook_name")
+    if trained_hook and trained_hook != hook:
+        problems.append(f"the SAE was trained on {trained_hook}, not {hook}")
+    return problems
+
+
+def _model_key(name: Any) -> str:
+    from pathlib import Path
+
+    from interp.model.loading import DEFAULT_MODEL_ALIASES
+
+    text = str(name)
+    if text in DEFAULT_MODEL_ALIASES:
+        return "world"
+    path = Path(text).expanduser()
+    if path.is_dir():
+        from interp.world import default_model_path
+
+        resolved = path.resolve()
+        return "world" if resolved == default_model_path().resolve() else str(resolved)
+    return text
 
 
 @torch.no_grad()

@@ -86,7 +86,8 @@ def _from_pretrained(source: str, dtype: torch.dtype | None, trust_remote_code: 
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        return _cache_first(AutoModelForCausalLM.from_pretrained, source, dtype=dtype,
+                            trust_remote_code=trust_remote_code)
     except ValueError as err:
         if "trust_remote_code" not in str(err):
             raise
@@ -96,17 +97,55 @@ def _from_pretrained(source: str, dtype: torch.dtype | None, trust_remote_code: 
             raise ModelLoadError(f"could not load the model in {source}: {err}") from err
         raise ModelLoadError(
             f"could not load {source!r}: it is not a local directory and the hub could not be reached or has no "
-            f"such model ({err.__class__.__name__}). Offline, download it where there is a network "
-            f"(`huggingface-cli download {source}`) and pass the local directory, or point HF_HOME at a cache "
+            f"such model ({err.__class__.__name__}). Check the name; offline, download it where there is a "
+            f"network (`hf download {source} --local-dir DIR`) and pass DIR, or point HF_HOME at a cache "
             f"holding it."
         ) from err
+
+
+def _cache_first(loader: Any, source: str, **kwargs: Any) -> Any:
+    """``loader(source)`` from the local cache when the files are there, else from the hub
+    when it answers. Offline, the hub client retries every file for half a minute before it
+    gives up; a look at the cache and one connection attempt take a second."""
+    if Path(source).exists():
+        return loader(source, **kwargs)
+    try:
+        return loader(source, local_files_only=True, **kwargs)
+    except OSError:
+        reason = _hub_unreachable()
+        if reason:
+            raise ModelLoadError(
+                f"could not load {source!r}: it is neither a local directory nor in the local cache, and the hub "
+                f"cannot be reached ({reason}). Download it where there is a network (`hf download {source} "
+                f"--local-dir DIR`) and pass DIR, or point HF_HOME at a cache holding it."
+            ) from None
+    return loader(source, **kwargs)
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached from here, or None when it can (or a proxy decides)."""
+    import socket
+    from urllib.parse import urlparse
+
+    for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(flag, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{flag} is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows; let the hub client try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"no connection to {host}: {err.strerror or err}"
 
 
 def _tokenizer(source: str, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return _cache_first(AutoTokenizer.from_pretrained, source, trust_remote_code=trust_remote_code)
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise ModelLoadError(_remote_code_refused(source)) from None
