@@ -63,9 +63,12 @@ def test_forward_generation_and_harvest_are_quiet(family, strict, tmp_path):
 
 def test_world_evaluations_are_quiet(strict):
     """The world's own evaluations call the HF model directly, with right-padded batches."""
-    from interp.world import pkck_batch, pkck_items, world_of_model
+    import probes
+    from interp.interventions.steering_lexical import topic_specs
+    from interp.world import labelled_batch, pkck_batch, pkck_items, world_of_model
     from interp.world.ablation import block_means
     from interp.world.evaluate import heldout_loss, topic_consistency
+    from interp.world.generator import PAD
     from interp.world.labels import encode_docs
     from interp.world.recall import last_logits
     from probes.pkck import answer_all, states_at
@@ -80,6 +83,12 @@ def test_world_evaluations_are_quiet(strict):
     docs = world.sample_docs(4, seed=1)
     tokens, labels = encode_docs(world, docs)
     block_means(hf, tokens, labels["doc_kind"] >= 0)
+    labelled = labelled_batch(6, seed=2, world=world, model=model, names=["blocks.1.hook_resid_post"])
+    pad = world.vocab.index(PAD)
+    assert torch.equal(labelled.attention_mask.bool(), labelled.tokens != pad) and (labelled.tokens == pad).any()
+    probes.sweep.collect(model, labelled.tokens, ["blocks.0.hook_resid_post"], labelled.mask,
+                         attention_mask=labelled.attention_mask)
+    topic_specs(model, topic_index=0, layer=1, n_docs=12)
     batch = pkck_batch(pkck_items(4, seed=0, world=world), world=world)
     answer_all(model, batch["tokens"], batch["last_pos"], batch["answers"])
     states_at(model, batch["tokens"][:, 0], batch["last_pos"], "blocks.1.hook_resid_post")

@@ -116,7 +116,8 @@ def topic_specs(model: Any, topic_index: int, layer: int, sae: Any = None, snmf:
     # as the model carries it through a document, which is what steering has to install.
     # (Picking the latent on content words alone finds word detectors that steer worse.)
     keep = batch.labels["topic"] >= 0
-    _, cache = model.run_with_cache(batch.tokens, names=[resid, post], return_logits=False)
+    _, cache = model.run_with_cache(batch.tokens, names=[resid, post], return_logits=False,
+                                    attention_mask=batch.attention_mask)
     x = cache[resid][keep].float()
     on = batch.labels["topic"][keep] == topic_index
     specs = {"diff-in-means": Steering.from_direction(diff_in_means(x[on], x[~on]), resid, name="diff-in-means")}

@@ -38,6 +38,14 @@ class LabelledBatch:
         """True on real tokens, False on padding."""
         return self.labels["doc_kind"] >= 0
 
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``[batch, pos]`` int64 for model calls: 1 on each document's tokens, 0 on the right
+        padding after them. Activations at real positions are the same without it; with it HF
+        knows the ``<pad>`` columns are padding rather than guessing (and warning)."""
+        lengths = torch.tensor([len(d) for d in self.docs])
+        return (torch.arange(self.tokens.shape[1]) < lengths[:, None]).long()
+
 
 def labelled_batch(
     n: int,
@@ -69,16 +77,18 @@ def labelled_batch(
         if not names:
             raise ValueError("give hook names with the model, e.g. names=['blocks.1.hook_resid_post']")
         _check_vocab(world, model)
-        cache = _cached_activations(model, tokens, list(names), batch_size)
+        batch = LabelledBatch(tokens, labels, docs)
+        cache = _cached_activations(model, tokens, batch.attention_mask, list(names), batch_size)
     return LabelledBatch(tokens, labels, docs, cache)
 
 
-def _cached_activations(model: Any, tokens: torch.Tensor, names: list[str],
+def _cached_activations(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor, names: list[str],
                         batch_size: int) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     with torch.no_grad():
         for start in range(0, len(tokens), batch_size):
-            _, cache = model.run_with_cache(tokens[start:start + batch_size], names=names)
+            _, cache = model.run_with_cache(tokens[start:start + batch_size], names=names,
+                                            attention_mask=attention_mask[start:start + batch_size])
             for name in names:
                 parts[name].append(cache[name].detach().cpu())
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
