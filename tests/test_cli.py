@@ -343,6 +343,12 @@ def test_hand_written_flags_are_checked_when_the_command_line_is_read(capsys):
         assert exit_.value.code == 2 and f"argument {flag}:" in err and not names_python_argument(err), err
 
 
+def test_quickstart_messages_name_its_flags(capsys):
+    code = main(["quickstart", "--d-sae", "8", "--k", "16"])  # refused before the harvest
+    line = _error_line(capsys.readouterr().err)
+    assert code == 1 and "--k 16 must be below --d-sae 8" in line and not names_python_argument(line), line
+
+
 def test_a_hub_name_offline_fails_at_once_suggesting_hf_download(monkeypatch, capsys):
     import time
 

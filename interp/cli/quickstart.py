@@ -32,7 +32,7 @@ EPILOG = """example:
 
 
 def register(subparsers: Any) -> None:
-    from interp.cli.options import positive
+    from interp.cli.options import also_names, positive
 
     p = subparsers.add_parser("quickstart", help="run the main job on the default model (offline)",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +49,8 @@ def register(subparsers: Any) -> None:
                    help="MLP rows the SNMF is fit on (default: 8000)")
     p.add_argument("--snmf-iters", type=positive(int), default=60, help="SNMF iterations (default: 60)")
     p.add_argument("--seed", type=int, default=0, help="seed of the text, the SAEs and the SNMF (default: 0)")
+    also_names(p, {"max_tokens": "--tokens", "d_sae": "--d-sae", "k": "--k", "rank": "--snmf-rank",
+                   "max_iter": "--snmf-iters", "layer": "--layer"})
     p.set_defaults(func=run)
 
 
@@ -64,9 +66,13 @@ def world_texts(n_docs: int, seed: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.model.loading import load
     from interp.activations.harvest import harvest
+    from interp.errors import InterpError
+    from interp.model.loading import load
 
+    if args.k >= args.d_sae:  # the SAEs would refuse it, but only after the harvest
+        raise InterpError(f"--k {args.k} must be below --d-sae {args.d_sae}: otherwise every latent fires on "
+                          "every token; lower --k or widen --d-sae")
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     out = Path(args.out)
