@@ -6,7 +6,8 @@ reads. They run in a scratch directory holding what they name: the quickstart's 
 documents, ``corpus.txt`` and ``heldout.txt``. Examples that name GPT-2 download it and are
 skipped (the tests never download); the full world-model recipe (40 minutes) is skipped
 too. Long-running examples (a full quickstart, steer-eval, pkck, world eval and train) are
-marked slow: ``pytest -m slow tests/test_cli_examples.py`` runs them.
+marked slow: ``pytest -m slow tests/test_cli_examples.py`` runs them. Every example, skipped
+or slow ones included, must at least parse.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 from interp.cli import build_parser, main
 from interp.world import default_model_path
 
-pytestmark = pytest.mark.skipif(not default_model_path().exists(), reason="the default world model is not built")
+needs_world = pytest.mark.skipif(not default_model_path().exists(), reason="the default world model is not built")
 
 # Commands whose examples take minutes on a laptop CPU.
 SLOW = ("quickstart", "steer-eval", "pkck", "world eval", "world train")
@@ -96,6 +97,15 @@ def test_the_examples_cover_every_command():
     assert commands <= runnable, commands - runnable
 
 
+def test_every_help_example_parses():
+    """Slow, skipped and GPT-2 examples included: each is a valid command line."""
+    parser = build_parser()
+    for argv in EXAMPLES:
+        args = parser.parse_args(argv)  # argparse exits on an unknown flag or a bad value
+        assert callable(args.func), argv
+
+
+@needs_world
 @pytest.mark.parametrize("argv", [_param(a) for a in EXAMPLES])
 def test_help_example_runs(argv, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
