@@ -50,11 +50,12 @@ EVAL_EPILOG = """examples:
   interp eval-sae --sae runs/quickstart/topk --model world --data heldout.txt --tokens 5000
   interp eval-sae --sae saes/gpt2-l6-topk --model gpt2 --data heldout.txt --tokens 200000
 
-  Prints the metrics as JSON, then as a table: CE-loss recovered against zero ablation,
-  KL of the spliced model from the clean one, FVU, L0 and dead fraction at the hook.
-  The hook defaults to the one recorded in the SAE's cfg.json; an SAE whose cfg.json
-  records another model or hook is refused (its figures would measure the mismatch)
-  unless --allow-mismatch.
+  heldout.txt is text the SAE was not trained on, one document per line (or .jsonl), in
+  the model's language. Prints the metrics as JSON, then as a table: CE-loss recovered
+  against zero ablation, KL of the spliced model from the clean one, FVU, L0 and dead
+  fraction at the hook. The hook defaults to the one recorded in the SAE's cfg.json; an
+  SAE whose cfg.json records another model or hook is refused (its figures would measure
+  the mismatch) unless --allow-mismatch.
 """
 
 
