@@ -103,7 +103,7 @@ def probe_by_layer(model, world: World) -> dict:
     out: dict = {}
 
     def run(name: str, tokens: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> None:
-        acts = probes.sweep.collect(model, tokens, hooks, keep)
+        acts = probes.sweep.collect(model, tokens, hooks, keep, attention_mask=topical.attention_mask)
         results = probes.probe_hooks(acts, labels, groups)
         out[name] = {h: round(r.accuracy, 3) for h, r in results.items()}
 

@@ -27,7 +27,7 @@ def world_model():
 
 def _sweep(model, batch, labels, keep):
     hooks = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.n_layers)]
-    acts = probes.sweep.collect(model, batch.tokens, hooks, keep)
+    acts = probes.sweep.collect(model, batch.tokens, hooks, keep, attention_mask=batch.attention_mask)
     groups = torch.arange(len(batch.tokens))[:, None].expand_as(keep)[keep]
     return probes.probe_hooks(acts, labels[keep], groups)
 
