@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,60 @@ def run_notebook(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("TQDM_DISABLE", "1")
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
+    check_figures_show_without_plotly_mimetype(nb, name)
     for output in nb.cells[-1].outputs:
         text = output.get("text", "")
         if SUMMARY_MARK in text:
             return json.loads(text.split(SUMMARY_MARK, 1)[1])
     raise AssertionError(f"{name} printed no summary: {nb.cells[-1].outputs}")
+
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def check_figures_show_without_plotly_mimetype(nb: nbformat.NotebookNode, name: str) -> None:
+    """Every figure output also carries HTML, and plotly.js sits inline in the notebook.
+
+    Static viewers (nbviewer, nbconvert's HTML, most repository browsers) ignore the plotly
+    mimetype; without the HTML copy they show nothing. Inlining plotly.js (not a CDN link)
+    keeps the executed notebook viewable offline.
+    """
+    outputs = [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.get("outputs", [])]
+    figures = [(i, o) for i, o in outputs if PLOTLY_MIME in o.get("data", {})]
+    assert figures, f"{name} showed no plotly figure"
+    for i, output in figures:
+        html = output["data"].get("text/html", "")
+        assert "Plotly.newPlot" in html, f"{name} cell {i}: a figure has no HTML copy (only {sorted(output['data'])})"
+    assert any("plotly.js v" in o.get("data", {}).get("text/html", "") for _, o in outputs), \
+        f"{name}: plotly.js is not inlined, so the figures' HTML needs a network to draw"
+
+
+def test_figure_check_fails_on_a_json_only_figure():
+    json_only = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig.show()")])
+    json_only.cells[0].outputs = [nbformat.v4.new_output("display_data", data={PLOTLY_MIME: {"data": []}})]
+    with pytest.raises(AssertionError, match="no HTML copy"):
+        check_figures_show_without_plotly_mimetype(json_only, "json-only")
+
+
+def test_outputs_go_to_runs_notebooks_at_the_top_of_the_checkout(tmp_path):
+    """Jupyter starts kernels in notebooks/; the outputs still land in <checkout>/runs/notebooks."""
+    setup = {}
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        if "OUT = " in cells[0]:
+            setup[path.stem] = cells[0]
+    assert len(setup) >= 3, sorted(setup)
+    script = "\n".join(f"{code}\nprint({name!r}, OUT)" for name, code in setup.items())
+    env = {k: v for k, v in os.environ.items() if k != "INTERP_NOTEBOOK_OUT"}
+    for cwd in (NOTEBOOKS, NOTEBOOKS.parent):
+        result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+                                check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        found = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0] in setup)
+        assert found == {name: str(NOTEBOOKS.parent / "runs" / "notebooks" / name) for name in setup}, (cwd, found)
+    moved = subprocess.run([sys.executable, "-c", script], cwd=NOTEBOOKS, capture_output=True, text=True, check=False,
+                           env={**env, "INTERP_NOTEBOOK_OUT": str(tmp_path)})
+    assert f"{tmp_path}/" in moved.stdout, moved.stdout + moved.stderr[-3000:]
 
 
 def test_notebooks_are_built_from_their_sources_without_outputs():
@@ -57,6 +107,8 @@ def test_notebooks_are_built_from_their_sources_without_outputs():
         # Every notebook shows a real model, in a cell that runs only when asked to go online;
         # the tests never execute it, so at least it must compile.
         assert any(c.source.startswith("if ONLINE:") for c in code), f"{name} has no real-model cell"
+        # Figures get an HTML copy beside the plotly JSON (checked on the executed notebooks below).
+        assert any('pio.renderers.default = "plotly_mimetype+notebook"' in c.source for c in code), name
         for i, cell in enumerate(code):
             compile(cell.source, f"{name}.ipynb code cell {i}", "exec")
 

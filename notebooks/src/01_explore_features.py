@@ -17,6 +17,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message="IProgress not found")  # before tqdm loads: text bars without ipywidgets
 
 import plotly.graph_objects as go
+import plotly.io as pio
 import torch
 from IPython.display import HTML, display
 
@@ -24,13 +25,20 @@ import interp
 import probes
 import saes
 from interp.dashboards import build_dashboard
-from interp.world import World, labelled_batch
+from interp.world import labelled_batch
 from interp.world.labels import topic_words
 from interp.world.lexicon import TOPICS
 
+# Each figure is stored twice: as plotly JSON (interactive in Jupyter) and as HTML with plotly.js
+# inlined once per notebook, so static viewers (nbviewer, exported HTML) show it too, offline.
+pio.renderers.default = "plotly_mimetype+notebook"
+
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 ONLINE = os.environ.get("INTERP_ONLINE", "") == "1"  # the cells that download a real model run only then
-OUT = Path(os.environ.get("INTERP_NOTEBOOK_OUT", "runs/notebooks")) / "01_explore_features"
+# Outputs go to runs/notebooks/ at the top of the checkout, whether the kernel starts in
+# notebooks/ (Jupyter does) or at the root; outside a checkout, under the working directory.
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "notebooks" / "build.py").is_file()), Path.cwd())
+OUT = Path(os.environ.get("INTERP_NOTEBOOK_OUT") or ROOT / "runs" / "notebooks") / "01_explore_features"
 SAE_DIR = os.environ.get("INTERP_SAE")  # a saved SAE for this model's hook; None trains a small one here
 torch.manual_seed(0)
 SIZES = (dict(docs=500, epochs=6, d_sae=256, k=8, dashboard_latents=4)

@@ -26,12 +26,17 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # before tqdm loads: text bars without ipywidgets
 
 import plotly.graph_objects as go
+import plotly.io as pio
 import torch
 
 import interp
 from interp.world import World, pkck_batch, pkck_items
 from probes.pkck import (CONSIDER, IGNORE, USE, answer_all, interchange_accuracy, read_generation,
                          separation_auroc, shares_by_type, shares_figure, train_pkck, usable_items)
+
+# Each figure is stored twice: as plotly JSON (interactive in Jupyter) and as HTML with plotly.js
+# inlined once per notebook, so static viewers (nbviewer, exported HTML) show it too, offline.
+pio.renderers.default = "plotly_mimetype+notebook"
 
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 ONLINE = os.environ.get("INTERP_ONLINE", "") == "1"  # the cells that download a real model run only then
