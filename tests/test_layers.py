@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("saes.stats",),
     ("saes",),
     ("probes",),
-    ("interp.errors",),
+    ("interp.errors", "interp.compat"),
     ("interp.world",),
     ("interp.model",),
     ("interp.activations",),

@@ -9,13 +9,13 @@ they are. A bridge runs the HF model it wraps, so it takes the HF cache and mask
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
 
 import torch
 from torch import nn
 
+from interp.compat import hf_cache_kwarg
 from interp.errors import HookNameError, LayerRangeError, ModelLoadError, close_matches
 from interp.model.families import TABLES, ArchTable
 from interp.model.generation import (DecodeState, GenerationResult, PositionedEdit, edit_hooks, edited_positions,
@@ -348,16 +348,6 @@ class HookedModel:
         if record is not None:
             result.steered = edited_positions(record, out.shape)
         return result
-
-
-def hf_cache_kwarg(model: nn.Module) -> str:
-    """The keyword an HF model's forward takes its KV cache under.
-
-    Recent transformers releases renamed ``past_key_values`` to ``cache`` (the old name still
-    works but warns on every call); older 5.x releases know only ``past_key_values``. Passing
-    ``cache`` to those would land in ``**kwargs`` and be ignored, so the signature decides.
-    """
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def layer_of(name: str) -> int | None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.model.hooked import hf_cache_kwarg
+from interp.compat import hf_cache_kwarg
 from interp.world.datasets import pkck_items
 from interp.world.generator import EOS, World
 from interp.world.grammar import ITEM_TYPES
