@@ -155,7 +155,8 @@ def _topic_labels(model: Any, hooks: list[str]) -> dict:
     batch = labelled_batch(64, seed=7, kind="topical")
     topic = batch.labels["topic"]
     keep = (topic >= 0) & topic_words(batch.labels["word_class"])
-    _, cache = model.run_with_cache(batch.tokens, names=hooks, return_logits=False)
+    _, cache = model.run_with_cache(batch.tokens, names=hooks, return_logits=False,
+                                    attention_mask=batch.attention_mask)
     topics = sorted(set(topic[keep].tolist()))
     return {"acts": {h: cache[h][keep].float() for h in hooks}, "topics": topics,
             "onehot": torch.stack([topic[keep] == t for t in topics], dim=1)}
