@@ -97,19 +97,8 @@ def _tables() -> dict[str, dict]:
     """Every command's table of flags by the Python name each sets."""
     from interp.cli.options import TABLE_DEST
 
-    found: dict[str, dict] = {}
-
-    def walk(name: str, parser) -> None:
-        table = parser.get_default(TABLE_DEST)
-        if table:
-            found[name] = table
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for sub_name, sub in action.choices.items():
-                    walk(f"{name} {sub_name}".strip(), sub)
-
-    walk("", build_parser())
-    return found
+    tables = {name: parser.get_default(TABLE_DEST) for name, parser in _parsers().items()}
+    return {name: table for name, table in tables.items() if table}
 
 
 def names_python_argument(message: str) -> list[str]:
