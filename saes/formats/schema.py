@@ -7,10 +7,13 @@ and is otherwise ignored.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from saes.errors import UnknownKeyWarning
@@ -131,3 +134,108 @@ def plain_file_name(name: str, where: str, error: type[Exception]) -> str:
             "files directly inside its own directory (the manifest was tampered with or damaged)"
         )
     return name
+
+
+# ------------------------------------------------------------------ reading JSON files
+
+# Every JSON file this toolkit reads is small: a cfg.json is a few hundred bytes, a manifest
+# of 100,000 shards about 15 MB. The caps stop a crafted file from costing gigabytes of
+# memory (a sparse 1 GiB file reads as 1 GiB of zeros) or the stack (5,000 nested brackets).
+MAX_JSON_BYTES = 64 * 2**20
+MAX_JSON_DEPTH = 32
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists/objects more than ``limit`` deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def parse_json(
+    text: str | bytes, where: str, error: type[Exception], *, max_depth: int = MAX_JSON_DEPTH,
+) -> Any:
+    """``text`` parsed as JSON, or ``error`` naming ``where`` (a file, a file and line, a key).
+
+    Refuses invalid UTF-8, invalid JSON, NaN/Infinity literals (not JSON) and nesting deeper
+    than ``max_depth``, each with its own message, so no ``RecursionError`` or
+    ``UnicodeDecodeError`` ever reaches the user.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise error(f"{where} is not valid UTF-8 (byte {e.start}); the file is damaged or not a JSON file") from None
+    # Nesting is bounded before parsing: the parser recurses once per bracket.
+    if text.count("[") + text.count("{") > max_depth and _bracket_depth(text) > max_depth:
+        raise error(f"{where} nests deeper than {max_depth} levels; no file this toolkit writes does (damaged or crafted)")
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        value = json.loads(text, parse_constant=refuse_constant)
+    except RecursionError:
+        raise error(f"{where} nests too deeply to read; the file is damaged or crafted") from None
+    except ValueError as e:
+        raise error(f"{where} is not valid JSON ({e}); the file is damaged or was cut short") from None
+    if json_depth_exceeds(value, max_depth):  # pragma: no cover - caught by the bracket scan
+        raise error(f"{where} nests deeper than {max_depth} levels; no file this toolkit writes does")
+    return value
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest bracket nesting in JSON ``text``, skipping brackets inside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_json(
+    path: str | os.PathLike, error: type[Exception], *, what: str = "",
+    max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH,
+) -> Any:
+    """The JSON value in the file at ``path``, read within size and depth limits.
+
+    ``what`` describes the file in messages (default: its path). A missing file, a file
+    larger than ``max_bytes`` (checked before reading), invalid UTF-8, invalid JSON and
+    excessive nesting each raise ``error`` with a message naming the file.
+    """
+    path = Path(path)
+    where = what or str(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise error(f"{where} does not exist") from None
+    if not path.is_file():
+        raise error(f"{where} is not a regular file")
+    if size > max_bytes:
+        raise error(
+            f"{where} is {size:,} bytes, more than the {max_bytes:,} this toolkit reads from a JSON file "
+            "(damaged or not written by this toolkit)"
+        )
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)  # the file may have grown since stat
+    if len(data) > max_bytes:
+        raise error(f"{where} is larger than the {max_bytes:,} bytes this toolkit reads from a JSON file")
+    return parse_json(data, where, error, max_depth=max_depth)
