@@ -113,6 +113,7 @@ def test_signed_codes_histogram_and_auroc_equal_brute_force(tiny):
                         progress=False)
     for j in range(2):
         col = coefficients[:, j].double()
+        col = torch.where(col.abs() >= 0.1 * col.abs().max(), col, 0.0)  # SNMF's "active" floor
         fire = col[col != 0]
         counts, _ = np.histogram(fire.numpy(), bins=16, range=(float(fire.min()), float(fire.max())))
         assert d.card(j).hist_counts == counts.tolist() and d.card(j).min_value < 0
@@ -229,6 +230,22 @@ def test_snmf_dashboard_reads_coefficients_and_mlp_logit_effects(tiny):
         assert len(d.card(latent).promoted) == 10  # W_out · feature, then the unembedding
 
 
+def test_snmf_density_counts_active_coefficients_not_every_token(tiny):
+    """SNMF coefficients are almost never exactly zero; a latent planted on 30% of tokens must
+    show a density near 30%, not 100%."""
+    model, store, _ = tiny
+    gen = torch.Generator().manual_seed(1)
+    n = len(store)
+    planted = torch.rand(n, 2, generator=gen) * (torch.rand(n, 2, generator=gen) < 0.3)
+    coefficients = planted + 1e-4 * torch.rand(n, 2, generator=gen)  # a multiplicative update's residue
+    result = saes.SNMFResult(torch.randn(2, store.d), coefficients, [0.0], 0)
+    d = build_dashboard(model, result, store, [0, 1], progress=False)
+    for j in range(2):
+        expected = float((coefficients[:, j] >= 0.1 * coefficients[:, j].max()).float().mean())
+        assert d.card(j).density == pytest.approx(expected, abs=1e-6) and 0.2 < d.card(j).density < 0.3
+    assert "largest on the fit" in d.dictionary["active"]
+
+
 def test_snmf_dashboard_builds_on_a_store_with_more_rows_than_the_fit(tiny):
     """An SNMF fit on the first rows of a store (as the quickstart fits it) shows every row of
     the store: rows it never saw get the non-negative least-squares codes of its features."""
@@ -241,6 +258,8 @@ def test_snmf_dashboard_builds_on_a_store_with_more_rows_than_the_fit(tiny):
         d = build_dashboard(model, dictionary, mlp, [0, 3], n_examples=3, chunk_rows=250, progress=False)
         n_iter = getattr(dictionary, "n_iter", 100)
         brute = result.encode(mlp[:].float(), n_iter=n_iter)[:, [0, 3]].double()
+        floor = 0.1 * result.coefficients[:, [0, 3]].double().amax(0)  # active: >= 10% of the fit's largest
+        brute = torch.where(brute >= floor, brute, 0.0)
         assert "non-negative least squares" in d.dictionary["codes"] and d.n_rows == len(mlp)
         for j, latent in enumerate([0, 3]):
             card = d.card(latent)
