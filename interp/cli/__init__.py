@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "interp.cli.quickstart",
     "interp.cli.harvest",
     "interp.cli.train",
+    "interp.cli.eval_suite",
     "interp.cli.interventions",
     "interp.cli.dashboard",
     "interp.cli.pkck",
