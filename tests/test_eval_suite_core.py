@@ -1,0 +1,172 @@
+"""Faithfulness of the SAE evaluation suite's foundation and core families: each metric
+against a direct computation on small data, and planted cases where the answer is known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import saes
+from interp.errors import InterpError
+from interp.evaluation.core import DocBootstrap, evaluate_core, reconstruction_estimates
+from interp.evaluation.dataset import LabelledActivations, bootstrap_docs
+from interp.model.tiny import tiny_model
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+def exact_sae(d: int) -> saes.TopKSAE:
+    """A TopK SAE that reconstructs every input exactly: latents +e_i and -e_i, k = d."""
+    sae = saes.TopKSAE(d, 2 * d, k=d)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    model = tiny_model("gpt2")
+    words = "the cat sat on the mat . a dog ran under the big tree . the bird flew over the sky".split()
+    g = torch.Generator().manual_seed(0)
+    vocab = model.tokenizer.convert_tokens_to_ids(words)
+    lengths = [9, 6, 12, 4, 10, 7]
+    windows = torch.full((len(lengths), 12), model.pad_token_id, dtype=torch.int64)
+    mask = torch.zeros_like(windows)
+    for r, n in enumerate(lengths):
+        windows[r, 0] = model.bos_token_id
+        windows[r, 1:n] = torch.tensor(vocab)[torch.randint(len(vocab), (n - 1,), generator=g)]
+        mask[r, :n] = 1
+    data = LabelledActivations.from_tokens(model, HOOK, windows, mask)
+    return model, data
+
+
+# ------------------------------------------------------------------ dataset
+def test_from_tokens_rows_match_the_model_and_skip_bos_and_padding(tiny):
+    model, data = tiny
+    assert len(data) == sum([8, 5, 11, 3, 9, 6])  # real tokens minus BOS
+    assert bool((data.position > 0).all())
+    _, cache = model.run_with_cache(data.windows, names=[HOOK], attention_mask=data.attention_mask)
+    ref = cache[HOOK][data.doc, data.position]
+    assert torch.allclose(data.acts, ref, atol=1e-5)
+
+
+def test_split_is_by_document_and_keeps_windows_aligned(tiny):
+    _, data = tiny
+    train, test = data.split(test_fraction=0.34, seed=3)
+    assert len(train) + len(test) == len(data)
+    assert train.n_docs + test.n_docs == data.n_docs and test.n_docs == 2
+    for part in (train, test):
+        assert torch.equal(part.windows[part.doc, part.position], part.tokens)
+    # every document on exactly one side, the same sides on a second call with the same seed
+    sides = [{tuple(w) for w in part.windows.tolist()} for part in (train, test)]
+    assert not sides[0] & sides[1] and sides[0] | sides[1] == {tuple(w) for w in data.windows.tolist()}
+    again, _ = data.split(test_fraction=0.34, seed=3)
+    assert torch.equal(again.acts, train.acts)
+
+
+def test_from_tensors_labels_classes_and_bad_input():
+    acts = torch.randn(6, 3)
+    s = LabelledActivations.from_tensors(acts, {"a": [1, 0, 1, 0, 1, 0]}, classes={"c": [0, 1, 2, -1, 0, 1]},
+                                         class_names={"c": ["x", "y", "z"]}, doc=[0, 0, 1, 1, 2, 2])
+    assert s.labels["c:y"].tolist() == [False, True, False, False, False, True]
+    assert s.scopes["a"] == "given" and s.n_docs == 3
+    with pytest.raises(InterpError, match="one value per row"):
+        LabelledActivations.from_tensors(acts, {"a": [1, 0]})
+    with pytest.raises(InterpError, match=r"\[n, d\]"):
+        LabelledActivations.from_tensors(torch.randn(2, 3, 4))
+    with pytest.raises(InterpError, match="no token windows"):
+        s.token_source()
+
+
+def test_bootstrap_over_documents_moves_documents_together():
+    # two documents of very different means: resampling documents gives a wide interval,
+    # treating 200 rows as independent would give a narrow one
+    values = torch.cat([torch.zeros(100), torch.ones(100)])
+    doc = torch.cat([torch.zeros(100), torch.ones(100)]).long()
+    est, lo, hi = bootstrap_docs(values, doc, n_boot=500)
+    assert est == pytest.approx(0.5) and lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
+    e = DocBootstrap(doc, n_boot=500).estimate(lambda s, n: s / n, s=values, n=torch.ones(200))
+    assert (e.value, e.lo, e.hi) == pytest.approx((est, lo, hi))
+
+
+# ------------------------------------------------------------------ core
+def test_fvu_and_ev_match_numpy_and_are_centred():
+    g = torch.Generator().manual_seed(0)
+    n, d = 400, 8
+    mean = torch.full((d,), 3.0)
+    noise = torch.randn(n, d, generator=g)
+    x = mean + noise
+    x_hat = mean + 0.53 * noise + 0.25 * torch.randn(n, d, generator=g)
+    doc = torch.arange(n) // 10
+    out = reconstruction_estimates(x, x_hat, DocBootstrap(doc, n_boot=200))
+    xn, hn = x.double().numpy(), x_hat.double().numpy()
+    fvu_ref = ((xn - hn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum()
+    unc_ref = 1 - ((xn - hn) ** 2).sum() / (xn ** 2).sum()
+    assert out["fvu"].value == pytest.approx(fvu_ref, rel=1e-9)
+    assert out["explained_variance"].value == pytest.approx(1 - fvu_ref, rel=1e-9)
+    assert out["explained_variance_uncentred"].value == pytest.approx(unc_ref, rel=1e-9)
+    # the large mean: uncentred EV looks excellent, centred EV tells the truth
+    assert unc_ref > 0.97 and 0.7 < 1 - fvu_ref < 0.85
+    assert out["fvu"].lo < fvu_ref < out["fvu"].hi
+    cos_ref = ((xn * hn).sum(1) / np.linalg.norm(xn, axis=1) / np.linalg.norm(hn, axis=1)).mean()
+    assert out["cossim"].value == pytest.approx(cos_ref, rel=1e-9)
+    assert out["mse"].value == pytest.approx(((xn - hn) ** 2).mean(), rel=1e-9)
+    rrb = (np.linalg.norm(hn, axis=1) ** 2).mean() / (xn * hn).sum(1).mean()
+    assert out["relative_reconstruction_bias"].value == pytest.approx(rrb, rel=1e-9)
+
+
+def test_core_on_an_exact_and_a_shrunk_reconstruction():
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randn(300, 6, generator=g)
+    data = LabelledActivations.from_tensors(acts, doc=torch.arange(300) // 15)
+    exact = evaluate_core(exact_sae(6), data, n_boot=100)
+    assert exact.fvu.value == pytest.approx(0.0, abs=1e-10)
+    assert exact.l2_ratio.value == pytest.approx(1.0, abs=1e-6)
+    assert exact.l0.value == pytest.approx(6.0)
+    shrunk_sae = exact_sae(6)
+    with torch.no_grad():
+        shrunk_sae.W_dec.mul_(0.5)
+    shrunk = evaluate_core(shrunk_sae, data, n_boot=100)
+    assert shrunk.relative_reconstruction_bias.value == pytest.approx(0.5, rel=1e-6)
+    assert shrunk.l2_ratio.value == pytest.approx(0.5, rel=1e-6)
+
+
+def test_density_dead_dense_and_l0_distribution():
+    # a TopK SAE whose latents fire on known shares of rows
+    n, d = 200, 4
+    acts = torch.zeros(n, d)
+    acts[:, 0] = 1.0                 # latent 0 fires on every row (dense)
+    acts[: n // 20, 1] = 1.0         # latent 1 on 5%
+    sae = exact_sae(d)
+    res = evaluate_core(sae, LabelledActivations.from_tensors(acts), n_boot=50)
+    dens = res.feature_density
+    assert dens[0] == pytest.approx(1.0) and dens[1] == pytest.approx(0.05)
+    assert set(res.dead_latents.tolist()) == {2, 3, 4, 5, 6, 7}
+    assert res.dense_latents.tolist() == [0]
+    assert res.l0.value == pytest.approx(1.05)
+    assert res.l0_quantiles["q50"] == 1.0 and res.l0_quantiles["q05"] == 1.0
+    assert sum(res.density_histogram["counts"]) == 2 and res.density_histogram["dead"] == 6
+
+
+def test_splice_matches_evaluate_sae_and_exact_sae_recovers_everything(tiny):
+    from interp.evaluation.splice import evaluate_sae
+
+    model, data = tiny
+    sae = saes.TopKSAE(data.d, 64, k=4)
+    res = evaluate_core(sae, data, model, n_boot=100)
+    ref = evaluate_sae(model, sae, HOOK, data.token_source(), batch_size=4)
+    s = res.splice
+    assert s["ce_clean"].value == pytest.approx(ref.ce_clean, rel=1e-5)
+    assert s["ce_spliced"].value == pytest.approx(ref.ce_spliced, rel=1e-5)
+    assert s["ce_loss_recovered"].value == pytest.approx(ref.ce_loss_recovered, rel=1e-4)
+    assert s["kl_spliced"].value == pytest.approx(ref.kl_spliced, rel=1e-4)
+    assert res.fvu.value == pytest.approx(ref.fvu, rel=1e-4)
+    assert res.l0.value == pytest.approx(ref.l0)
+    exact = evaluate_core(exact_sae(data.d), data, model, n_boot=100).splice
+    assert exact["ce_loss_recovered"].value == pytest.approx(1.0, abs=1e-4)
+    assert exact["kl_spliced"].value == pytest.approx(0.0, abs=1e-6)
+    assert exact["kl_div_score"].value == pytest.approx(1.0, abs=1e-4)
