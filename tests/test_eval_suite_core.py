@@ -30,7 +30,7 @@ def exact_sae(d: int) -> saes.TopKSAE:
 @pytest.fixture(scope="module")
 def tiny() -> tuple:
     model = tiny_model("gpt2")
-    words = "the cat sat on the mat . a dog ran under the big tree . the bird flew over the sky".split()
+    words = ["the", "cat", "sat", "on", "the", "mat", ".", "a", "dog", "ran", "under", "the", "big", "tree", ".", "the", "bird", "flew", "over", "the", "sky"]
     g = torch.Generator().manual_seed(0)
     vocab = model.tokenizer.convert_tokens_to_ids(words)
     lengths = [9, 6, 12, 4, 10, 7]
@@ -170,3 +170,56 @@ def test_splice_matches_evaluate_sae_and_exact_sae_recovers_everything(tiny):
     assert exact["ce_loss_recovered"].value == pytest.approx(1.0, abs=1e-4)
     assert exact["kl_spliced"].value == pytest.approx(0.0, abs=1e-6)
     assert exact["kl_div_score"].value == pytest.approx(1.0, abs=1e-4)
+
+
+# ------------------------------------------------------------------ recovery
+def planted_jumprelu(directions: torch.Tensor, threshold: float, extra: int = 0) -> saes.JumpReLUSAE:
+    """Encoder and decoder are the planted directions (plus ``extra`` random latents)."""
+    m, d = directions.shape
+    g = torch.Generator().manual_seed(5)
+    rows = torch.cat([directions, torch.nn.functional.normalize(torch.randn(extra, d, generator=g), dim=-1)])
+    sae = saes.JumpReLUSAE(d, m + extra)
+    with torch.no_grad():
+        sae.W_dec.copy_(rows)
+        sae.W_enc.copy_(rows.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.threshold.fill_(threshold)
+    return sae
+
+
+def test_recovery_of_planted_directions_and_of_a_random_dictionary():
+    from interp.evaluation.recovery import recovery_of
+    from saes import synthetic
+
+    data = synthetic.superposition(n_features=24, d=64, n_samples=3000, seed=0, mean_active=3.0)
+    # orthonormal planted directions: the planted dictionary reads every code exactly
+    q, _ = torch.linalg.qr(torch.randn(64, 24, generator=torch.Generator().manual_seed(2)))
+    data.directions, data.x = q.T.contiguous(), data.codes @ q.T
+    good = recovery_of(planted_jumprelu(data.directions, 0.1, extra=8), data)
+    assert good.mcc == pytest.approx(1.0, abs=1e-6) and good.mmcs == pytest.approx(1.0, abs=1e-6)
+    assert good.matched_latent == list(range(24))
+    assert good.f1 == pytest.approx(1.0) and good.f1_micro == pytest.approx(1.0)
+    assert good.mcc_codes == pytest.approx(1.0, abs=1e-6)
+    assert good.shrinkage == pytest.approx(1.0, abs=1e-5)
+    # the same dictionary with every code halved on the way out: shrinkage 0.5
+    halved = planted_jumprelu(data.directions, 0.1)
+    with torch.no_grad():
+        halved.W_dec.mul_(0.5)
+    shrunk = recovery_of(halved, data)
+    assert shrunk.shrinkage == pytest.approx(0.5, abs=1e-5) and shrunk.norm_ratio == pytest.approx(0.5, abs=1e-5)
+    g = torch.Generator().manual_seed(9)
+    random = planted_jumprelu(torch.nn.functional.normalize(torch.randn(32, 64, generator=g), dim=-1), 0.35)
+    bad = recovery_of(random, data)
+    assert bad.mcc < 0.4 and bad.f1 < 0.5 and bad.mcc_codes < 0.5
+
+
+def test_recovery_counts_unmatched_features_as_zero():
+    from interp.evaluation.recovery import recovery_of
+    from saes import synthetic
+
+    data = synthetic.superposition(n_features=24, d=64, n_samples=500, seed=1, mean_active=3.0)
+    half = planted_jumprelu(data.directions[:12], 0.35)  # only 12 latents for 24 features
+    r = recovery_of(half, data)
+    assert r.mcc == pytest.approx(0.5, abs=1e-6)
+    assert r.matched_latent[12:] == [-1] * 12 and r.per_feature_f1[12:] == [0.0] * 12
