@@ -77,3 +77,8 @@ class WriteError(OSError, SAEError):
 
 class UnknownKeyWarning(UserWarning):
     """A key in a ``cfg.json`` or manifest that this toolkit does not know (ignored)."""
+
+
+class DegenerateDataWarning(UserWarning):
+    """Training data with little or nothing to learn from (identical or all-zero rows, an
+    offset that dwarfs the spread), or on a scale float32 training cannot use as it is."""

@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from interp.activations.tokens import TokenSource
 from interp.activations.live import LiveConfig
 from interp.cli.options import (
-    DATA_FLAGS, add_config_options, add_device_option, add_model_option, also_names, config_values, positive,
+    DATA_FLAGS, TABLE_DEST, add_config_options, add_device_option, add_model_option, also_names, config_values,
+    positive, to_flags,
 )
 from interp.errors import InterpError
 from saes.architectures import registry
@@ -87,7 +89,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--hook-device", action="append", dest="hook_devices", default=None, metavar="HOOK=DEVICE",
                    help="train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
     also_names(t, {"d_sae": "--d-sae", "k": "--k", "hook": "--hook", "hooks": "--hook", "resume": "--resume",
-                   "group_sizes": "--groups"})
+                   "group_sizes": "--groups", "checkpoint_dir": "--out"})
     add_config_options(t, LiveConfig, ["model_batch_size", "buffer_tokens"], overrides={
         "model_batch_size": {"help": "live: windows per forward pass", "positive": True},
         "buffer_tokens": {"help": "live: shuffle buffer rows", "positive": True}})
@@ -155,11 +157,19 @@ def _summary(result: Any) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     from saes.errors import SAEError
+    from saes.training.runner import TrainingInterrupted
 
     try:
         return _train_from_store(args) if args.store else _train_live(args)
     except SAEError as err:
         raise InterpError(str(err)) from err
+    except KeyboardInterrupt as err:
+        # Ctrl-C: one line saying where the last checkpoint is (not a traceback), and the
+        # shell's status for SIGINT.
+        said = str(err) if isinstance(err, TrainingInterrupted) else (
+            "interrupted; run it again with resume=True to continue from the last checkpoint, if one was written")
+        print(f"interp train: {to_flags(said, getattr(args, TABLE_DEST, None))}", file=sys.stderr)
+        return 130
 
 
 def _train_from_store(args: argparse.Namespace) -> int:

@@ -13,9 +13,17 @@ batches an uninterrupted run would have seen:
 * any other iterable of tensors ``[..., d_in]`` (numpy arrays work too): read once, in
   order; on resume pass the same stream from its start and the consumed batches are
   skipped. Training stops early if it runs out.
+
+A source's :meth:`~Source.fingerprint` names its data by an ``identity`` (a short hash of
+what the data is, see :func:`data_identity`) that a checkpoint records, so a run is never
+resumed on other data of the same shape. :func:`spread_warnings` says when the first rows
+carry no usable information (identical rows, zeros, a huge shared offset).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -23,6 +31,9 @@ import numpy as np
 import torch
 
 from saes.errors import DataError, EmptyDataError, ShapeMismatchError
+
+# Rows hashed into a tensor's identity: enough to tell two data sets apart, cheap for any size.
+IDENTITY_ROWS = 4096
 
 
 class Source:
@@ -35,7 +46,8 @@ class Source:
         self.n_rows = n_rows
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint records to recognise the same data on resume."""
+        """What a checkpoint records to recognise the same data on resume (``identity``:
+        see :func:`data_identity`; absent where the data cannot be named, as for a stream)."""
         return {"kind": self.kind, "d": self.d, "rows": self.n_rows}
 
     def iterate(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
@@ -70,6 +82,9 @@ class TensorSource(Source):
             _check_finite_rows(x)
         super().__init__(d_in, x.shape[0])
         self.x = x
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "identity": tensor_identity(self.x)}
 
     def _perm(self, seed: int, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -138,7 +153,17 @@ class StoreSource(Source):
         self.hook = hook
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "hook": self.hook}
+        out = {**super().fingerprint(), "hook": self.hook}
+        model = getattr(self.store, "model_name", None)
+        if isinstance(model, str):
+            out["model"] = model
+        directory = getattr(self.store, "directory", None)
+        if directory is not None:
+            out["path"] = str(directory)  # for messages only: a moved store is the same data
+        identity = store_identity(self.store)
+        if identity is not None:
+            out["identity"] = identity
+        return out
 
     def iterate(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
         per_epoch = self.n_rows // batch_size  # drop_last=True
@@ -256,3 +281,134 @@ def _nonfinite(
         f"row{'s' if n_rows != 1 else ''} in the batch); check the harvest (fp16 overflow is a common cause), "
         "drop those rows before training, or train with on_nonfinite='skip' to drop them as they come"
     )
+
+
+# ---------------------------------------------------------------- what the data is
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tensor_identity(x: torch.Tensor) -> str:
+    """A hash of ``x``'s shape and of up to :data:`IDENTITY_ROWS` rows spread evenly over it
+    (as float32, the dtype training sees): cheap for any size, and two data sets that differ
+    anywhere but in rows between the hashed ones get different identities."""
+    n = x.shape[0]
+    idx = torch.linspace(0, n - 1, min(n, IDENTITY_ROWS)).round().long().unique()
+    rows = x[idx.to(x.device)].detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(json.dumps(list(x.shape)).encode())
+    h.update(rows.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def store_identity(store: Any) -> str | None:
+    """A hash of the model, the hook and the shards (rows, bytes, sha256) an activation
+    store's manifest records: the store's content, named without reading a shard."""
+    shards = getattr(getattr(store, "manifest", None), "shards", None)
+    if not isinstance(shards, (list, tuple)):
+        return None
+    try:
+        listed = [[int(s.rows), int(s.bytes), str(s.sha256)] for s in shards]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return _digest({"model": getattr(store, "model_name", None), "hook": getattr(store, "hook", None),
+                    "shards": listed})
+
+
+# What of a live run's token-source description says which text it is (the path is left
+# out when a content fingerprint is there: a moved file is the same data).
+_SOURCE_KEYS = ("kind", "fingerprint", "name", "split", "text_field", "attention_mask")
+
+
+def data_identity(desc: Any) -> str | None:
+    """The identity of the data a fingerprint (a checkpoint's ``data``) describes, or None
+    where it cannot be told (a stream of batches, a checkpoint from before identities).
+
+    Stores and tensors carry theirs (``identity``); a live run's is a hash of the model, the
+    hook and the token source's description (its content fingerprint, or its dataset name)."""
+    if not isinstance(desc, dict):
+        return None
+    if isinstance(desc.get("identity"), str):
+        return desc["identity"]
+    source = desc.get("source")
+    if desc.get("kind") != "live" or not isinstance(source, dict):
+        return None
+    if source.get("fingerprint") is None and not source.get("name"):
+        return None  # an iterable of texts: nothing names it
+    picked = {k: source[k] for k in _SOURCE_KEYS if source.get(k) is not None}
+    if source.get("fingerprint") is None and source.get("path") is not None:
+        picked["path"] = source["path"]
+    return _digest({"model": desc.get("model"), "hook": desc.get("hook"), "source": picked})
+
+
+def describe_data(desc: dict[str, Any]) -> str:
+    """One phrase naming the data of a fingerprint, for messages."""
+    ident = data_identity(desc)
+    tail = f"identity {ident}" if ident else "no recorded identity"
+    kind = desc.get("kind")
+    if kind == "store":
+        where = desc.get("path", "an activation store")
+        of = ", ".join(f"{k} {desc[k]}" for k in ("model", "hook") if desc.get(k))
+        return f"store {where} ({desc.get('rows')} rows{', ' + of if of else ''}; {tail})"
+    if kind == "tensor":
+        return f"a tensor of {desc.get('rows')} rows ({tail})"
+    if kind == "live":
+        source = desc.get("source") if isinstance(desc.get("source"), dict) else {}
+        text = source.get("path") or source.get("name") or source.get("kind", "a token source")
+        return f"{desc.get('model')} at {desc.get('hook')} on {text} ({tail})"
+    return f"{kind} data ({tail})"
+
+
+# ---------------------------------------------------------------- data with nothing to learn
+
+
+# Spread across rows relative to the rows' norm below which rows differ by a few float32
+# roundings at most, and below which a shared offset leaves few bits of what varies.
+IDENTICAL_BELOW = 1e-7
+OFFSET_BELOW = 1e-4
+# Spreads (RMS distance of rows from their mean) outside this range cannot be trained on in
+# float32 as they are: squares underflow below (and the loss normaliser is clamped at 1e-12),
+# overflow towards the top. Below the first, rows vary only in float32's subnormal range.
+SUBNORMAL_SPREAD = 1e-36
+TRAINABLE_SPREAD = (1e-5, 1e10)
+
+
+def row_spread(x: torch.Tensor) -> tuple[float, float, float]:
+    """``(rms, spread, offset)`` of the rows of ``x [n, d]`` in float64: the RMS row norm,
+    the RMS distance of the rows from their mean, and the norm of that mean."""
+    x = x.detach().to(torch.float64)
+    mean = x.mean(0)
+    rms = math.sqrt(float(x.pow(2).sum(-1).mean()))
+    spread = math.sqrt(float((x - mean).pow(2).sum(-1).mean())) if x.shape[0] > 1 else 0.0
+    return rms, spread, float(mean.norm())
+
+
+def spread_warning(x: torch.Tensor) -> str | None:
+    """What is wrong with training rows ``x [n, d]`` that carry little or no information
+    (all zero, identical up to float32 rounding, a shared offset that dwarfs their spread),
+    or None when they vary as activations do."""
+    n = x.shape[0]
+    rms, spread, offset = row_spread(x)
+    if rms == 0:
+        return (f"the first {n} training rows are all zero: an SAE learns nothing from them (fvu and l0 read 0); "
+                "check the hook and the harvest")
+    if spread <= IDENTICAL_BELOW * rms or spread < SUBNORMAL_SPREAD:
+        return (f"the first {n} training rows are identical{' up to float32 rounding' if spread else ''} "
+                f"(spread across rows {spread:.3g}, row norm {rms:.3g}): an SAE learns nothing from them "
+                "(fvu and l0 read 0); check the hook and the harvest")
+    if spread < OFFSET_BELOW * rms:
+        ratio = offset / spread
+        bits = max(0, round(24 - math.log2(ratio)))
+        return (f"the training rows share an offset {ratio:.3g} times their spread (mean norm {offset:.3g}, "
+                f"spread {spread:.3g}): float32 keeps about {bits} bits of what varies; check the harvest, or "
+                "subtract the mean from the activations before training")
+    return None
+
+
+def needs_rescaling(x: torch.Tensor) -> bool:
+    """Whether rows ``x`` that vary (see :func:`spread_warning`) vary on a scale float32
+    training cannot handle as it is (see :data:`TRAINABLE_SPREAD`)."""
+    _, spread, _ = row_spread(x)
+    low, high = TRAINABLE_SPREAD
+    return SUBNORMAL_SPREAD <= spread < low or spread > high

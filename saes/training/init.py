@@ -31,8 +31,17 @@ def geometric_median(x: torch.Tensor, iters: int = 200, tol: float = 1e-7) -> to
 
 
 def normalisation_scale(x: torch.Tensor) -> float:
-    """The constant ``s`` with ``mean ||s x||^2 = d`` on the sample ``x [n, d]``."""
-    ms = x.detach().to(torch.float64).pow(2).sum(-1).mean().item()
+    """The constant ``s`` with ``mean ||s (x - mean x)||^2 = d`` on the sample ``x [n, d]``.
+
+    Measured from the rows' mean, not from zero: an offset shared by every row (b_dec takes
+    it) would otherwise set the scale and squash what varies (rows offset by 1e6 would train
+    at a spread of 1e-6). Rows that do not vary fall back on ``mean ||s x||^2 = d``. Kept
+    within 1e-36..1e36, so that the scale and the weights it is folded into stay float32.
+    """
+    x = x.detach().to(torch.float64)
+    ms = (x - x.mean(0)).pow(2).sum(-1).mean().item() if x.shape[0] > 1 else 0.0
+    if not ms > 0:
+        ms = x.pow(2).sum(-1).mean().item()
     if not ms > 0:
         return 1.0
-    return math.sqrt(x.shape[-1] / ms)
+    return min(max(math.sqrt(x.shape[-1] / ms), 1e-36), 1e36)

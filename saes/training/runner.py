@@ -10,10 +10,18 @@ Trainer in lockstep under one progress bar, and finish.
 A stream yields one item per round. A Trainer steps on item ``i`` only when it has consumed
 ``i`` batches, so Trainers resumed from different checkpoints on one shared stream each
 continue from their own position.
+
+Ctrl-C (SIGINT) while training stops at the end of the current round: every Trainer with a
+checkpoint directory writes a checkpoint there (consistent: between steps), and
+:class:`TrainingInterrupted` says where training stopped and how to continue. A second
+Ctrl-C stops at once, leaving the last checkpoint written. Data-parallel runs stop at once
+too (ranks could not agree on the round), keeping their last checkpoint.
 """
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -29,6 +37,39 @@ from saes.training.log import postfix, progress_bar
 from saes.training.trainer import Trainer, TrainResult, check_models
 
 EMPTY_STREAM = "the data yielded no batches; pass a non-empty stream of activations"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C; the message says at which step, where the last
+    checkpoint is and how to continue (``str(err)``).
+
+    Attributes:
+        step: the step training reached (of the first Trainer).
+        checkpoints: checkpoint directory -> the step of the checkpoint in it (None: none).
+    """
+
+    def __init__(self, step: int, checkpoints: dict[str, int | None]):
+        self.step = step
+        self.checkpoints = checkpoints
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if not self.checkpoints:
+            return f"interrupted at step {self.step}; no checkpoint_dir was given, so nothing was saved"
+        steps = {s for s in self.checkpoints.values()}
+        dirs = ", ".join(self.checkpoints)
+        if steps == {None}:
+            return (f"interrupted at step {self.step}, before any checkpoint was written in {dirs}: run it again "
+                    "(with resume=True or without) to start over")
+        if len(steps) == 1:
+            where = f"the last checkpoint (step {steps.pop()}) is in {dirs}"
+        else:
+            where = "the last checkpoints are in " + ", ".join(
+                f"{d} (step {s})" for d, s in self.checkpoints.items())
+        return f"interrupted at step {self.step}; {where}: run it again with resume=True to continue"
+
+    def __str__(self) -> str:
+        return self._message()
 
 
 @dataclass
@@ -174,6 +215,12 @@ def run(
                 )
         items = [_open(stream, trainers) for stream in streams]
         ended = _step_all(streams, items, trainers, progress, on_step)
+    except KeyboardInterrupt as err:
+        for t in trainers.values():
+            t.close()
+        if isinstance(err, TrainingInterrupted) or not trainers:
+            raise
+        raise _interrupted(trainers) from None
     except BaseException:
         for t in trainers.values():
             t.close()
@@ -185,6 +232,44 @@ def run(
             res = t.finish(stopped_early=stream_ended and not t.done)
             results[lane.name] = res[0] if isinstance(lane.saes, SAE) else res
     return results
+
+
+def _interrupted(trainers: Mapping[str, Trainer]) -> TrainingInterrupted:
+    first = next(iter(trainers.values()))
+    return TrainingInterrupted(int(first.state["step"]), {
+        str(t.checkpoint_dir): t.checkpoint_step for t in trainers.values() if t.checkpoint_dir is not None})
+
+
+class _DeferredInterrupt:
+    """Within the block, a first SIGINT only sets ``requested`` (the loop stops at the end of
+    its round, after checkpointing); a second raises KeyboardInterrupt at once. Installed
+    only where it can be (the main thread, Python's own SIGINT handler in place)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _stop_here(trainers: Mapping[str, Trainer]) -> None:
+    """Checkpoint every Trainer that can (all are between steps), then stop the run."""
+    for t in trainers.values():
+        t.save_checkpoint()
+    raise _interrupted(trainers)
 
 
 def _step_all(
@@ -206,28 +291,32 @@ def _step_all(
     bar = progress_bar(total, count(), progress and all(t.is_main for t in trainers.values()))
     ended = [False] * len(streams)
     position = [min(t.batches for t in ts) for ts in lanes]
+    interrupt = _DeferredInterrupt(all(t.dp is None for t in trainers.values()))
     try:
-        while True:
-            active = [i for i, ts in enumerate(lanes) if not ended[i] and not all(t.done for t in ts)]
-            if not active:
-                return ended
-            for i in active:
-                training = [(lane.name, t) for lane, t in zip(streams[i].lanes, lanes[i]) if not t.done]
-                item = next(items[i], _END)
-                if item is _END:
-                    ended[i] = True
-                    continue
-                index, position[i] = position[i], position[i] + 1
-                for name, t in training:
-                    if t.batches != index:
-                        continue  # resumed further along this shared stream: not its batch yet
-                    before = count()
-                    logged = t.step(item[name] if streams[i].keyed else item)
-                    if logged and t is first:
-                        bar.set_postfix(postfix(logged), refresh=False)
-                    bar.update(count() - before)
-                    if on_step is not None:
-                        on_step(t, logged)
+        with interrupt:
+            while True:
+                if interrupt.requested:
+                    _stop_here(trainers)
+                active = [i for i, ts in enumerate(lanes) if not ended[i] and not all(t.done for t in ts)]
+                if not active:
+                    return ended
+                for i in active:
+                    training = [(lane.name, t) for lane, t in zip(streams[i].lanes, lanes[i]) if not t.done]
+                    item = next(items[i], _END)
+                    if item is _END:
+                        ended[i] = True
+                        continue
+                    index, position[i] = position[i], position[i] + 1
+                    for name, t in training:
+                        if t.batches != index:
+                            continue  # resumed further along this shared stream: not its batch yet
+                        before = count()
+                        logged = t.step(item[name] if streams[i].keyed else item)
+                        if logged and t is first:
+                            bar.set_postfix(postfix(logged), refresh=False)
+                        bar.update(count() - before)
+                        if on_step is not None:
+                            on_step(t, logged)
     finally:
         bar.close()
 

@@ -30,11 +30,12 @@ from saes import kernels
 from saes.training import checkpoint, distributed
 from saes.architectures.base import SAE, StepOutput, batch_variance, default_k_aux, remove_parallel_grad_, unit_rows_
 from saes.training.config import RUN_ONLY_FIELDS, TrainConfig
-from saes.training.data import check_batch, finite_rows
+from saes.training.data import check_batch, data_identity, describe_data, finite_rows, needs_rescaling, spread_warning
 from saes.training.distributed import DataParallel
-from saes.errors import CheckpointError, ConfigError, NonFiniteError
+from saes.errors import CheckpointError, ConfigError, DegenerateDataWarning, NonFiniteError
 from saes.training.init import geometric_median, normalisation_scale
 from saes.training.log import JsonlLog
+from saes.locks import directory_lock
 
 
 @dataclass
@@ -333,8 +334,12 @@ class Trainer:
         models: the SAEs (same ``d_in``).
         config: the shared :class:`TrainConfig`.
         data: a JSON-able description of the stream (``Source.fingerprint()``); a resumed
-            checkpoint must have been written for the same data.
-        checkpoint_dir, resume, log_path: as for :func:`saes.train`.
+            checkpoint must have been written for the same data (the same identity, see
+            :func:`saes.training.data.data_identity`).
+        checkpoint_dir, resume, log_path: as for :func:`saes.train`. The Trainer holds the
+            write lock on ``checkpoint_dir`` (:func:`saes.locks.directory_lock`; rank 0 of a
+            data-parallel run) from construction to :meth:`finish` or :meth:`close`, so a
+            second run writing there fails at once, naming this one.
     """
 
     def __init__(
@@ -376,9 +381,24 @@ class Trainer:
         self.log_extra = dict(log_extra or {})
         self.last_records: list[dict[str, Any]] | None = None
         self.final_checkpoint: Path | None = None
+        # Step of the checkpoint on disk (None: none yet), named when a run is interrupted.
+        self.checkpoint_step: int | None = None
         # Raw training rows (the initial sample) on which finish() sets BatchTopK thresholds.
         self.calibration: torch.Tensor | None = None
+        # One writer per checkpoint directory, taken before the checkpoint is read and the log
+        # truncated; the other ranks of a data-parallel run share rank 0's directory.
+        self._lock = contextlib.ExitStack()
+        self.log = JsonlLog(None)
+        try:
+            if self.checkpoint_dir is not None and self.is_main:
+                self._lock.enter_context(directory_lock(self.checkpoint_dir, what="training run"))
+            self._load(resume, log_path)
+        except BaseException:
+            self._lock.close()
+            raise
 
+    def _load(self, resume: bool, log_path: str | os.PathLike | None) -> None:
+        """Restore the checkpoint (if any, after checking it is this run's) and open the log."""
         saved = checkpoint.read(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         if saved is not None and not resume:
             raise CheckpointError(
@@ -394,6 +414,7 @@ class Trainer:
                     + "\n  ".join(diffs)
                     + "\nresume with the same settings and data, or start fresh in an empty directory"
                 )
+            self._check_same_data(state["data"])
             try:
                 _restore(self.slots, tensors, self.device)
                 if CALIBRATION_KEY in tensors:
@@ -405,12 +426,29 @@ class Trainer:
                     "empty directory"
                 ) from None
             self.state.update({k: state.get(k, self.state[k]) for k in self.state})
+            self.checkpoint_step = int(self.state["step"])
             for slot, last in zip(self.slots, state.get("metrics", [])):
                 slot.last = dict(last)
         self.needs_init = saved is None
         # Only rank 0 of a data-parallel run writes the log and the checkpoints.
         self.log = JsonlLog(log_path if self.is_main else None,
                             resume_step=int(self.state["step"]) if saved is not None else None)
+
+    def _check_same_data(self, saved: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other data; warn where its data cannot be told."""
+        was, now = data_identity(saved), data_identity(self.data)
+        if was is not None and now is not None and was != now:
+            raise CheckpointError(
+                f"the checkpoint in {self.checkpoint_dir} was trained on other data: on "
+                f"{describe_data(saved)}, not on {describe_data(self.data)}. Resume with the data it was "
+                "trained on, or start afresh in a new checkpoint_dir"
+            )
+        if was is None and now is not None and self.is_main:
+            warnings.warn(
+                f"the checkpoint in {self.checkpoint_dir} records no identity of its data (written before "
+                f"checkpoints did), so resuming on {describe_data(self.data)} cannot be checked to be the same "
+                "data; resume only with the data it was trained on", UserWarning, stacklevel=4,
+            )
 
     # ------------------------------------------------------------ state
 
@@ -446,10 +484,8 @@ class Trainer:
     def initialise(self, sample: torch.Tensor) -> None:
         """Normalisation scale, tied weights and b_dec from the first rows ``[rows, d_in]``."""
         sample = sample[: self.cfg.init_rows].to(device=self.device, dtype=torch.float32)
-        scale = 1.0
-        if self.cfg.normalize_input:
-            scale = normalisation_scale(sample)
-        self.state["input_scale"] = scale
+        self.state["input_scale"] = self._input_scale(sample)
+        scale = self.input_scale
         if any(_needs_calibration(s.sae) for s in self.slots):
             self.calibration = sample.clone()
         for s in self.slots:
@@ -457,6 +493,30 @@ class Trainer:
             if self.dp is not None:
                 self.dp.broadcast_module(s.sae)  # every rank starts from rank 0's weights
         self.needs_init = False
+
+    def _input_scale(self, sample: torch.Tensor) -> float:
+        """The training scale of the inputs, warning about rows with nothing to learn.
+
+        ``normalize_input`` sets it; without it, rows that vary on a scale float32 cannot
+        train on (tiny or huge) are scaled anyway, and the scale folded in alike, since the
+        unscaled run would learn nothing (rows at 1e-30 ended with an fvu in the thousands).
+        """
+        problem = spread_warning(sample)
+        if problem is not None and self.is_main:
+            warnings.warn(problem, DegenerateDataWarning, stacklevel=4)
+        if self.cfg.normalize_input:
+            return normalisation_scale(sample)
+        if problem is None and needs_rescaling(sample) and self.cfg.init_weights and self.cfg.b_dec_init != "keep":
+            scale = normalisation_scale(sample)
+            if self.is_main:
+                warnings.warn(
+                    f"the training rows vary on a scale of {1 / scale * sample.shape[-1] ** 0.5:.3g}, which float32 "
+                    f"training cannot use as it is (squares underflow or overflow): they are scaled by {scale:.3g} "
+                    "for training and the scale folded into the weights at the end, as normalize_input=True does",
+                    DegenerateDataWarning, stacklevel=4,
+                )
+            return scale
+        return 1.0
 
     def step(self, x: torch.Tensor) -> list[dict[str, Any]] | None:
         """One optimiser step of every SAE on the checked batch ``x [batch, d_in]``.
@@ -520,6 +580,12 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if self.checkpoint_dir is None:
             return None
+        path = self._write_checkpoint()
+        self.checkpoint_step = int(self.state["step"])
+        return path
+
+    def _write_checkpoint(self) -> Path:
+        assert self.checkpoint_dir is not None
         if self.dp is None:
             return checkpoint.write(self.checkpoint_dir, self._run_state(), _state_tensors(self.slots, self.calibration))
         # Rank 0 writes; every rank learns whether it could, so that a full disk stops the
@@ -554,7 +620,7 @@ class Trainer:
             if self.dp is not None:
                 self.dp.barrier()  # no rank returns before the final checkpoint exists
         finally:
-            self.log.close()
+            self.close()
         results = []
         for s, hist in zip(self.slots, self.histories):
             s.sae.eval()
@@ -579,5 +645,8 @@ class Trainer:
         return results
 
     def close(self) -> None:
-        """Release the log without finishing (after an interruption)."""
-        self.log.close()
+        """Release the log and the directory lock without finishing (after an interruption)."""
+        try:
+            self.log.close()
+        finally:
+            self._lock.close()
