@@ -223,3 +223,36 @@ def test_recovery_counts_unmatched_features_as_zero():
     r = recovery_of(half, data)
     assert r.mcc == pytest.approx(0.5, abs=1e-6)
     assert r.matched_latent[12:] == [-1] * 12 and r.per_feature_f1[12:] == [0.0] * 12
+
+
+# ------------------------------------------------------------------ label interpretability
+def test_auroc_matrix_matches_saes_auroc_with_ties():
+    from saes.metrics import auroc
+
+    from interp.evaluation.label_interp import auroc_matrix
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (200, 6), generator=g).float() * (torch.rand(200, 6, generator=g) > 0.5)
+    labels = torch.rand(200, 3, generator=g) > 0.6
+    got = auroc_matrix(scores, labels)
+    for c in range(3):
+        assert torch.allclose(got[c], auroc(scores, labels[:, c]), atol=1e-12)
+
+
+def test_a_latent_equal_to_a_planted_label_is_explained_and_random_ones_are_not():
+    from interp.evaluation.label_interp import label_interpretability
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 600, 8
+    concept = torch.rand(n, generator=g) < 0.2
+    acts = torch.randn(n, d, generator=g) * 0.1
+    acts[:, 0] = concept.float() * (1 + torch.rand(n, generator=g))  # dimension 0 carries the concept
+    data = LabelledActivations.from_tensors(acts, {"concept": concept, "noise": torch.rand(n, generator=g) < 0.3})
+    res = label_interpretability(exact_sae(d), data, threshold=0.9)
+    # latent 0 (+e_0) equals the concept; +/-e_i of the noise dimensions explain nothing
+    assert res.per_label["concept"]["best_latent"] == 0 and res.per_label["concept"]["auroc"] == pytest.approx(1.0)
+    top = next(p for p in res.per_latent if p["latent"] == 0)
+    assert top["explained"] and top["best"][0]["label"] == "concept" and top["best"][0]["precision"] == 1.0
+    assert res.n_explained == 1 and res.n_live == 2 * d - 1  # -e_0 never fires (dimension 0 >= 0)
+    assert res.explained_fraction == pytest.approx(1 / (2 * d - 1))
+    assert res.label_coverage == pytest.approx(0.5)
