@@ -67,7 +67,8 @@ def reference_rows(model, tokens: torch.Tensor, mask: torch.Tensor, hook: str) -
 
 
 def file_digests(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+    # .lock records the last writer's pid and start time, not content.
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.name != ".lock"}
 
 
 # ----------------------------------------------------------------------------- content
@@ -174,7 +175,7 @@ def test_every_source_kind_gives_the_same_store(model, tmp_path: Path) -> None:
 def test_jsonl_missing_field_is_a_clear_error(model, tmp_path: Path) -> None:
     p = tmp_path / "d.jsonl"
     p.write_text('{"body": "the cat"}\n')
-    with pytest.raises(InterpError, match=r"d.jsonl:1: no 'text' field.*text_field"):
+    with pytest.raises(InterpError, match=r"d.jsonl, line 1: no 'text' field.*text_field"):
         harvest(model, p, HOOKS[0], tmp_path / "s", progress=False)
     assert not (tmp_path / "s").exists()  # checked before anything is written
     with pytest.raises(InterpError, match=r"no 'text' column"):

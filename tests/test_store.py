@@ -225,7 +225,7 @@ def test_missing_empty_and_foreign_directories(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="empty"):
         ActivationStore.open(empty)
     (empty / MANIFEST).write_text("{not json")
-    with pytest.raises(StoreError, match="unreadable"):
+    with pytest.raises(StoreError, match="manifest.json is not valid JSON"):
         ActivationStore.open(empty)
     (empty / MANIFEST).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(StoreError, match="not an activation-store manifest"):

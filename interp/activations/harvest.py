@@ -12,10 +12,22 @@ shard, so after an interruption a re-run with the same arguments skips the windo
 complete shards and continues. It restarts at the batch boundary before the first missing
 window, so the model sees exactly the batches of an uninterrupted run and the final content
 is the same bit for bit.
+
+One writer at a time: the harvest holds :func:`saes.locks.directory_lock` on the store for
+its whole run, so a second harvest into the same directory fails at once, naming the first.
+
+Ctrl-C: while the harvest runs, SIGINT only sets a flag, read between batches. The harvest
+then finishes committing the shard in flight and raises :class:`HarvestInterrupted` (an
+:class:`InterpError` and a ``KeyboardInterrupt``) saying how much the store holds. So the
+interrupt never lands inside torch's or safetensors' native code, where an exception
+cannot propagate (the process would abort), and the store is left with complete shards
+and a valid manifest. A second Ctrl-C interrupts at once, as usual.
 """
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
@@ -26,17 +38,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from saes.locks import LOCK_NAME, directory_lock
+
 from interp.activations.tokens import TokenBatch, TokenSource
 from interp.errors import InterpError, StoreError
 from interp.activations.store import (
     DTYPES,
     MANIFEST,
     ActivationStore,
+    MAX_SHARDS,
     HookInfo,
     Manifest,
     ShardInfo,
     act_key,
     atomic_write_text,
+    check_shard_headers,
     check_shard_sizes,
     commit_shard,
     remove_stray_files,
@@ -47,6 +63,57 @@ from interp.activations.store import (
 # Default shard size: large enough that per-file overhead (fsync, manifest rewrite) is
 # negligible, small enough that one shard in RAM is harmless on a laptop.
 DEFAULT_SHARD_BYTES = 256 << 20
+
+
+class HarvestInterrupted(InterpError, KeyboardInterrupt):
+    """The harvest stopped on Ctrl-C (SIGINT); the store holds the shards completed so far,
+    and the same harvest run again continues after them.
+
+    Both an :class:`InterpError` (the command line reports it in one line) and a
+    ``KeyboardInterrupt`` (code that handles Ctrl-C sees one).
+    """
+
+    readme = "Activation store"
+
+
+class _InterruptFlag:
+    """SIGINT sets ``self.raised`` instead of raising, for the duration of a ``with`` block.
+
+    Python raises KeyboardInterrupt wherever the main thread is when the signal arrives,
+    which can be inside a callback from native code that cannot pass an exception on: the
+    process then aborts (``terminate called ... KeyboardInterrupt``, SIGABRT) mid-write.
+    A flag read between batches stops the harvest at a point where everything is Python.
+    A second SIGINT restores the previous handler and raises at once. Outside the main
+    thread (signals are delivered only there) this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised:  # asked twice: stop now
+            self._restore()
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def _restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def __enter__(self) -> _InterruptFlag:  # noqa: PYI034 (never subclassed)
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+            except ValueError:  # not the main interpreter: leave SIGINT as it is
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 @dataclass
@@ -153,16 +220,22 @@ def _prepare_directory(out: Path, wanted: Manifest) -> Manifest:
                 + f"\nUse another output directory, or delete {out} to start this harvest afresh."
             )
         check_shard_sizes(out, stored)
+        check_shard_headers(out, stored)
         remove_stray_files(out, stored)
         stored.batch_size = wanted.batch_size
         return stored
-    if out.is_dir() and any(out.iterdir()):
+    _check_foreign_directory(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return wanted
+
+
+def _check_foreign_directory(out: Path) -> None:
+    """Refuse a directory that holds other files and no store (the lock file does not count)."""
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise StoreError(
             f"output directory {out} is not empty and holds no {MANIFEST}; "
             "harvest into a new or empty directory so no other files are mixed in"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    return wanted
 
 
 def harvest(
@@ -284,8 +357,24 @@ def run_harvest(model: Any, source: TokenSource | Any, cfg: HarvestConfig) -> Ac
     options) and its other settings in a :class:`HarvestConfig`."""
     source = TokenSource.of(source)
     wanted = _wanted_manifest(model, source, cfg)
-    manifest = _prepare_directory(cfg.out, wanted)
     out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"output path {out} exists and is not a directory")
+    _check_foreign_directory(out)  # before the lock, so a directory of other files gets no lock file
+    if wanted.max_tokens is not None and -(-wanted.max_tokens // wanted.shard_tokens) > MAX_SHARDS:
+        raise InterpError(
+            f"max_tokens={wanted.max_tokens:,} in shards of {wanted.shard_tokens:,} rows would make more than "
+            f"{MAX_SHARDS:,} shards; use a larger shard_tokens"
+        )
+    with _InterruptFlag() as interrupt, directory_lock(out, what="activation store"):
+        return _harvest_locked(model, source, cfg, wanted, interrupt)
+
+
+def _harvest_locked(
+    model: Any, source: TokenSource, cfg: HarvestConfig, wanted: Manifest, interrupt: _InterruptFlag
+) -> ActivationStore:
+    out = cfg.out
+    manifest = _prepare_directory(out, wanted)
     first_hook = manifest.hooks[0].name
     if manifest.complete:
         return ActivationStore.open(out, hook=first_hook, model=model)
@@ -303,6 +392,11 @@ def run_harvest(model: Any, source: TokenSource | Any, cfg: HarvestConfig) -> Ac
             return
         committer.wait()  # the previous shard is in the manifest: this one's index is known
         index, rows, seq_start, seq_end = len(manifest.shards), buf.rows, buf.seq_start, buf.seq_start + buf.n_seqs
+        if index >= MAX_SHARDS:
+            raise StoreError(
+                f"{out} holds {MAX_SHARDS:,} shards, the most a store may list; the shards so far are complete. "
+                f"Harvest into a new directory with a larger shard_tokens (now {manifest.shard_tokens:,})"
+            )
         tmp = serialize_shard(out, index, buf.tensors())
 
         def commit() -> None:
@@ -316,6 +410,7 @@ def run_harvest(model: Any, source: TokenSource | Any, cfg: HarvestConfig) -> Ac
         buf.reset(seq_end)  # safe: the rows are in the file now
 
     limit = manifest.max_tokens
+    stopped = False  # by Ctrl-C, before the data or max_tokens ran out
     bar = tqdm(total=limit, initial=done, unit="tok", desc="harvest", disable=not cfg.progress, dynamic_ncols=True)
     try:
         if limit is None or done < limit:
@@ -323,6 +418,9 @@ def run_harvest(model: Any, source: TokenSource | Any, cfg: HarvestConfig) -> Ac
             # would have computed; windows before start_seq are recomputed and dropped.
             batch_start = start_seq // cfg.batch_size * cfg.batch_size
             for batch in source.batches(model, cfg.batch_size, start_seq=batch_start):
+                if interrupt.raised:  # between batches: nothing native is running
+                    stopped = True
+                    break
                 skip = max(0, start_seq - batch.first_seq)
                 keep = source.keep_mask(batch)
                 keep[:skip] = False  # windows the interrupted run already stored
@@ -333,17 +431,27 @@ def run_harvest(model: Any, source: TokenSource | Any, cfg: HarvestConfig) -> Ac
                 del kept  # drop this batch's activations before the next forward pass
                 if limit is not None and done >= limit:
                     break
-        flush()
-        committer.close()
+        if not stopped:
+            flush()
+        committer.close()  # the shard in flight is committed either way
     except BaseException:
         committer.close(raise_errors=False)  # finish or drop the pending shard; report the first error
         raise
     finally:
         bar.close()
+    if stopped:
+        # The partial buffer is dropped: a shard cut short here would change the shard
+        # layout, so the resumed store would differ from an uninterrupted one.
+        held = (f"the store holds the complete shards: {manifest.n_tokens:,} tokens in {len(manifest.shards)} "
+                f"shard{'s' if len(manifest.shards) != 1 else ''}" if manifest.shards
+                else "no shard was complete, so the store holds no rows yet")
+        raise HarvestInterrupted(
+            f"interrupted after {done:,} tokens; {held} ({out}). Run the same harvest again to continue"
+        ) from None
     if done == 0:
         raise InterpError(f"the data ({manifest.source.get('kind')}) produced no tokens to store")
     if limit is not None and done < limit:
-        warnings.warn(f"the data ran out after {done} of max_tokens={limit} tokens; the store holds {done}", stacklevel=3)
+        warnings.warn(f"the data ran out after {done} of max_tokens={limit} tokens; the store holds {done}", stacklevel=4)
     manifest.complete = True
     atomic_write_text(out / MANIFEST, manifest.to_json())
     return ActivationStore.open(out, hook=first_hook, model=model)

@@ -40,14 +40,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from saes import dtypes
-from saes.formats.durable import atomic_write_text, os_error_of, publish  # noqa: F401  (atomic_write_text re-exported)
+from saes.formats import schema
+from saes.formats.durable import FILE_MODE, atomic_write_text, os_error_of, publish  # noqa: F401  (atomic_write_text re-exported)
 
 from interp.errors import StoreError, close_matches
-from interp.activations.manifest import checked_manifest
+from interp.activations.manifest import MAX_SHARDS, checked_manifest  # noqa: F401  (MAX_SHARDS re-exported)
 
 MANIFEST = "manifest.json"
 FORMAT = "interp-activation-store"
 VERSION = 1
+# A manifest of MAX_SHARDS shards, as written (indented), is about 45 MB.
+MANIFEST_MAX_BYTES = 64 * 2**20
+# A shard's safetensors header lists a few tensors (about 120 bytes each): 1 MiB is ample
+# for thousands of hooks, and bounds what a damaged length field can make us read.
+SHARD_HEADER_MAX_BYTES = 1 << 20
 
 # The dtypes a store may hold (no float64: activations do not need it).
 DTYPES: dict[str, torch.dtype] = {name: dtypes.DTYPES[name] for name in ("float32", "bfloat16", "float16")}
@@ -151,16 +157,21 @@ class Manifest:
         return json.dumps({"format": FORMAT, "version": VERSION, **d}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "manifest") -> Manifest:
+    def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
+        # Bounded parse: invalid UTF-8, deep nesting and NaN literals are StoreErrors naming `where`.
+        return cls.from_dict(schema.parse_json(text, where, StoreError), where)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "manifest") -> Manifest:
+        """The manifest in the parsed JSON value ``d``, checked (see :mod:`interp.activations.manifest`)."""
         try:
-            d = json.loads(text)
             if not isinstance(d, dict):
                 raise StoreError(f"{where} must hold a JSON object, got {type(d).__name__}")
             if d.get("format") != FORMAT:
-                raise StoreError(f"{where} is not an activation-store manifest (format={d.get('format')!r})")
+                raise StoreError(f"{where} is not an activation-store manifest (format={d.get('format')!r:.80})")
             if d.get("version") != VERSION:
                 raise StoreError(
-                    f"{where} has store format version {d.get('version')}, this toolkit reads version {VERSION}"
+                    f"{where} has store format version {d.get('version')!r:.40}, this toolkit reads version {VERSION}"
                 )
             d = checked_manifest(d, where)  # types, unknown keys, shard names inside the directory
             d.pop("format"), d.pop("version")
@@ -175,7 +186,8 @@ class Manifest:
     @classmethod
     def read(cls, directory: str | os.PathLike) -> Manifest:
         path = Path(directory) / MANIFEST
-        return cls.from_json(path.read_text(encoding="utf-8"), where=str(path))
+        where = str(path)
+        return cls.from_dict(schema.read_json(path, StoreError, what=where, max_bytes=MANIFEST_MAX_BYTES), where)
 
 
 # --------------------------------------------------------------------------- writing
@@ -235,7 +247,8 @@ def commit_shard(directory: Path, index: int, tmp: Path) -> tuple[str, int, str]
     final = directory / shard_name(index)
     try:
         # Hash what is on disk (read back from the page cache), not what we meant to write.
-        digest, size = publish(tmp, final, mode=None, inspect=lambda p: (sha256_file(p), p.stat().st_size))
+        # FILE_MODE: safetensors creates the file 0600; a store is read like any other file.
+        digest, size = publish(tmp, final, mode=FILE_MODE, inspect=lambda p: (sha256_file(p), p.stat().st_size))
     except BaseException as err:
         failed = _write_failed(directory, index, err)
         if failed is err:
@@ -278,6 +291,77 @@ def check_shard_sizes(directory: Path, manifest: Manifest) -> None:
                 f"shard {p} is {size} bytes but the manifest records {s.bytes}: the file is truncated "
                 "or was replaced; re-harvest into a fresh directory"
             )
+
+
+# safetensors dtype codes of the tensors a shard holds.
+_CODES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64", torch.int32: "I32"}
+_CODE_NAMES = {code: str(dtype) for dtype, code in _CODES.items()}
+
+
+def shard_header(path: Path) -> dict[str, Any]:
+    """The header of the safetensors file ``path`` (tensor name -> dtype, shape, offsets),
+    read without loading any tensor: 8 bytes of length, then that much JSON, both bounded."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= min(SHARD_HEADER_MAX_BYTES, size - 8):
+                raise StoreError(
+                    f"shard {path} is not a readable safetensors file (its header length field says {n:,} bytes, "
+                    f"the file has {size:,}); it is damaged: re-harvest into a fresh directory"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise StoreError(f"shard {path} cannot be read: {e.strerror or e}") from None
+    header = schema.parse_json(raw, f"shard {path} (its safetensors header)", StoreError, max_depth=4)
+    if not isinstance(header, dict):
+        raise StoreError(f"shard {path} is not a readable safetensors file (its header is not a JSON object); it is damaged")
+    return header
+
+
+def check_shard_headers(directory: Path, manifest: Manifest) -> None:
+    """Raise StoreError where the manifest's rows, windows, hook widths or dtype disagree with
+    a shard file's own header (the shapes safetensors will load).
+
+    Nothing is allocated from the manifest's numbers before this has passed, so a manifest
+    claiming 10^9 rows is refused here, naming the shard and both counts, rather than in
+    the allocator. Reads only the headers (a few hundred bytes per shard).
+    """
+    act_code = _CODES[DTYPES[manifest.dtype]]
+    for s in manifest.shards:
+        path = directory / s.file
+        header = shard_header(path)
+        expected = {act_key(h.name): ([s.rows, h.d], act_code) for h in manifest.hooks}
+        expected["seq"] = ([s.rows], "I64")
+        expected["pos"] = ([s.rows], "I32")
+        expected["tokens"] = ([s.seq_end - s.seq_start, manifest.context_length], "I32")
+        for key, (shape, code) in expected.items():
+            entry = header.get(key)
+            if not isinstance(entry, dict):
+                raise StoreError(
+                    f"shard {path} has no tensor {key!r}, which the manifest's hooks need; the manifest does not "
+                    "describe this store (or the shard is damaged): re-harvest into a fresh directory"
+                )
+            got, got_code = entry.get("shape"), entry.get("dtype")
+            if not isinstance(got, list) or not got or not all(type(x) is int for x in got):
+                raise StoreError(f"shard {path}: tensor {key!r} has no valid shape in its header; the shard is damaged")
+            if key != "tokens" and got[0] != s.rows:
+                raise StoreError(
+                    f"shard {path} holds {got[0]:,} rows ({key} in its header), but the manifest records {s.rows:,}; "
+                    "the manifest does not describe this store: re-harvest into a fresh directory"
+                )
+            if got != shape or got_code != code:
+                if key.startswith("act."):
+                    d = shape[1]
+                    raise StoreError(
+                        f"shard {path}: {key} is {got} {_CODE_NAMES.get(got_code, got_code)}, but the manifest records "
+                        f"rows of d={d} in {manifest.dtype}; the manifest does not describe this store"
+                    )
+                raise StoreError(
+                    f"shard {path}: {key} is {got} {_CODE_NAMES.get(got_code, got_code)} in its header, but the "
+                    f"manifest implies {shape} {_CODE_NAMES[code]}; the manifest does not describe this store"
+                )
 
 
 # --------------------------------------------------------------------------- reading
@@ -367,6 +451,7 @@ class ActivationStore:
         if model is not None:
             cls._check_model(manifest, info, model, d)
         check_shard_sizes(d, manifest)
+        check_shard_headers(d, manifest)  # before any buffer is sized by the manifest's numbers
         return cls(d, manifest, info, cache_shards)
 
     @staticmethod
@@ -519,6 +604,7 @@ class ActivationStore:
     def verify(self) -> None:
         """Check every shard's size and checksum now, rather than when it is first read."""
         check_shard_sizes(self.directory, self.manifest)
+        check_shard_headers(self.directory, self.manifest)
         for k in range(self.n_shards):
             self._verify(k)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from saes.formats import schema
 
 from interp.errors import InterpError, ShapeError, UnknownTokensWarning
 
@@ -173,22 +176,60 @@ def describe_source(data: Any, text_field: str = "text") -> dict[str, Any]:
     )
 
 
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
+# Bytes that are not UTF-8 decode (with errors="surrogateescape") to lone surrogates, which
+# valid UTF-8 never produces: finding one names the line without a second pass over the file.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# A .jsonl record with at most this many brackets cannot nest deeper, so it is parsed
+# directly; one with more goes through schema.parse_json, which bounds the nesting before
+# parsing. (parse_json on every record would walk each parsed record again: a world-corpus
+# record holds thousands of values, and a harvest reads one per document.)
+_RECORD_DEPTH = 100
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, lines split as Python's text mode splits
+    them; a line that is not valid UTF-8 is an InterpError naming the file and line."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InterpError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            if not line.isascii() and (bad := _UNDECODABLE.search(line)):
+                byte = len(line[: bad.start()].encode("utf-8", "surrogateescape"))
                 raise InterpError(
-                    f"{path}:{lineno}: no {text_field!r} field (found {keys}); pass text_field=... "
-                    "to name the field that holds the text"
+                    f"{path}, line {lineno}: not valid UTF-8 (byte {byte} of the line); the data must be UTF-8 "
+                    "text: convert the file (e.g. `iconv -f latin1 -t utf-8`) or remove the line"
                 )
-            yield record[text_field]
+            yield lineno, line
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _parse_record(line: str, where: str) -> Any:
+    """One .jsonl record; invalid JSON, NaN literals or deep nesting are an InterpError naming ``where``."""
+    if line.count("[") + line.count("{") <= _RECORD_DEPTH:
+        try:
+            return json.loads(line, parse_constant=_refuse_constant)
+        except ValueError:
+            pass  # parse_json says what is wrong, in the same words as for every JSON file
+    return schema.parse_json(line, where, InterpError, max_depth=_RECORD_DEPTH)
+
+
+def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        record = _parse_record(line, where)
+        if not isinstance(record, dict) or text_field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise InterpError(
+                f"{where}: no {text_field!r} field (found {keys}); pass text_field=... "
+                "to name the field that holds the text"
+            )
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise InterpError(f"{where}: {text_field!r} is {type(text).__name__}, not text")
+        yield text
 
 
 def _iter_hf(data: Any, text_field: str) -> Iterator[str]:
@@ -212,9 +253,8 @@ def iter_documents(data: Any, text_field: str = "text") -> Iterator[str]:
         if path.suffix in (".jsonl", ".json"):
             yield from _iter_jsonl(path, text_field)
         else:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    yield line.rstrip("\r\n")
+            for _, line in _text_lines(path):
+                yield line.rstrip("\r\n")
         return
     if _is_hf_dataset(data):
         yield from _iter_hf(data, text_field)
