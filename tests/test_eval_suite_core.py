@@ -227,9 +227,8 @@ def test_recovery_counts_unmatched_features_as_zero():
 
 # ------------------------------------------------------------------ label interpretability
 def test_auroc_matrix_matches_saes_auroc_with_ties():
-    from saes.metrics import auroc
-
     from interp.evaluation.label_interp import auroc_matrix
+    from saes.metrics import auroc
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 4, (200, 6), generator=g).float() * (torch.rand(200, 6, generator=g) > 0.5)
@@ -256,3 +255,60 @@ def test_a_latent_equal_to_a_planted_label_is_explained_and_random_ones_are_not(
     assert res.n_explained == 1 and res.n_live == 2 * d - 1  # -e_0 never fires (dimension 0 >= 0)
     assert res.explained_fraction == pytest.approx(1 / (2 * d - 1))
     assert res.label_coverage == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ sparse probing
+def test_fit_logistic_reaches_sklearns_l2_optimum():
+    from interp.evaluation.sparse_probing import fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g).double()
+    y = ((x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 0.0]).double() + 0.3 * torch.randn(300, generator=g)) > 0).double()
+    for C in (1.0, 0.05):
+        w, b = fit_logistic(x, y, C=C)
+        resid = torch.sigmoid(x @ w + b) - y
+        # stationarity of C * sum log-loss + ||w||^2 / 2 (bias unpenalised)
+        assert torch.allclose(C * x.T @ resid + w, torch.zeros(5, dtype=torch.float64), atol=1e-5)
+        assert abs(float(resid.sum())) < 1e-5
+
+
+def test_top_k_mean_diff_is_the_largest_absolute_mean_difference():
+    from interp.evaluation.sparse_probing import top_k_mean_diff
+
+    x = torch.tensor([[1.0, 0.0, 5.0, 2.0], [3.0, 0.0, 5.0, 2.0], [0.0, 4.0, 5.0, 0.0], [0.0, 2.0, 5.0, 0.0]])
+    y = torch.tensor([1, 1, 0, 0])
+    # mean differences: 2, -3, 0, 2 -> |.| ranks 1, then 0 and 3
+    assert top_k_mean_diff(x, y, 1).tolist() == [1]
+    assert set(top_k_mean_diff(x, y, 3).tolist()) == {0, 1, 3}
+
+
+def planted_probe_set(n_docs: int = 120, per_doc: int = 10, d: int = 128) -> LabelledActivations:
+    g = torch.Generator().manual_seed(0)
+    n = n_docs * per_doc
+    cls = torch.randint(3, (n,), generator=g)
+    acts = torch.randn(n, d, generator=g)
+    acts[:, 0] = torch.where(cls == 0, 2.0 + 0.3 * torch.randn(n, generator=g), 0.3 * torch.randn(n, generator=g))
+    return LabelledActivations.from_tensors(acts, classes={"c": cls}, class_names={"c": ["on", "off1", "off2"]},
+                                            doc=torch.arange(n) // per_doc)
+
+
+def test_sparse_probing_finds_the_planted_latent_and_a_random_dictionary_does_not():
+    from interp.evaluation.sparse_probing import sparse_probing
+
+    data = planted_probe_set()
+    res = sparse_probing(exact_sae(data.d), data, k_values=(1, 2, 5), n_boot=200, dense=False)
+    on = {k: v["on"] for k, v in res.per_class["c"].items()}
+    assert on["sae_top_1_test_accuracy"] > 0.97 and on["llm_top_1_test_accuracy"] > 0.97
+    assert res.selected_latents["c"]["on"]["1"] == [0]  # +e_0: the planted latent
+    lo, hi = res.intervals["sae_top_1_test_accuracy"]
+    assert lo <= res.sae["sae_top_1_test_accuracy"] <= hi
+    g = torch.Generator().manual_seed(3)
+    random = planted_jumprelu(torch.nn.functional.normalize(torch.randn(256, data.d, generator=g), dim=-1), 0.0)
+    bad = sparse_probing(random, data, k_values=(1,), n_boot=50, dense=False)
+    assert bad.per_class["c"]["sae_top_1_test_accuracy"]["on"] < 0.75
+    # the SAEBench layout: metrics by category, details per dataset, flat floats
+    out = res.to_saebench(exact_sae(data.d))
+    assert out["eval_type_id"] == "sparse_probing" and out["sae_cfg_dict"]["architecture"] == "topk"
+    assert set(out["eval_result_metrics"]) == {"llm", "sae"}
+    assert "sae_top_1_test_accuracy" in out["eval_result_metrics"]["sae"]
+    assert out["eval_result_details"][0]["dataset_name"] == "c"

@@ -197,6 +197,18 @@ class CoreResult:
         }
         return m
 
+    def to_saebench(self, sae: Any = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The result as a SAEBench ``core`` JSON object (intervals and densities go to
+        ``eval_result_unstructured``). SAEBench's plots need ``model_performance_preservation``,
+        so evaluate with a model when the file is meant for them."""
+        unstructured = {"intervals": {k: [v.lo, v.hi] for k, v in self.__dict__.items() if isinstance(v, Estimate)},
+                        "splice_intervals": {k: [v.lo, v.hi] for k, v in self.splice.items() if isinstance(v, Estimate)},
+                        "l0_quantiles": self.l0_quantiles, "density_histogram": self.density_histogram,
+                        "dense_threshold": self.dense_threshold}
+        details = [{"index": i, "feature_density": float(d)} for i, d in enumerate(self.feature_density.tolist())]
+        cfg = {"hook_name": self.hook, "n_tokens": self.n_tokens, "n_docs": self.n_docs, **(config or {})}
+        return saebench_envelope("core", cfg, self.saebench_metrics(), details, unstructured, sae)
+
     def table(self) -> str:
         """The headline numbers with their intervals, one per line."""
         rows = [(k, str(v)) for k, v in self.__dict__.items() if isinstance(v, Estimate)]
@@ -204,6 +216,50 @@ class CoreResult:
         rows += [("dead_fraction", f"{self.dead_fraction:.4g}"), ("dense_fraction", f"{self.dense_fraction:.4g}")]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# Our architecture names -> the names SAEBench's plots key their markers and colours on.
+SAEBENCH_ARCHITECTURES = {"relu": "standard", "topk": "topk", "batchtopk": "batch_topk", "jumprelu": "jumprelu",
+                          "matryoshka": "matryoshka_batch_topk", "gated": "gated", "mp": "mp"}
+
+
+def saebench_sae_cfg(sae: Any) -> dict[str, Any]:
+    """A SAELens-like ``sae_cfg_dict`` for a result file: what SAEBench's plots read
+    (``architecture``, ``d_sae``) plus the origin the SAE's metadata records."""
+    if sae is None:
+        return {"architecture": "unknown", "d_sae": 0}
+    arch = str(getattr(sae, "architecture", "unknown"))
+    meta = getattr(sae, "metadata", None) or {}
+    cfg: dict[str, Any] = {"architecture": SAEBENCH_ARCHITECTURES.get(arch, arch), "d_in": int(sae.d_in),
+                           "d_sae": int(sae.d_sae), "hook_name": meta.get("hook_name"), "model_name": meta.get("model_name")}
+    arch_config = getattr(sae, "arch_config", None)
+    if callable(arch_config):
+        cfg.update({k: v for k, v in arch_config().items() if isinstance(v, (int, float, str, bool, list))})
+    return cfg
+
+
+def saebench_envelope(eval_type_id: str, config: dict[str, Any], metrics: dict[str, dict[str, Any]],
+                      details: list[dict[str, Any]], unstructured: Any, sae: Any = None) -> dict[str, Any]:
+    """One SAEBench result object: ``eval_type_id``, ``eval_config``, ``eval_id``,
+    ``datetime_epoch_millis``, ``eval_result_metrics`` (categories of flat floats),
+    ``eval_result_details``, ``eval_result_unstructured``, ``sae_bench_commit_hash``,
+    ``sae_lens_id`` / ``sae_lens_release_id`` / ``sae_lens_version`` (None: not SAELens),
+    ``sae_cfg_dict``. SAEBench's plots find files named ``<sae>_eval_results.json`` under a
+    folder whose path names the eval type (``core``, ``sparse_probing``, ...)."""
+    import time
+    import uuid
+
+    for category, values in metrics.items():
+        nested = [k for k, v in values.items() if isinstance(v, dict)]
+        if nested:
+            raise InterpError(f"metric category {category!r} holds nested {nested[0]!r}; SAEBench metrics are flat")
+    return {
+        "eval_type_id": eval_type_id, "eval_config": config, "eval_id": str(uuid.uuid4()),
+        "datetime_epoch_millis": int(time.time() * 1000), "eval_result_metrics": metrics,
+        "eval_result_details": details, "eval_result_unstructured": unstructured,
+        "sae_bench_commit_hash": "not-sae-bench: interp.evaluation", "sae_lens_id": None,
+        "sae_lens_release_id": None, "sae_lens_version": None, "sae_cfg_dict": saebench_sae_cfg(sae),
+    }
 
 
 def _v(e: Estimate | float) -> float:

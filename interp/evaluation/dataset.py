@@ -146,9 +146,9 @@ class LabelledActivations:
         out._check()
         return out
 
-    def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[LabelledActivations, LabelledActivations]:
-        """``(train, test)`` by document: every row of a document lands on the same side, so
-        neighbouring tokens of one text never sit on both sides. Seeded, so reruns agree."""
+    def split_docs(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(train_docs, test_docs)``: the document indices :meth:`split` puts on each side
+        (sorted); ``torch.isin(s.doc, test_docs)`` marks the test rows in place."""
         if not 0 < test_fraction < 1:
             raise InterpError(f"test_fraction={test_fraction}: give a share strictly between 0 and 1, e.g. 0.2")
         present = self.doc.unique() if self.windows is None else torch.arange(self.n_docs)
@@ -157,7 +157,13 @@ class LabelledActivations:
         g = torch.Generator().manual_seed(seed)
         perm = present[torch.randperm(len(present), generator=g)]
         n_test = min(max(1, round(len(present) * test_fraction)), len(present) - 1)
-        test_docs, train_docs = perm[:n_test].sort().values, perm[n_test:].sort().values
+        return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+    def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[LabelledActivations, LabelledActivations]:
+        """``(train, test)`` by document: every row of a document lands on the same side, so
+        neighbouring tokens of one text never sit on both sides. Seeded, so reruns agree.
+        Each side's documents are renumbered from 0 (see :meth:`split_docs` for the indices)."""
+        train_docs, test_docs = self.split_docs(test_fraction, seed)
         return self.subset_docs(train_docs), self.subset_docs(test_docs)
 
     def token_source(self) -> Any:
