@@ -27,10 +27,24 @@ from typing import Any
 
 import torch
 
-from saes.formats.durable import atomic_save_tensors, atomic_write_text, read_tensors
+from saes.errors import FormatError
+from saes.formats import schema
+from saes.formats.durable import (
+    atomic_save_tensors,
+    atomic_write_text,
+    check_replaceable,
+    read_tensors_checked,
+    remove_stale_temporaries,
+    require_finite,
+)
 
 # A dense [N, d_mlp] float32 matrix plus its factors must fit comfortably in memory.
 DEFAULT_MAX_TOKENS = 200_000
+SNMF_TENSORS = "snmf.safetensors"
+SNMF_JSON = "snmf.json"
+SNMF_FIELDS = {"rank": schema.Field("int", minimum=1), "d_mlp": schema.Field("int", minimum=1),
+               "best_iteration": schema.Field("int", minimum=-1), "loss_history": schema.Field("list"),
+               "tensors_sha256": schema.Field("str", optional=True)}
 
 
 def _pos(x: torch.Tensor) -> torch.Tensor:
@@ -98,13 +112,19 @@ class SNMFResult:
     config: dict = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike) -> None:
-        """``snmf.safetensors`` (features, coefficients) plus ``snmf.json``; written atomically."""
+        """``snmf.safetensors`` (features, coefficients) plus ``snmf.json``; each written
+        atomically, and ``snmf.json`` records the sha256 of the tensors it goes with, so a save
+        killed between the two files is refused on loading instead of mixing two saves."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         meta = {"architecture": "snmf", "rank": self.features.shape[0], "d_mlp": self.features.shape[1],
                 "best_iteration": self.best_iteration, "loss_history": self.loss_history, **self.config}
-        atomic_save_tensors(out / "snmf.safetensors", {"features": self.features, "coefficients": self.coefficients})
-        atomic_write_text(out / "snmf.json", json.dumps(meta, indent=2))
+        for name in (SNMF_TENSORS, SNMF_JSON):  # both refused before either is written
+            check_replaceable(out / name)
+        remove_stale_temporaries(out, (SNMF_TENSORS, SNMF_JSON))  # left by saves killed mid-write
+        meta["tensors_sha256"] = atomic_save_tensors(
+            out / SNMF_TENSORS, {"features": self.features, "coefficients": self.coefficients})
+        atomic_write_text(out / SNMF_JSON, json.dumps(meta, indent=2))
 
     @torch.no_grad()
     def encode(self, acts: torch.Tensor, n_iter: int = 100, eps: float = 1e-8) -> torch.Tensor:
@@ -141,13 +161,34 @@ class SNMFResult:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SNMFResult:
+        """The result :meth:`save` wrote to ``directory``, checked: the two files from one save,
+        tensors finite and of the shapes ``snmf.json`` gives (else :class:`~saes.FormatError`)."""
         d = Path(directory)
-        meta = json.loads((d / "snmf.json").read_text())
-        tensors, _ = read_tensors(d / "snmf.safetensors", require_checksum=True)  # only this package writes them
+        meta = schema.read_json(d / SNMF_JSON, FormatError)
+        meta = schema.check(meta, SNMF_FIELDS, str(d / SNMF_JSON), FormatError, warn_unknown=False,
+                            required=("rank", "d_mlp", "best_iteration", "loss_history"))
+        # Only this package writes them: the checksum is required.
+        tensors, _, digest = read_tensors_checked(d / SNMF_TENSORS, require_checksum=True)
+        bound = meta.pop("tensors_sha256", None)
+        if bound is not None and bound != digest:
+            raise FormatError(
+                f"{d}: {SNMF_TENSORS} and {SNMF_JSON} come from different saves: the last save was interrupted; "
+                "save the result again"
+            )
+        expected = {"features": [meta["rank"], meta["d_mlp"]], "coefficients": [None, meta["rank"]]}
+        for name, shape in expected.items():
+            t = tensors.get(name)
+            if t is None or not t.is_floating_point() or t.ndim != 2 or any(
+                    want is not None and want != got for want, got in zip(shape, t.shape)):
+                found = "nothing" if t is None else f"{t.dtype} {list(t.shape)}"
+                raise FormatError(f"{d / SNMF_TENSORS}: tensor {name!r} must be floating point of shape "
+                                  f"{['n_tokens' if w is None else w for w in shape]} ({SNMF_JSON}), found {found}")
+        require_finite(tensors, d / SNMF_TENSORS, FormatError,
+                       "the fit that wrote it diverged, or the file is damaged: fit again")
         history = meta.pop("loss_history")
         best = meta.pop("best_iteration")
         for key in ("architecture", "rank", "d_mlp"):
-            meta.pop(key)
+            meta.pop(key, None)
         return cls(tensors["features"], tensors["coefficients"], history, best, meta)
 
 

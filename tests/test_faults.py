@@ -162,7 +162,7 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path, monkeypatch, code
     def refuse(*a, **k):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(durable.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(durable.tempfile, "mkdtemp", refuse)
     with pytest.raises(saes.WriteError) as err:
         saes.TopKSAE(8, 16, k=2).save(tmp_path / "sae")
     assert os.strerror(code) in str(err.value) and "previous version is intact" in str(err.value)

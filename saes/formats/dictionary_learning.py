@@ -27,7 +27,6 @@ refused with an error naming the class.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from saes.architectures.base import SAE
 from saes.dtypes import parse_dtype
 from saes.errors import FormatError
 from saes.formats import schema
-from saes.formats.native import assign_tensors
+from saes.formats.native import assign_tensors, check_sizes, check_weight_tensor
 
 WEIGHTS_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
@@ -100,10 +99,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_trainer_config(path: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FormatError(f"{path} is not valid JSON ({err})") from err
+    cfg = schema.read_json(path, FormatError)
     where = f"{path} (dictionary_learning)"
     if not isinstance(cfg, dict) or not isinstance(cfg.get("trainer"), dict):
         raise FormatError(f"{where} has no 'trainer' object; it is not a dictionary_learning config")
@@ -162,16 +158,22 @@ def load_dictionary_learning(weights: Path, config: Path, dtype: Any) -> SAE:
         names = ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if dict_class == "JumpReluAutoEncoder" else ())
         _require(tensors, names, weights, dict_class)
         mapped = {n: tensors[n] for n in names}
+    check_weight_tensor("W_dec", mapped["W_dec"], weights)
     dt = parse_dtype(dtype if dtype is not None else mapped["W_dec"].dtype)
 
     arch = SUPPORTED[dict_class]
     cls = registry.get(arch)
+    # Sizes the config claims, against the weights' shapes before anything of that size is built.
+    check_sizes(d_in, d_sae, mapped, weights, f"{config} (dictionary_learning)")
     if arch == "relu" or arch == "jumprelu":
         sae = cls(d_in, d_sae, dtype=dt, metadata=meta)
     elif arch == "matryoshka":
-        sizes = tensors["group_sizes"].tolist() if "group_sizes" in tensors else trainer.get("group_sizes")
+        sizes = tensors["group_sizes"].flatten().tolist() if "group_sizes" in tensors else trainer.get("group_sizes")
         if not sizes:
             raise FormatError(f"{weights}: a MatryoshkaBatchTopKSAE needs its group sizes (state dict or config.json)")
+        if sum(int(s) for s in sizes) != d_sae:
+            raise FormatError(f"{weights}: the group sizes {[int(s) for s in sizes]} sum to {sum(int(s) for s in sizes)}, "
+                              f"but the dictionary has {d_sae} latents (dict_size, and the weights' shape)")
         sae = cls(d_in, [int(s) for s in sizes], _k(tensors, trainer, weights), batch_topk=True, dtype=dt,
                   metadata=meta)
     else:
@@ -185,6 +187,7 @@ def load_dictionary_learning(weights: Path, config: Path, dtype: Any) -> SAE:
         _require(tensors, ("threshold",), weights, dict_class)
         if tensors["threshold"].numel() != 1:
             raise FormatError(f"{weights}: a {dict_class} has one threshold, found shape {list(tensors['threshold'].shape)}")
+        check_weight_tensor("threshold", tensors["threshold"], weights)
         with torch.no_grad():
             sae.threshold.fill_(float(tensors["threshold"].item()))  # type: ignore[union-attr, operator]
     if arch == "relu":

@@ -12,7 +12,6 @@ code from a file: JSON and safetensors are read as data, ``params.npz`` with
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,16 @@ from saes.architectures.base import SAE
 from saes.dtypes import DTYPES, parse_dtype
 from saes.errors import ConfigError, FormatError
 from saes.formats import dictionary_learning, gemma_scope, schema
-from saes.formats.durable import read_tensors
-from saes.formats.native import CFG_FILE, WEIGHTS_FILE, load_ours
+from saes.formats.durable import read_tensors, read_tensors_checked
+from saes.formats.native import (
+    CFG_FILE,
+    INTERRUPTED,
+    WEIGHTS_FILE,
+    WEIGHTS_MARK,
+    check_binding,
+    check_file_dtypes,
+    load_ours,
+)
 from saes.formats.saelens import load_saelens
 from saes.formats.sparsify import WEIGHTS_FILE as SPARSIFY_WEIGHTS_FILE
 from saes.formats.sparsify import load_sparsify
@@ -86,16 +93,16 @@ def load(
         raise FormatError(f"no SAE at {where}: the directory does not exist")
     cfg_path = where / CFG_FILE
     weights, sparsify = where / WEIGHTS_FILE, where / SPARSIFY_WEIGHTS_FILE
+    if weights.is_file() and not cfg_path.exists():
+        # Our save writes the weights first: a first save killed before its cfg.json.
+        raise FormatError(f"{where} has {WEIGHTS_FILE} but no {CFG_FILE}: {INTERRUPTED}")
     if not cfg_path.is_file() or not (weights.is_file() or sparsify.is_file()):
         try:
             sae = _load_other(given, where, dtype)
         except ConfigError as err:  # sizes the file gives that no SAE can have
             raise FormatError(f"{where}: {err}") from None
         return sae.to(device).eval()
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FormatError(f"{cfg_path} is not valid JSON ({err})") from err
+    cfg = schema.read_json(cfg_path, FormatError)
     if not isinstance(cfg, dict):
         raise FormatError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
     try:
@@ -133,6 +140,8 @@ def _load_other(given: Path, where: Path, dtype: Any) -> SAE:
 def _load_checked(cfg: dict[str, Any], cfg_path: Path, weights: Path, sparsify: Path, dtype: Any) -> SAE:
     if not weights.is_file():
         tensors, _ = read_tensors(sparsify)
+        if not tensors:
+            raise FormatError(f"{sparsify} holds no tensors; the file is incomplete")
         dt = parse_dtype(dtype if dtype is not None else next(iter(tensors.values())).dtype)
         return load_sparsify(cfg, tensors, sparsify, dt)
     block = cfg.get("saes")
@@ -142,9 +151,17 @@ def _load_checked(cfg: dict[str, Any], cfg_path: Path, weights: Path, sparsify: 
     # keys are its library's business, so only the fields read here are checked.
     cfg = schema.check(cfg, READ_FIELDS, str(cfg_path), FormatError, warn_unknown=ours,
                        required=("d_in", "d_sae", "saes") if ours else ("d_in", "d_sae"))
-    tensors, _ = read_tensors(weights, require_checksum=isinstance(version, int) and version >= 2)
+    # Our files carry a checksum since format 2: a cfg.json of ours requires it unless it
+    # says, explicitly, that it is older (a missing format_version is no such statement), and
+    # so do weights whose header carries our mark, whatever cfg.json holds.
+    tensors, header, digest = read_tensors_checked(
+        weights, require_checksum=lambda meta: (ours and version != 1) or WEIGHTS_MARK in meta)
     if not tensors:
         raise FormatError(f"{weights} holds no tensors; the file is incomplete")
+    if ours:
+        check_binding(cfg, header, digest, weights)
+    if cfg.get("dtype") is not None:
+        check_file_dtypes(tensors, parse_dtype(cfg["dtype"]), weights, cfg_path, strict=ours)
     file_dtype = cfg.get("dtype") or next(iter(tensors.values())).dtype
     dt = parse_dtype(dtype if dtype is not None else file_dtype)
     return load_ours(cfg, tensors, weights, dt) if ours else load_saelens(cfg, tensors, weights, dt)

@@ -26,11 +26,17 @@ SAELens can run (each class's ``saelens_architecture``):
 Input normalisation is always folded into the weights before saving
 (``normalize_activations: "none"``). Files are written through :mod:`saes.formats.durable`
 (atomic, checksummed).
+
+A save replaces two files, one after the other, so a save killed in between leaves the
+weights of one save beside the ``cfg.json`` of another. ``cfg.json`` therefore records the
+sha256 its weights file carries in its header (``saes.weights_sha256``), and the loader
+refuses a pair that does not match: a save is all or nothing as the loader sees it.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +48,29 @@ from saes.architectures.base import METADATA_KEYS, SAE
 from saes.dtypes import dtype_name
 from saes.errors import FormatError, SAEError
 from saes.formats import schema
-from saes.formats.durable import atomic_save_tensors, atomic_write_text
+from saes.formats.durable import (
+    atomic_save_tensors,
+    atomic_write_text,
+    check_replaceable,
+    first_nonfinite,
+    remove_stale_temporaries,
+    require_finite,
+)
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 # 2: sae_weights.safetensors carries the sha256 of its tensors (required when reading).
-FORMAT_VERSION = 2
+# 3: cfg.json records that sha256 (saes.weights_sha256), binding the two files of one save.
+FORMAT_VERSION = 3
+# In the weights' header: the format version of the save that wrote them. A file with it
+# must carry its checksum and be named by its cfg.json, whatever cfg.json says.
+WEIGHTS_MARK = "saes_format_version"
+INTERRUPTED = (
+    "the weights and cfg.json come from different saves: the last save was interrupted (or one file "
+    "was copied over from another save); save the SAE again, or resume its training run from the checkpoint"
+)
+NONFINITE_FIX = ("no trained SAE holds such values: the run that wrote it diverged, or the file is damaged; "
+                 "re-create it (train again with a lower learning rate, or save from a good checkpoint)")
 # The SAELens release whose cfg.json layout the file follows (written as
 # metadata.sae_lens_version, which SAELens checks to pick its reader). The first 6.x
 # release, so that a later SAELens applies any conversion it has for older 6.x files.
@@ -122,9 +145,24 @@ def save(sae: SAE, directory: str | os.PathLike) -> Path:
         True
     """
     d = Path(directory)
+    tensors = state_tensors(sae)
+    bad = first_nonfinite(tensors)
+    if bad is not None:
+        raise FormatError(
+            f"cannot save to {d}: tensor {bad[0]!r} of the SAE holds {bad[1]}, and a file with it would be "
+            f"refused when loaded; {NONFINITE_FIX}"
+        )
+    cfg = build_cfg(sae)
+    for name in (WEIGHTS_FILE, CFG_FILE):  # both refused before either is written
+        check_replaceable(d / name)
     d.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(d / WEIGHTS_FILE, state_tensors(sae))
-    atomic_write_text(d / CFG_FILE, json.dumps(build_cfg(sae), indent=2) + "\n")
+    remove_stale_temporaries(d, (WEIGHTS_FILE, CFG_FILE))  # left by saves killed mid-write
+    # Weights first, then the cfg.json naming them: killed in between, the pair is refused
+    # on loading (INTERRUPTED) instead of mixing two saves.
+    cfg["saes"]["weights_sha256"] = atomic_save_tensors(
+        d / WEIGHTS_FILE, tensors, metadata={WEIGHTS_MARK: str(FORMAT_VERSION)}
+    )
+    atomic_write_text(d / CFG_FILE, json.dumps(cfg, indent=2) + "\n")
     return d
 
 
@@ -147,13 +185,57 @@ def metadata_from(cfg: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def check_weight_tensor(name: str, t: torch.Tensor, where: Path) -> None:
+    """A weight must be floating point and finite (an integer or boolean tensor cast to float
+    would load as a different SAE without a word)."""
+    if not t.is_floating_point():
+        raise FormatError(
+            f"{where}: tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}, but SAE weights are floating "
+            "point; the file is damaged or is not an SAE of this layout"
+        )
+    require_finite({name: t}, where, FormatError, NONFINITE_FIX)
+
+
+def check_file_dtypes(tensors: dict[str, torch.Tensor], cfg_dtype: torch.dtype, where: Path, cfg_path: Path,
+                      *, strict: bool) -> None:
+    """Each tensor's dtype against the one ``cfg.json`` gives: an error when ``strict`` (our own
+    files, written in one dtype), else a warning (SAELens itself casts on reading)."""
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype == cfg_dtype or not (strict or t.is_floating_point()):  # foreign integers: assign_tensors
+            continue
+        msg = (f"{where}: tensor {name!r} is stored as {str(t.dtype).removeprefix('torch.')} but {cfg_path.name} says "
+               f"dtype {str(cfg_dtype).removeprefix('torch.')}")
+        if strict:
+            raise FormatError(f"{msg}; the files do not belong together (edited or damaged): save the SAE again")
+        warnings.warn(f"{msg}; loading it cast to {str(cfg_dtype).removeprefix('torch.')}", stacklevel=4)
+
+
+def check_sizes(d_in: int, d_sae: int, tensors: dict[str, torch.Tensor], where: Path, said_by: str,
+                decoder: str = "W_dec") -> None:
+    """``d_in`` and ``d_sae`` a config claims against the shape of the file's decoder, before an
+    SAE of the claimed size is built (a claim of millions of latents over small weights would
+    allocate gigabytes before any shape was checked)."""
+    if decoder not in tensors:
+        raise FormatError(f"{where} has no tensor {decoder!r} (found {sorted(tensors)}); the file is incomplete")
+    shape = list(tensors[decoder].shape)
+    if shape != [d_sae, d_in]:
+        raise FormatError(
+            f"{said_by} says d_in={d_in}, d_sae={d_sae}, so the decoder would be [{d_sae}, {d_in}], but {where} "
+            f"holds {decoder} of shape {shape}; the config does not describe these weights (edited, damaged or "
+            "from another SAE)"
+        )
+
+
 def assign_tensors(sae: SAE, tensors: dict[str, torch.Tensor], names: list[str], where: Path) -> None:
-    """Copy the file's tensors ``names`` into ``sae``, each checked for presence and shape."""
+    """Copy the file's tensors ``names`` into ``sae``, each checked for presence, dtype
+    (floating point), finiteness and shape."""
     params = dict(sae.named_parameters())
     for name in names:
         if name not in tensors:
             raise FormatError(f"{where} has no tensor {name!r} (found {sorted(tensors)}); the file is incomplete")
         t = tensors[name]
+        check_weight_tensor(name, t, where)
         target = params[name] if name in params else getattr(sae, name)
         if tuple(t.shape) != tuple(target.shape):
             raise FormatError(
@@ -167,7 +249,17 @@ def assign_tensors(sae: SAE, tensors: dict[str, torch.Tensor], names: list[str],
 
 
 def _block_fields() -> dict[str, schema.Field]:
-    return {"format_version": F("int"), "architecture": F("str", choices=registry.names()), "config": F("dict")}
+    return {"format_version": F("int"), "architecture": F("str", choices=registry.names()), "config": F("dict"),
+            "weights_sha256": F("str", optional=True)}
+
+
+def check_binding(cfg: dict[str, Any], header: dict[str, str], digest: str | None, where: Path) -> None:
+    """Refuse weights that are not the ones this ``cfg.json`` was saved with (see the module
+    docstring). Saves from before the binding (no mark in the weights, none in cfg.json) pass."""
+    block = cfg.get("saes")
+    bound = block.get("weights_sha256") if isinstance(block, dict) else None
+    if (bound is not None or WEIGHTS_MARK in header) and bound != digest:
+        raise FormatError(f"{where.parent}: {INTERRUPTED}")
 
 
 def _check_arch_settings(cls: type[SAE], settings: dict[str, Any], where: str) -> dict[str, Any]:
@@ -202,6 +294,7 @@ def _load_threshold(sae: SAE, tensors: dict[str, torch.Tensor], arch: str, where
     th = tensors.get("threshold")
     if th is None:
         raise FormatError(f"{where}: a {arch} SAE needs its 'threshold' tensor; the file has none")
+    check_weight_tensor("threshold", th, where)
     if th.numel() and not torch.all(th == th.flatten()[0]):
         raise FormatError(f"{where}: a {arch} SAE has one threshold, but the file's thresholds differ per latent")
     with torch.no_grad():
@@ -216,7 +309,15 @@ def load_ours(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path
     if arch not in registry.names():
         raise FormatError(f"{where}: unknown architecture {arch!r} in the 'saes' block; known: {sorted(registry.names())}")
     cls = registry.get(arch)
-    settings = _check_arch_settings(cls, dict(block.get("config", {})), str(where.parent / CFG_FILE))
+    cfg_path = where.parent / CFG_FILE
+    settings = _check_arch_settings(cls, dict(block.get("config", {})), str(cfg_path))
+    # The sizes the SAE would be built with, checked against the file before building it.
+    sizes = settings.get("group_sizes")
+    d_sae = settings.get("d_sae") if settings.get("d_sae") is not None or not sizes else sum(sizes)
+    for d_in_said, d_sae_said, said_by in ((settings.get("d_in"), d_sae, f"{cfg_path} ('saes.config')"),
+                                          (cfg.get("d_in"), cfg.get("d_sae"), str(cfg_path))):
+        if isinstance(d_in_said, int) and isinstance(d_sae_said, int):
+            check_sizes(d_in_said, d_sae_said, tensors, where, said_by)
     try:
         sae = cls(**settings, dtype=dtype, metadata=metadata_from(cfg))
     except (SAEError, TypeError, ValueError) as err:

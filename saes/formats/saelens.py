@@ -17,7 +17,7 @@ import torch
 from saes.architectures import registry
 from saes.architectures.base import SAE
 from saes.errors import FormatError
-from saes.formats.native import assign_tensors, metadata_from
+from saes.formats.native import CFG_FILE, assign_tensors, check_sizes, metadata_from
 
 SUPPORTED = ("standard", "topk", "jumprelu", "matching_pursuit")
 
@@ -63,6 +63,7 @@ def load_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: P
         raise FormatError(f"{where}: files with a finetuning scaling_factor are not supported")
     if "log_threshold" in tensors and "threshold" not in tensors:
         tensors = {**tensors, "threshold": tensors["log_threshold"].exp()}
+    check_sizes(int(cfg["d_in"]), int(cfg["d_sae"]), tensors, where, str(where.parent / CFG_FILE))
     sae = _build(arch, cfg, where, dtype)
     sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
     assign_tensors(sae, tensors, [n for n, _ in sae.named_parameters()], where)

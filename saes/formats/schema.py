@@ -159,12 +159,14 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
 
 def parse_json(
     text: str | bytes, where: str, error: type[Exception], *, max_depth: int = MAX_JSON_DEPTH,
+    allow_nan: bool = False,
 ) -> Any:
     """``text`` parsed as JSON, or ``error`` naming ``where`` (a file, a file and line, a key).
 
-    Refuses invalid UTF-8, invalid JSON, NaN/Infinity literals (not JSON) and nesting deeper
-    than ``max_depth``, each with its own message, so no ``RecursionError`` or
-    ``UnicodeDecodeError`` ever reaches the user.
+    Refuses invalid UTF-8, invalid JSON, NaN/Infinity literals (not JSON; ``allow_nan`` reads
+    them, for text Python's ``json.dumps`` wrote with them, whose values are checked after)
+    and nesting deeper than ``max_depth``, each with its own message, so no
+    ``RecursionError`` or ``UnicodeDecodeError`` ever reaches the user.
     """
     if isinstance(text, bytes):
         try:
@@ -179,7 +181,7 @@ def parse_json(
         raise ValueError(f"{name} is not a JSON value")
 
     try:
-        value = json.loads(text, parse_constant=refuse_constant)
+        value = json.loads(text, parse_constant=None if allow_nan else refuse_constant)
     except RecursionError:
         raise error(f"{where} nests too deeply to read; the file is damaged or crafted") from None
     except ValueError as e:

@@ -10,7 +10,7 @@ from saes.architectures import registry
 from saes.architectures.base import SAE
 from saes.errors import FormatError
 from saes.formats import schema
-from saes.formats.native import CFG_FILE, assign_tensors
+from saes.formats.native import CFG_FILE, assign_tensors, check_sizes
 
 WEIGHTS_FILE = "sae.safetensors"
 
@@ -35,7 +35,6 @@ def load_sparsify(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: 
     d_in = int(cfg["d_in"])
     d_sae = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))
     meta = {"hook_name": None, "sparsify_hookpoint": where.parent.name}
-    sae = registry.get("topk")(d_in, d_sae, int(cfg["k"]), dtype=dtype, metadata=meta)
     try:
         mapped = {
             "W_enc": tensors["encoder.weight"].T,
@@ -45,5 +44,7 @@ def load_sparsify(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: 
         }
     except KeyError as err:
         raise FormatError(f"{where}: sparsify weights lack {err}; found {sorted(tensors)}") from err
+    check_sizes(d_in, d_sae, mapped, where, f"{where.parent / CFG_FILE} (sparsify)")
+    sae = registry.get("topk")(d_in, d_sae, int(cfg["k"]), dtype=dtype, metadata=meta)
     assign_tensors(sae, mapped, ["W_enc", "b_enc", "W_dec", "b_dec"], where)
     return sae
