@@ -312,3 +312,34 @@ def test_sparse_probing_finds_the_planted_latent_and_a_random_dictionary_does_no
     assert set(out["eval_result_metrics"]) == {"llm", "sae"}
     assert "sae_top_1_test_accuracy" in out["eval_result_metrics"]["sae"]
     assert out["eval_result_details"][0]["dataset_name"] == "c"
+
+
+# ------------------------------------------------------------------ the world set (the shipped model)
+def test_world_set_rows_labels_and_splice_on_the_default_model():
+    import interp
+    from interp.world import World, labelled_batch
+    from interp.world.labels import WORD_CLASSES
+    from interp.world.lexicon import HIERARCHY_NODES, MEMBER_PARENT
+
+    model = interp.load("world")
+    data = LabelledActivations.from_world(model, HOOK, n_docs=24, seed=5)
+    ref = labelled_batch(24, seed=5, world=World(), model=model, names=[HOOK])
+    # the rows are the model's activations at every real non-BOS position of those documents
+    assert len(data) == int(ref.mask.sum()) - 24
+    assert torch.allclose(data.acts, ref.cache[HOOK][data.doc, data.position], atol=1e-5)
+    # token labels are the generator's lexical labels; the causal topic agrees where it is known
+    wc = ref.labels["word_class"][data.doc, data.position]
+    for name in ("agent", "member", "entity", "punctuation"):
+        assert torch.equal(data.labels[f"word_class:{name}"], wc == WORD_CLASSES.index(name))
+    known = data.classes["topic"] >= 0
+    assert int(known.sum()) > 50
+    assert (data.classes["topic"][known] == data.classes["topic_generator"][known]).float().mean() > 0.98
+    members = (data.classes["hierarchy_node"] >= 0).nonzero()[:, 0]
+    for i in members.tolist():
+        word = HIERARCHY_NODES[data.classes["hierarchy_node"][i]]
+        if word in MEMBER_PARENT:
+            assert HIERARCHY_NODES[data.classes["hierarchy_parent"][i]] == MEMBER_PARENT[word]
+    # splicing an exact reconstruction in loses nothing
+    res = evaluate_core(exact_sae(data.d), data, model, n_boot=50)
+    assert res.splice["ce_loss_recovered"].value == pytest.approx(1.0, abs=1e-4)
+    assert res.splice["kl_spliced"].value < 1e-6
