@@ -88,6 +88,17 @@ def answer_all(model: Any, tokens: torch.Tensor, last_pos: torch.Tensor, expecte
                     list(item_type))
 
 
+def check_hook(model: Any, hook: str) -> str:
+    """``hook`` if the PK/CK subspace can live there: a residual-stream hook of ``model``
+    (one ``[d_model]`` vector per token, where interchange writes the whole state), else a
+    ValueError saying which hooks are."""
+    model.check_hooks(hook)  # a typo lists the close matches
+    if not hook.split(".")[-1].startswith("hook_resid_") or len(tuple(model.hook_shape(hook))) != 1:
+        raise ValueError(f"{hook} is not a residual-stream hook: the PK/CK subspace is trained and read in the "
+                         "residual stream (blocks.L.hook_resid_pre, hook_resid_mid or hook_resid_post)")
+    return hook
+
+
 @torch.no_grad()
 def states_at(model: Any, tokens: torch.Tensor, positions: torch.Tensor, hook: str, batch_size: int = 64) -> torch.Tensor:
     """Hidden states [n, d] at ``hook`` at one position per row of ``tokens`` [n, pos]."""

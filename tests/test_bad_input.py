@@ -364,3 +364,142 @@ def test_any_harvest_command_line_ends_in_a_clear_message(data, tiny_gpt2_dir, c
     code, message = _run_cli(argv)
     if code:
         assert "error:" in message, (argv, message)
+
+
+# ------------------------------------------------------------------------ known command lines
+
+# Command lines that once ended in a traceback (or, for `world train --steps -1`, in a
+# model trained for no steps): each must now end in one error line that names the problem.
+# ``{...}`` fields are files made by test_cli_fuzz.make_files; LONG is a 300-character name.
+KNOWN_BAD_COMMAND_LINES = [
+    # a --device this machine lacks, on every command that takes one
+    ("hooks --model {model} --device cuda", 1, "no CUDA device"),
+    ("hooks --model {model} --device mps", 1, "MPS is not available"),
+    ("hooks --model {model} --device garbage", 1, "not a device name"),
+    ("hooks --model {model} --device meta", 1, "models run on cpu"),
+    ("harvest --model {model} --hook blocks.0.hook_resid_post --data {corpus} --out {out} --device cuda", 1,
+     "no CUDA device"),
+    ("eval-sae --sae {sae} --model {model} --data {corpus} --device garbage", 1, "not a device name"),
+    (("train --store {store} --hook blocks.0.hook_resid_post --hook blocks.0.mlp.hook_post --d-sae 64 --k 4 "
+      "--tokens 64 --out {out} --hook-device blocks.0.hook_resid_post=cuda:3"), 1, "--hook-device cuda:3"),
+    # integers beyond any sane size or seed
+    ("steer --model {model} --sae {sae} --latent 1 --scale 2 --prompt the --seed " + str(10**26), 2, "--seed"),
+    ("quickstart --model {model} --out {out} --seed -1", 2, "--seed"),
+    ("world corpus --n 10 --out {out} --world-seed " + str(2**63), 2, "--world-seed"),
+    ("train --store {store} --d-sae " + str(10**26) + " --k 4 --tokens 64 --out {out}", 2, "--d-sae"),
+    ("harvest --model {model} --hook blocks.0.hook_resid_post --data {corpus} --out {out} --context-length "
+     + str(10**18), 2, "--context-length"),
+    ("harvest --model {model} --hook blocks.0.hook_resid_post --data {corpus} --out {out} --context-length 4096", 1,
+     "128 positions"),
+    ("quickstart --model {model} --out {out} --tokens " + str(10**26), 2, "--tokens"),
+    ("world corpus --n " + str(10**26) + " --out {out}", 2, "--n"),
+    ("dashboard --model {model} --sae {sae} --store {store} --latents 0-" + str(10**26), 1, "more than 100,000 latents"),
+    # file names too long for the file system
+    ("harvest --model {model} --hook blocks.0.hook_resid_post --data {root}/LONG --out {out}", 1,
+     "choose a shorter name"),
+    ("hooks --model {root}/LONG", 1, "choose a shorter name"),
+    # a directory that is not what the flag names
+    ("dashboard --model {model} --snmf {empty_dir} --store {store} --latents 0", 1, "snmf.json does not exist"),
+    # steer
+    ("steer --model {model} --sae {sae} --latent 64 --scale 2 --prompt the", 1, "outside the SAE's 64 latents"),
+    ("steer --model {model} --sae {sae} --latent 1 --target-kl -0.5 --prompt the", 2, "--target-kl"),
+    ("steer --model {model} --sae {sae} --latent 1 --scale nan --prompt the", 2, "--scale: must be a finite"),
+    ("steer --model {model} --sae {sae} --latent 1 --scale 2 --prompt the --positions middle", 2, "--positions"),
+    ("steer --model {model} --sae {sae} --latent 1 --scale 2 --prompt the --max-new-tokens 500", 1,
+     "128 positions"),
+    ("steer --model {model} --vector {missing} --prompt the", 1, "does not exist"),
+    ("steer --model {model} --vector {vector_nan} --prompt the", 1, "NaN or infinite"),
+    ("steer --model {model} --vector {root}/steer-notjson.safetensors --prompt the", 1, "not valid JSON"),
+    ("steer --model {model} --vector {root}/steer-list.safetensors --prompt the", 1, "must be a JSON object"),
+    ("steer --model {model} --vector {root}/steer-nohook.safetensors --prompt the", 1, "lacks 'hook'"),
+    ("steer --model {model} --vector {root}/steer-badpos.safetensors --prompt the", 1, "positions 'prompt'"),
+    ("steer --model {model} --vector {root}/steer-strscale.safetensors --prompt the", 1, "'scale'"),
+    # patch
+    (("patch --model {model} --clean 'the cat sat' --corrupted 'the dog sat' --correct mat --wrong tree "
+      "--hook-template {{ --out {out}"), 1, "--hook-template"),
+    ("patch --model {model} --clean 'the cat sat' --corrupted 'the dog sat' --correct mat --wrong mat --out {out}",
+     1, "same token"),
+    ("patch --model {model} --clean 'the cat sat' --corrupted 'the cat sat' --correct mat --wrong tree --out {out}",
+     1, "same metric"),
+    # pkck
+    ("pkck --model {model} --lr nan --out {out}", 2, "--lr: must be a finite"),
+    ("pkck --model {model} --holdout 1.5 --out {out}", 2, "--holdout"),
+    ("pkck --model world --hook blocks.0.attn.hook_z --out {out}", 1, "not a residual-stream hook"),
+    # world train: refused before any work
+    ("world train --threads 0 --out {out}", 2, "--threads"),
+    ("world train --steps -1 --out {out}", 2, "--steps"),
+    ("world train --steps 10 --out {corpus}", 1, "is a file"),
+    ("world eval --model {model} --quick", 1, "vocabulary"),
+    # a hand-edited cfg.json
+    ("eval-sae --sae {sae_badctx} --model {model} --data {corpus}", 1, "context_size"),
+    ("steer-eval --sae {sae} --snmf {snmf} --kl nan", 1, "--kl"),
+    ("steer-eval --sae {sae} --snmf {snmf} --topics nowhere", 1, "no planted topic"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from test_cli_fuzz import make_files
+
+    return make_files(tmp_path_factory.mktemp("known"))
+
+
+@pytest.mark.parametrize("line, status, names", KNOWN_BAD_COMMAND_LINES, ids=[c[0][:60] for c in KNOWN_BAD_COMMAND_LINES])
+def test_known_bad_command_lines_end_in_one_line_naming_the_problem(line, status, names, cli_files, tmp_path,
+                                                                    monkeypatch) -> None:
+    import shlex
+
+    from test_cli_fuzz import call
+
+    import interp.world.train as world_train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("world train started training")
+
+    monkeypatch.setattr(world_train, "train", no_training)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fields = {k: str(v) for k, v in vars(cli_files).items() if isinstance(v, Path)}
+    argv = [a.replace("LONG", "n" * 300) for a in shlex.split(line.format(**fields, out=tmp_path / "out"))]
+    out = call(argv, seconds=600)
+    assert not out.traceback, (argv, out.stderr, out.escaped)
+    errors = [x for x in out.stderr.splitlines() if "error:" in x]
+    assert out.code == status and len(errors) == 1, (argv, out.code, out.stderr)
+    assert names in errors[0], (names, errors[0])
+    assert "Traceback" not in out.stderr
+
+
+def test_a_full_disk_leaves_no_cut_off_patch_page(cli_files, tmp_path, monkeypatch) -> None:
+    """The heat map lands whole or not at all; a full disk is one line, the old page intact."""
+    import builtins
+    import errno
+    import os
+
+    from test_cli_fuzz import call
+
+    from saes.formats import durable
+
+    page = tmp_path / "patch.html"
+    page.write_text("the previous page")
+
+    class FillsUp(io.TextIOWrapper):
+        """A file on a disk that fills after its first 1000 characters."""
+
+        def write(self, text: str) -> int:
+            if len(text) > 1000:
+                super().write(text[:1000])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(text)
+
+    def full_open(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)  # noqa: SIM115 - the caller closes it
+        return FillsUp(f.detach(), encoding="utf-8") if "w" in mode and "b" not in mode else f
+
+    monkeypatch.setattr(durable, "open", full_open, raising=False)
+    out = call(["patch", "--model", str(cli_files.model), "--clean", "the cat sat", "--corrupted", "the dog sat",
+                "--correct", "mat", "--wrong", "tree", "--out", str(page)], seconds=600)
+    monkeypatch.undo()
+    errors = [x for x in out.stderr.splitlines() if "error:" in x]
+    assert out.code == 1 and len(errors) == 1 and "No space left on device" in errors[0], out.stderr
+    assert page.read_text() == "the previous page"
+    assert [p.name for p in tmp_path.iterdir()] == ["patch.html"]  # no temporary file left behind

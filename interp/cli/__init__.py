@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -51,6 +52,25 @@ def main(argv: list[str] | None = None) -> int:
         # name Python arguments (for library users); here they name this command's flags.
         print(f"interp {args.command}: error: {to_flags(str(err), table)}", file=sys.stderr)
         return 1
+    except OSError as err:
+        # A file the command names cannot be opened, read or written (a name too long for the
+        # file system, a directory where a file belongs, a full disk): the OS says why, and
+        # which file, in one line.
+        print(f"interp {args.command}: error: {os_error_message(err)}", file=sys.stderr)
+        return 1
+
+
+def os_error_message(err: OSError) -> str:
+    """``err`` as one line: the file (long names cut in the middle) and the system's reason."""
+    reason = err.strerror or str(err) or type(err).__name__
+    names = [_short(str(n)) for n in (err.filename, err.filename2) if n is not None]
+    if not names:
+        return reason
+    return f"{' -> '.join(names)}: {reason}" + ("; choose a shorter name" if err.errno == errno.ENAMETOOLONG else "")
+
+
+def _short(name: str, keep: int = 60) -> str:
+    return name if len(name) <= 2 * keep else f"{name[:keep]}...{name[-keep:]} ({len(name)} characters)"
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from interp.activations.harvest import HarvestConfig
 from interp.activations.store import DTYPES
 from interp.activations.tokens import TokenSource
 from interp.cli.options import (
-    DATA_FLAGS, add_config_options, add_device_option, add_model_option, also_names, config_values,
+    DATA_FLAGS, DATA_RANGES, MAX_BATCH, MAX_TOKENS, add_config_options, add_device_option, add_model_option,
+    also_names, check_context, config_values, positive,
 )
 
 HOOKS_EPILOG = """examples:
@@ -59,16 +60,19 @@ def register(subparsers: Any) -> None:
     add_model_option(h, required=True)
     h.add_argument("--hook", action="append", required=True, dest="hooks", metavar="HOOK",
                    help="hook name to store; repeat for several hooks from the same forward pass")
-    h.add_argument("--tokens", type=int, default=None, help="number of token rows to store (default: all data)")
+    h.add_argument("--tokens", type=positive(int, MAX_TOKENS), default=None,
+                   help="number of token rows to store (default: all data)")
     h.add_argument("--out", required=True, help="store directory (created; resumed if it holds this harvest)")
     add_config_options(h, HarvestConfig, ["batch_size", "dtype"], overrides={
-        "batch_size": {"help": "windows per forward pass"},
+        "batch_size": {"help": "windows per forward pass", "positive": True, "maximum": MAX_BATCH},
         "dtype": {"help": "dtype of the stored activations", "choices": list(DTYPES)}})
     add_device_option(h)
     add_config_options(h, HarvestConfig, ["shard_tokens"], overrides={
-        "shard_tokens": {"help": "rows per shard", "default_text": "about 256 MiB"}})
+        "shard_tokens": {"help": "rows per shard", "default_text": "about 256 MiB", "positive": True,
+                         "maximum": MAX_TOKENS}})
     add_config_options(h, TokenSource, DATA_FLAGS, required=["data"],
-                       overrides={"exclude_bos": {"off_help": "also store position 0 (BOS) of every window"}})
+                       overrides={"exclude_bos": {"off_help": "also store position 0 (BOS) of every window"},
+                                  **DATA_RANGES})
     also_names(h, {"max_tokens": "--tokens", "hooks": "--hook", "hook": "--hook", "batch_size": "--batch-size",
                    "shard_tokens": "--shard-tokens", "dtype": "--dtype"})
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -93,6 +97,7 @@ def run_harvest(args: argparse.Namespace) -> int:
     model = load(args.model, device=args.device)
     model.check_hooks(args.hooks)  # fail on a typo before anything is written
     source = TokenSource(**config_values(TokenSource, args))
+    check_context(model, source.context_length)
     store = harvest(model, source, args.hooks, args.out, max_tokens=args.tokens, batch_size=args.batch_size,
                     dtype=args.dtype, shard_tokens=args.shard_tokens, progress=not args.no_progress)
     m = store.manifest

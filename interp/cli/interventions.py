@@ -6,7 +6,10 @@ import json
 import textwrap
 from typing import Any
 
-from interp.cli.options import add_config_options, add_model_option, also_names, config_values, positive
+from interp.cli.options import (
+    MAX_NEW_TOKENS, add_config_options, add_model_option, also_names, bounded, check_context, config_values,
+    model_positions, positive, seed,
+)
 from interp.interventions.steering_eval import SteerEvalConfig
 from interp.errors import InterpError
 
@@ -61,15 +64,16 @@ def register(subparsers: Any) -> None:
     source.add_argument("--vector", help="a steering file written by Steering.save()")
     p.add_argument("--latent", type=int, help="SAE latent (with --sae)")
     p.add_argument("--hook", help="hook to steer at (default: the SAE's or the file's)")
-    p.add_argument("--scale", type=float, default=None, help="steering strength")
+    p.add_argument("--scale", type=bounded(float), default=None, help="steering strength")
     p.add_argument("--target-kl", type=positive(float), default=None,
                    help="calibrate the scale to this next-token KL instead")
     p.add_argument("--positions", default="all", choices=("all", "prompt", "generated", "last_prompt"),
                    help="where to add the vector: every position, the prompt's, the generated ones', or the "
                         "last prompt token's (default: all)")
-    p.add_argument("--max-new-tokens", type=positive(int), default=20, help="tokens to generate (default: 20)")
+    p.add_argument("--max-new-tokens", type=positive(int, MAX_NEW_TOKENS), default=20,
+                   help="tokens to generate (default: 20)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed (default: 0)")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="steer even where the SAE's cfg.json records another model or hook")
     also_names(p, {"hook": "--hook", "latent": "--latent", "scale": "--scale", "target_kl": "--target-kl",
@@ -92,7 +96,7 @@ def register(subparsers: Any) -> None:
                    help="paper: the SNMF paper's protocol, scored by the world's generator; lexical: the earlier "
                         "one (best-AUROC unit, greedy continuations of other topics' openings, topic-word share) "
                         "(default: paper)")
-    e.add_argument("--prompts", type=positive(int), default=12,
+    e.add_argument("--prompts", type=positive(int, 100_000), default=12,
                    help="--protocol lexical: prompts per topic (openings of other topics' documents) (default: 12)")
     add_config_options(e, SteerEvalConfig)
     e.add_argument("--out", default="runs/steer-eval",
@@ -118,6 +122,19 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=patch)
 
 
+def _template_hooks(template: str, n_layers: int) -> list[str]:
+    """The hooks ``--hook-template`` names, one per layer, or one line saying how to write it."""
+    try:
+        hooks = [template.format(layer=layer) for layer in range(n_layers)]
+    except (ValueError, KeyError, IndexError, AttributeError) as err:
+        raise InterpError(f"--hook-template {template!r} is not a template with {{layer}} ({type(err).__name__}: "
+                          f"{err}); write e.g. blocks.{{layer}}.hook_resid_pre") from None
+    if len(set(hooks)) < n_layers:
+        raise InterpError(f"--hook-template {template!r} names the same hook at every layer; put {{layer}} in it, "
+                          "e.g. blocks.{layer}.hook_resid_pre")
+    return hooks
+
+
 def _single_token(model: Any, text: str) -> int:
     ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
     if len(ids) != 1:
@@ -132,7 +149,6 @@ def steer_eval(args: argparse.Namespace) -> int:
     from saes.formats.durable import atomic_write_text
 
     from interp.model.loading import load
-    from interp.world.lexicon import TOPICS
 
     source = Path(args.source)
     sae_dir = Path(args.sae) if args.sae else source / "topk"
@@ -142,17 +158,25 @@ def steer_eval(args: argparse.Namespace) -> int:
             raise InterpError(f"no {what} at {d}: run `interp quickstart` first (it writes {source}/topk and "
                               f"{source}/snmf), or pass --sae/--snmf")
     kl = _kl_targets(args.kl)
+    topics = _topics(args.topics)
+    try:
+        config = SteerEvalConfig(**config_values(SteerEvalConfig, args))
+    except ValueError as err:
+        raise InterpError(str(err)) from None
     model = load(args.model)
+    require_world_model(model, args.model, "steer-eval")
     sae = saes.load(sae_dir)
     snmf = saes.SNMFResult.load(snmf_dir)
     layer = _common_layer(sae, snmf)
-    topics = [t.strip() for t in args.topics.split(",")] if args.topics else list(TOPICS)
+    model.check_hooks([f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.mlp.hook_post"])
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"--out {out} is a file; give a directory for steering.json and steering.html")
     try:
         if args.protocol == "lexical":
             report = _lexical(args, model, topics, layer, sae, snmf, kl)
         else:
-            report = _paper(args, model, topics, layer, sae, snmf, kl)
+            report = _paper(args, config, model, topics, layer, sae, snmf, kl)
     except ValueError as err:
         raise InterpError(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -164,13 +188,36 @@ def steer_eval(args: argparse.Namespace) -> int:
 
 
 def _kl_targets(text: str) -> list[float]:
+    import math
+
     try:
         kl = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise InterpError(f"--kl {text!r}: give comma-separated numbers, e.g. --kl 0.25,0.5,1") from None
-    if not kl or any(k <= 0 for k in kl):
-        raise InterpError(f"--kl {text!r}: KL targets must be positive")
+    if not kl or not all(math.isfinite(k) and k > 0 for k in kl):
+        raise InterpError(f"--kl {text!r}: KL targets must be positive numbers, e.g. --kl 0.25,0.5,1")
     return kl
+
+
+def _topics(text: str | None) -> list[str]:
+    """``--topics`` as planted topic names (all of them when not given)."""
+    from interp.world.lexicon import TOPICS
+
+    if text is None:
+        return list(TOPICS)
+    topics = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in topics if t not in TOPICS]
+    if not topics or unknown:
+        raise InterpError(f"--topics {text!r}: {'no topic given' if not topics else f'no planted topic {unknown[0]!r}'}; "
+                          f"choose from {','.join(TOPICS)}")
+    return topics
+
+
+def require_world_model(model: Any, name: str, command: str) -> None:
+    """Refuse a model that does not speak the synthetic world's language (its topics, its QA)."""
+    if "answer" not in model.tokenizer.get_vocab():  # a word of the world's QA grammar, of every world
+        raise InterpError(f"{name!r} does not speak the synthetic world's language; `interp {command}` needs a "
+                          "model trained on the world (--model world, or a directory from `interp world train`)")
 
 
 def _common_layer(sae: Any, snmf: Any) -> int:
@@ -207,14 +254,13 @@ def _lexical(args: argparse.Namespace, model: Any, topics: list[str], layer: int
     return payload, steering_chart(means, topic=f"{len(topics)} topics (mean)")
 
 
-def _paper(args: argparse.Namespace, model: Any, topics: list[str], layer: int, sae: Any, snmf: Any,
-           kl: list[float]) -> tuple[dict, Any]:
+def _paper(args: argparse.Namespace, config: SteerEvalConfig, model: Any, topics: list[str], layer: int, sae: Any,
+           snmf: Any, kl: list[float]) -> tuple[dict, Any]:
     """The SNMF paper's protocol: its JSON payload and chart, its table (with intervals) printed."""
     from dataclasses import asdict
 
     from interp.interventions.steering_eval import paper_protocol, summarize, summary_chart
 
-    config = SteerEvalConfig(**config_values(SteerEvalConfig, args))
     rows, sets = paper_protocol(model, topics, layer, sae, snmf, kl, config, world=_world_for(args.model),
                                 progress=True)
     summary = summarize(rows, n_boot=config.n_boot, seed=config.seed)
@@ -287,6 +333,7 @@ def steer(args: argparse.Namespace) -> int:
         if args.scale is not None:
             spec.scale = args.scale
     _check_fits(model, spec, "the SAE" if args.sae else f"the vector in {args.vector}")
+    _check_length(model, args.prompt, args.max_new_tokens)
     if args.target_kl is not None:
         try:
             spec, kl = calibrate_scale(model, spec, args.prompt, args.target_kl)
@@ -329,6 +376,20 @@ def _sae_steering(model: Any, sae: Any, args: argparse.Namespace, positions: Any
     return spec
 
 
+def _check_length(model: Any, prompts: list[str], new_tokens: int) -> None:
+    """Prompt and continuation fit in the model's positions (beyond them its position table
+    would be indexed out of range mid-generation)."""
+    limit = model_positions(model)
+    if limit is None:
+        return
+    longest = max(int(model.to_tokens(p).shape[1]) for p in prompts)
+    if longest + new_tokens > limit:
+        room = limit - longest
+        fix = f"use --max-new-tokens {room} or fewer" if room > 0 else "shorten the prompt"
+        raise InterpError(f"the longest --prompt is {longest} tokens; with --max-new-tokens {new_tokens} that is more "
+                          f"than the {limit} positions {model.name} has: {fix}")
+
+
 def _check_fits(model: Any, spec: Any, what: str) -> None:
     """The vector has the hook's per-token shape, or a one-line error before generating."""
     model.check_hooks(spec.hook)
@@ -340,18 +401,30 @@ def _check_fits(model: Any, spec: Any, what: str) -> None:
 
 
 def patch(args: argparse.Namespace) -> int:
-    from interp.model.loading import load
     from interp.interventions.patching import activation_patching, attribution_patching, heatmap, logit_diff
+    from interp.model.loading import load
+    from saes.formats.durable import atomic_write_text
 
     model = load(args.model)
+    model.check_hooks(_template_hooks(args.hook_template, model.n_layers))
     clean, corrupted = model.to_tokens(args.clean), model.to_tokens(args.corrupted)
     if clean.shape != corrupted.shape:
         raise InterpError(f"the clean prompt is {clean.shape[1]} tokens and the corrupted one {corrupted.shape[1]}; "
                           "patching needs prompts of the same length")
-    metric = logit_diff(_single_token(model, args.correct), _single_token(model, args.wrong))
+    check_context(model, clean.shape[1], "--clean")
+    correct, wrong = _single_token(model, args.correct), _single_token(model, args.wrong)
+    if correct == wrong:
+        raise InterpError(f"--correct {args.correct!r} and --wrong {args.wrong!r} are the same token, so their logit "
+                          "difference is always 0; give two different answers")
+    metric = logit_diff(correct, wrong)
     run = attribution_patching if args.attribution else activation_patching
-    result = run(model, clean, corrupted, metric, hook_template=args.hook_template)
-    heatmap(result, tokens=model.tokenizer.convert_ids_to_tokens(clean[0].tolist())).write_html(args.out)
+    try:
+        result = run(model, clean, corrupted, metric, hook_template=args.hook_template)
+    except ValueError as err:  # e.g. both runs give the same logit difference: nothing to restore
+        raise InterpError(f"{err}; choose prompts or answers whose logit difference the corruption changes") from None
+    figure = heatmap(result, tokens=model.tokenizer.convert_ids_to_tokens(clean[0].tolist()))
+    # Whole or not at all: a full disk leaves no cut-off page behind.
+    atomic_write_text(args.out, figure.to_html(include_plotlyjs=True))
     best = divmod(int(result.scores.abs().argmax()), result.scores.shape[1])
     print(f"clean {result.clean:.3f}, corrupted {result.corrupted:.3f}; strongest cell: "
           f"{result.row_labels[best[0]]} at position {best[1]} ({float(result.scores[best]):.2f}); wrote {args.out}")

@@ -13,6 +13,7 @@ field documents itself in ``dataclasses.field(metadata=...)``:
     default_text  how ``--help`` describes a default of None ("the SAE's recorded hook")
     metavar       the placeholder ``--help`` shows for the value
     positive      True: the command line refuses a value that is not above 0
+    minimum       the smallest value the command line takes (``maximum``: the largest)
     cli           False leaves the field off the command line
 
 :func:`add_config_options` adds one argparse option per field and records, on the parser,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import re
 import sys
 import types
@@ -55,6 +57,38 @@ MODEL_HELP = "HF hub name, local model directory, or 'world' (the shipped defaul
 DEVICE_HELP = "e.g. cpu or cuda (default: cuda when available)"
 
 
+# Upper bounds of sizes, far above any real run, so that a slip (10**26) is one clear line
+# instead of a job that never ends or an allocation that fails deep inside torch.
+MAX_TOKENS = 10**15        # token rows to harvest, train on or evaluate
+MAX_CONTEXT = 1 << 20      # tokens per window (a model's own limit is checked once it is loaded)
+MAX_BATCH = 1 << 24        # windows or rows per batch
+MAX_LATENTS = 1 << 26      # SAE width (the largest published SAEs have 2**24 latents)
+MAX_NEW_TOKENS = 1 << 20   # tokens to generate
+# The generated data flags, checked when read.
+DATA_RANGES: dict[str, dict[str, Any]] = {"context_length": {"positive": True, "maximum": MAX_CONTEXT}}
+
+
+def check_context(model: Any, length: int, flag: str = "--context-length") -> None:
+    """Refuse windows longer than ``model`` has positions for: its position table would be
+    indexed out of range somewhere inside the forward pass."""
+    from interp.errors import InterpError
+
+    limit = model_positions(model)
+    if limit is not None and length > limit:
+        raise InterpError(f"{flag} {length}: {getattr(model, 'name', 'the model')} has {limit} positions; "
+                          f"use at most {limit}")
+
+
+def model_positions(model: Any) -> int | None:
+    """How many positions ``model`` (a HookedModel) was built for, where its config says."""
+    config = getattr(getattr(model, "model", None), "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def add_model_option(parser: Any, *, help: str = MODEL_HELP, **kwargs: Any) -> None:
     """``--model``, worded the same in every command (``required=True`` or a ``default``)."""
     parser.add_argument("--model", help=help, **kwargs)
@@ -65,9 +99,10 @@ def add_device_option(parser: Any, *, help: str = DEVICE_HELP) -> None:
     parser.add_argument("--device", default=None, help=help)
 
 
-def check_device(name: str | None) -> None:
+def check_device(name: str | None, flag: str = "--device") -> None:
     """Refuse a ``--device`` this machine lacks before anything loads: torch would otherwise
-    fail deep inside ``model.to()`` with a traceback ("Torch not compiled with CUDA")."""
+    fail deep inside ``model.to()`` with a traceback ("Torch not compiled with CUDA"). The
+    same check as :func:`saes.training.trainer.check_device`, worded for the command line."""
     if name is None:
         return
     import torch
@@ -75,20 +110,29 @@ def check_device(name: str | None) -> None:
     from interp.errors import InterpError
 
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise InterpError(f"--device {name} is not a device name; use cpu, cuda or cuda:N") from None
+        with warnings.catch_warnings():  # torch warns of some legacy names it still parses
+            warnings.simplefilter("ignore")
+            device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise InterpError(f"{flag} {name!r} is not a device name; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise InterpError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__} is "
-                              f"{build}); use --device cpu, or leave --device out (cuda when available, else cpu)")
+            raise InterpError(f"{flag} {name}: this machine has no CUDA device (torch {torch.__version__} is "
+                              f"{build}); use {flag} cpu, or leave {flag} out (cuda when available, else cpu)")
         if device.index is not None and device.index >= count:
-            raise InterpError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+            raise InterpError(f"{flag} {name}: this machine has {count} CUDA device(s), cuda:0 to "
                               f"cuda:{count - 1}; pick one of those")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InterpError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InterpError(f"{flag} {name}: MPS is not available on this machine; use {flag} cpu")
+    elif device.type == "xpu":
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise InterpError(f"{flag} {name}: this machine has no XPU device; use {flag} cpu")
+    elif device.type != "cpu":
+        # meta, lazy, hpu, ...: torch parses them, but a model cannot run there from here.
+        raise InterpError(f"{flag} {name}: models run on cpu, cuda, mps or xpu; use one of those")
 
 
 def flag_name(name: str) -> str:
@@ -155,11 +199,23 @@ def _add_field(target: Any, f: dataclasses.Field, meta: Mapping[str, Any], hint:
     shown = meta.get("default_text", default)
     if shown is not None and not required:
         help_text = f"{help_text} (default: {_show(shown)})"
-    kind = positive(_base_type(hint)) if meta.get("positive") else _base_type(hint)
+    kind = _kind(f.name, _base_type(hint), meta)
     target.add_argument(flag, dest=dest, type=kind, choices=meta.get("choices"), required=required,
                         default=None if (keep_unset or required) else default, metavar=meta.get("metavar"),
                         help=help_text)
     return Option(f.name, flag, metavar=meta.get("metavar"))
+
+
+def _kind(name: str, base: type, meta: Mapping[str, Any]) -> Any:
+    """The argparse ``type`` of a field: a seed's range, positive or bounded numbers (metadata
+    ``positive``, ``minimum``, ``maximum``), and floats that must be finite."""
+    if base is int and (name == "seed" or name.endswith("_seed")):
+        return seed
+    if base in (int, float) and (meta.get("positive") or "minimum" in meta or "maximum" in meta or base is float):
+        if meta.get("positive"):
+            return positive(base, meta.get("maximum"))
+        return bounded(base, meta.get("minimum"), meta.get("maximum"))
+    return base
 
 
 def _base_type(hint: Any) -> type:
@@ -192,18 +248,54 @@ def also_names(parser: argparse.ArgumentParser, flags: Mapping[str, str], negate
     register_names(parser, [Option(name, flag, name in set(negated)) for name, flag in flags.items()])
 
 
-def positive(kind: type) -> Any:
-    """An argparse ``type`` for a hand-written flag whose value must be above 0: checked when
-    the command line is read, so the library's message about its parameter never shows."""
+def positive(kind: type, maximum: float | None = None) -> Any:
+    """An argparse ``type`` for a hand-written flag whose value must be above 0 (and finite,
+    and at most ``maximum``): checked when the command line is read, so the library's
+    message about its parameter never shows, and no job starts on 10**26 of anything."""
+    return bounded(kind, minimum=0, maximum=maximum, above=True)
+
+
+def bounded(kind: type, minimum: float | None = None, maximum: float | None = None, above: bool = False) -> Any:
+    """An argparse ``type``: a ``kind`` (int or float) within ``[minimum, maximum]`` (above
+    ``minimum`` when ``above``); a float must also be finite (NaN passes no comparison and
+    would reach the library as a value)."""
 
     def convert(text: str) -> Any:
         value = kind(text)  # argparse reports a ValueError as "invalid ... value"
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if minimum is not None and (value <= minimum if above else value < minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be positive, got {text}" if (above and minimum == 0) else
+                f"must be {'above' if above else 'at least'} {minimum:g}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {_show_bound(maximum)}, got {text}")
         return value
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
     return convert
+
+
+def _show_bound(value: float) -> str:
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:,}"
+    return f"{value:g}"
+
+
+# Seeds are 0 to 2**32 - 1: torch takes 64-bit seeds, but seeds are also offset and
+# multiplied (per epoch, per run) before they reach it, and numpy's legacy seeding stops at 2**32.
+SEED_MAX = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """An argparse ``type`` for a seed: an integer from 0 to :data:`SEED_MAX`."""
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {SEED_MAX} (2**32 - 1), got {text}")
+    return value
+
+
+seed.__name__ = "int"
 
 
 def config_values(config: type, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
@@ -245,7 +337,7 @@ def _translate(text: str, table: Mapping[str, Option]) -> str:
         assign = re.compile(rf"(?<![\w.\-/])(?:\w+\.)?{re.escape(name)}={_VALUE}")
         text = assign.sub(lambda m, o=option: _assignment(o, m.group(1)), text)
         # A bare identifier like max_tokens cannot be ordinary prose; "lr must be" names lr too.
-        bare = rf"\b(?![.\-/])" if "_" in name else r"(?= must\b)"
+        bare = r"\b(?![.\-/])" if "_" in name else r"(?= must\b)"
         text = re.sub(rf"(?<![\w.\-/]){re.escape(name)}{bare}", option.flag, text)
     return re.sub(r"(--[\w-]+) \(\1\)", r"\1", text)  # "--resume (--resume)" -> "--resume"
 

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from interp.cli.options import MAX_NEW_TOKENS, bounded, positive, seed
 from interp.errors import InterpError
+
+MAX_ITEMS = 1_000_000
 
 EPILOG = """examples:
   interp pkck --model world --out runs/pkck
@@ -33,30 +36,39 @@ def register(subparsers: Any) -> None:
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="world", help="a model trained on the synthetic world (default: world)")
     p.add_argument("--layer", type=int, default=None, help="residual stream layer (default: n_layers // 2, the quickstart's)")
-    p.add_argument("--hook", default=None, help="any hook instead of --layer, e.g. blocks.2.hook_resid_post")
-    p.add_argument("--items", type=int, default=240, help="QA items, each rendered three ways")
+    p.add_argument("--hook", default=None,
+                   help="a residual-stream hook instead of --layer, e.g. blocks.2.hook_resid_mid")
+    p.add_argument("--items", type=bounded(int, 10, MAX_ITEMS), default=240,
+                   help="QA items, each rendered three ways (at least 10, so each interaction type has members)")
     p.add_argument("--ranks", default="1,2", help="comma-separated ranks to train, 1 to 4 (1 and 2 are also read out)")
     p.add_argument("--layers", default=None,
                    help="comma-separated layers to sweep, or 'all' (default: --layer / --hook only)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds: split and initialisation per run")
-    p.add_argument("--holdout", type=float, default=0.3, help="share of usable items held out for the accuracy")
+    p.add_argument("--holdout", type=bounded(float, 0, 1), default=0.3,
+                   help="share of usable items held out for the accuracy")
     p.add_argument("--interchange", choices=("full", "column"), default="full",
                    help="full: swap the whole subspace (the reference's); column: PK to column 0, CK to column 1")
-    p.add_argument("--steps", type=int, default=150, help="interchange training steps per rank")
-    p.add_argument("--lr", type=float, default=2e-2, help="interchange training learning rate (default: 0.02)")
-    p.add_argument("--max-new-tokens", type=int, default=4, help="answer steps read after the prompt")
-    p.add_argument("--seed", type=int, default=0, help="seed of the QA items and the read-outs (default: 0)")
+    p.add_argument("--steps", type=positive(int, 10_000_000), default=150, help="interchange training steps per rank")
+    p.add_argument("--lr", type=positive(float), default=2e-2,
+                   help="interchange training learning rate (default: 0.02)")
+    p.add_argument("--max-new-tokens", type=positive(int, MAX_NEW_TOKENS), default=4,
+                   help="answer steps read after the prompt")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the QA items and the read-outs (default: 0)")
     p.add_argument("--out", default="runs/pkck", help="output directory (default: runs/pkck)")
     p.set_defaults(func=run)
 
 
-def _integers(flag: str, text: str, example: str) -> list[int]:
+def _integers(flag: str, text: str, example: str, maximum: int = 2**32 - 1) -> list[int]:
     try:
         values = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
         raise InterpError(f"{flag} {text!r}: give comma-separated integers, e.g. {flag} {example}") from None
     if not values:
         raise InterpError(f"{flag} {text!r}: give at least one value, e.g. {flag} {example}")
+    if values[0] < 0 or values[-1] > maximum:
+        raise InterpError(f"{flag} {text!r}: values run from 0 to {maximum}, e.g. {flag} {example}")
+    if len(values) > 1000:
+        raise InterpError(f"{flag} {text!r}: {len(values)} values is more than a sweep of 1000 runs; give fewer")
     return values
 
 
@@ -68,16 +80,16 @@ def _ranks(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probes.pkck import answer_all, compare_ranks, interchange_sweep, rank_figure, shares_figure
-    from saes.formats.durable import atomic_write_text
-
     from interp.model.loading import load
-    from interp.world import pkck_batch, pkck_items
+    from probes.pkck import check_hook
 
     ranks = _ranks(args.ranks)
     seeds = _integers("--seeds", args.seeds, "0,1,2")
-    if args.items < 10:
-        raise InterpError(f"--items {args.items}: use at least 10 so each interaction type has members")
+    if not 0 < args.holdout < 1:
+        raise InterpError(f"--holdout {args.holdout}: give a share between 0 and 1, e.g. 0.3")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"--out {out} is a file; give a directory for the report and figures")
     model = load(args.model)
     if "answer" not in model.tokenizer.get_vocab():
         raise InterpError(f"{args.model!r} does not speak the synthetic world's language; "
@@ -90,9 +102,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         layers = range(model.n_layers) if args.layers == "all" else _integers("--layers", args.layers, "1,2,3")
         sweep_hooks = [f"blocks.{i}.hook_resid_post" for i in layers]
-    model.check_hooks([hook, *sweep_hooks])
-    if not 0 < args.holdout < 1:
-        raise InterpError(f"--holdout {args.holdout}: give a share between 0 and 1, e.g. 0.3")
+    try:
+        for h in [hook, *sweep_hooks]:
+            check_hook(model, h)
+    except ValueError as err:
+        raise InterpError(f"--hook: {err}" if args.hook else str(err)) from None
+    try:
+        return _run(args, model, hook, sweep_hooks, ranks, seeds, out)
+    except ValueError as err:  # too few items answered right to train or hold out: a message, not a traceback
+        raise InterpError(f"{err} (--items {args.items}, --holdout {args.holdout})") from None
+
+
+def _run(args: argparse.Namespace, model: Any, hook: str, sweep_hooks: list[str], ranks: list[int],
+         seeds: list[int], out: Path) -> int:
+    from interp.world import pkck_batch, pkck_items
+    from probes.pkck import answer_all, compare_ranks, interchange_sweep, rank_figure, shares_figure
+    from saes.formats.durable import atomic_write_text
 
     items = pkck_items(args.items, seed=args.seed)
     batch = pkck_batch(items)
@@ -108,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
     summary.update(model=args.model, items=args.items, correct_fraction=float(data.correct.float().mean()),
                    sweep=sweep)
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2) + "\n")
     _print_sweep(sweep)

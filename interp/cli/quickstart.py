@@ -18,11 +18,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# The quickstart generates its text in memory (about 20 tokens a document): a bound on
+# --tokens keeps a slip from asking for billions of documents.
+MAX_TOKENS = 100_000_000
 
 EPILOG = """example:
   interp quickstart                       # the world model, about a minute on a laptop CPU
@@ -32,23 +37,24 @@ EPILOG = """example:
 
 
 def register(subparsers: Any) -> None:
-    from interp.cli.options import also_names, positive
+    from interp.cli.options import MAX_LATENTS, also_names, positive, seed
 
     p = subparsers.add_parser("quickstart", help="run the main job on the default model (offline)",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="world", help="model name or path (default: the shipped world model)")
     p.add_argument("--data", default=None, help="text/JSONL file (default: freshly generated world text)")
     p.add_argument("--out", default="runs/quickstart", help="output directory (store, SAE, report)")
-    p.add_argument("--tokens", type=positive(int), default=40_000, help="tokens to harvest (default: 40,000)")
+    p.add_argument("--tokens", type=positive(int, MAX_TOKENS), default=40_000, help="tokens to harvest (default: 40,000)")
     p.add_argument("--layer", type=int, default=None, help="layer to study (default: the middle one)")
-    p.add_argument("--d-sae", type=positive(int), default=512, help="latents of each SAE (default: 512)")
-    p.add_argument("--k", type=positive(int), default=16, help="active latents per token (default: 16)")
-    p.add_argument("--epochs", type=positive(int), default=3, help="SAE training passes over the store (default: 3)")
-    p.add_argument("--snmf-rank", type=positive(int), default=32, help="SNMF features (default: 32)")
-    p.add_argument("--snmf-tokens", type=positive(int), default=8000,
+    p.add_argument("--d-sae", type=positive(int, MAX_LATENTS), default=512, help="latents of each SAE (default: 512)")
+    p.add_argument("--k", type=positive(int, MAX_LATENTS), default=16, help="active latents per token (default: 16)")
+    p.add_argument("--epochs", type=positive(int, 10_000), default=3,
+                   help="SAE training passes over the store (default: 3)")
+    p.add_argument("--snmf-rank", type=positive(int, 1 << 16), default=32, help="SNMF features (default: 32)")
+    p.add_argument("--snmf-tokens", type=positive(int, MAX_TOKENS), default=8000,
                    help="MLP rows the SNMF is fit on (default: 8000)")
-    p.add_argument("--snmf-iters", type=positive(int), default=60, help="SNMF iterations (default: 60)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the text, the SAEs and the SNMF (default: 0)")
+    p.add_argument("--snmf-iters", type=positive(int, 1_000_000), default=60, help="SNMF iterations (default: 60)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the text, the SAEs and the SNMF (default: 0)")
     also_names(p, {"max_tokens": "--tokens", "d_sae": "--d-sae", "k": "--k", "rank": "--snmf-rank",
                    "max_iter": "--snmf-iters", "layer": "--layer"})
     p.set_defaults(func=run)
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from interp.activations.harvest import harvest
     from interp.errors import InterpError
     from interp.model.loading import load
+    from saes.formats.durable import atomic_write_text
 
     if args.k >= args.d_sae:  # the SAEs would refuse it, but only after the harvest
         raise InterpError(f"--k {args.k} must be below --d-sae {args.d_sae}: otherwise every latent fires on "
@@ -78,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     model = load(args.model)
     layer = args.layer if args.layer is not None else model.n_layers // 2
+    if not 0 <= layer < model.n_layers:
+        raise InterpError(f"--layer {layer}: {model.name} has layers 0 to {model.n_layers - 1}")
     resid, mlp = f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.mlp.hook_post"
+    model.check_hooks([resid, mlp])
+    # Built now, before the harvest: an SAE too large for memory is refused in a second.
+    sae_models = _build_saes(math.prod(model.hook_shape(resid)), args)
     _say("model", f"{model.name}: {model.n_layers} layers, d_model {model.d_model}, "
                   f"{len(model.hook_names())} hook points; studying layer {layer}")
     on_world = args.model in ("world", "default") and args.data is None
@@ -92,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     _say("harvest", f"{len(store):,} tokens x {{{resid}: {store.d}, {mlp}: {mlp_store.d}}} -> {out / 'store'} "
                     f"({store.n_shards} shard(s), {len(store) / max(seconds, 1e-9):,.0f} tokens/s)")
 
-    dictionaries = _train_saes(store, resid, args, out)
+    dictionaries = _train_saes(sae_models, store, resid, args, out)
     dictionaries["snmf"] = _fit_snmf(mlp_store, mlp, args, out)
 
     eval_tokens = torch.stack([store.tokens_for(i).tokens for i in range(0, len(store), len(store) // 16 + 1)][:16])
@@ -107,20 +119,29 @@ def run(args: argparse.Namespace) -> int:
         summary["dashboard"] = _dashboard(model, topk, store, table["topk"], labels, out)
         summary["steering"] = _steer_topic(model, topk, resid, table["topk"], out)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _say("done", f"{summary['seconds']}s; summary in {out / 'summary.json'}")
     return 0
 
 
-def _train_saes(store: Any, hook: str, args: argparse.Namespace, out: Path) -> dict:
-    """TopK, Matryoshka and MP SAEs of the same width and L0, trained in one sweep."""
+def _build_saes(d: int, args: argparse.Namespace) -> dict:
+    """TopK, Matryoshka and MP SAEs of the same width and L0 on ``d``-wide activations."""
+    import saes
+
+    n, k = args.d_sae, args.k
+    groups = [n // 8, n // 8, n // 4, n - n // 8 - n // 8 - n // 4]
+    if min(groups) < 1:
+        raise saes.ConfigError(f"--d-sae {n}: the Matryoshka SAE splits it into 4 nested groups; use at least 8")
+    return {"topk": saes.TopKSAE(d, n, k=k), "matryoshka": saes.MatryoshkaSAE(d, group_sizes=groups, k=k),
+            "mp": saes.MPSAE(d, n, k=k)}
+
+
+def _train_saes(models: dict, store: Any, hook: str, args: argparse.Namespace, out: Path) -> dict:
+    """The three SAEs of :func:`_build_saes`, trained in one sweep that reads each batch once."""
     import saes
 
     t = time.perf_counter()
-    d, n, k = store.d, args.d_sae, args.k
-    groups = [n // 8, n // 8, n // 4, n - n // 8 - n // 8 - n // 4]
-    models = {"topk": saes.TopKSAE(d, n, k=k), "matryoshka": saes.MatryoshkaSAE(d, group_sizes=groups, k=k),
-              "mp": saes.MPSAE(d, n, k=k)}
+    n, k = args.d_sae, args.k
     config = saes.TrainConfig(batch_size=512, total_tokens=args.epochs * len(store), lr=2e-3, seed=args.seed)
     saes.train(list(models.values()), store, config, progress=True)
     for name, sae in models.items():  # each records the store's hook and model (saes.train)

@@ -23,8 +23,8 @@ from typing import Any
 from interp.activations.tokens import TokenSource
 from interp.activations.live import LiveConfig
 from interp.cli.options import (
-    DATA_FLAGS, TABLE_DEST, add_config_options, add_device_option, add_model_option, also_names, config_values,
-    positive, to_flags,
+    DATA_FLAGS, DATA_RANGES, MAX_BATCH, MAX_CONTEXT, MAX_LATENTS, MAX_TOKENS, TABLE_DEST, add_config_options,
+    add_device_option, add_model_option, also_names, check_context, check_device, config_values, positive, to_flags,
 )
 from interp.errors import InterpError
 from saes.architectures import registry
@@ -77,15 +77,18 @@ def register(subparsers: Any) -> None:
     t.add_argument("--hook", action="append", dest="hooks", metavar="HOOK",
                    help="hook to train on; repeat it to train several hooks at once (each in DIR/<hook>/)")
     t.add_argument("--arch", choices=ARCHS, default="topk", help="architecture (default topk)")
-    t.add_argument("--d-sae", type=int, required=True, help="number of latents")
-    t.add_argument("--k", type=int, required=True, help="active latents per token (MP: pursuit steps)")
+    t.add_argument("--d-sae", type=positive(int, MAX_LATENTS), required=True, help="number of latents")
+    t.add_argument("--k", type=positive(int, MAX_LATENTS), required=True,
+                   help="active latents per token (MP: pursuit steps)")
     t.add_argument("--groups", default=None,
                    help="matryoshka group sizes, comma-separated, summing to --d-sae (default: doubling prefixes)")
     t.add_argument("--per-token-topk", action="store_true",
                    help="matryoshka: per-token TopK codes instead of BatchTopK")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    add_config_options(t, TrainConfig, required=["total_tokens"])
+    add_config_options(t, TrainConfig, required=["total_tokens"], overrides={
+        "total_tokens": {"maximum": MAX_TOKENS}, "batch_size": {"maximum": MAX_BATCH},
+        "init_rows": {"maximum": MAX_BATCH}, "k_aux": {"maximum": MAX_LATENTS}})
     t.add_argument("--hook-device", action="append", dest="hook_devices", default=None, metavar="HOOK=DEVICE",
                    help="train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
     also_names(t, {"d_sae": "--d-sae", "k": "--k", "hook": "--hook", "hooks": "--hook", "resume": "--resume",
@@ -96,7 +99,7 @@ def register(subparsers: Any) -> None:
     add_config_options(t, TokenSource, DATA_FLAGS, overrides={
         "data": {"help": "live: .txt (one document per line) or .jsonl file"},
         "text_field": {"help": "live: field of a .jsonl record holding the text"},
-        "context_length": {"help": "live: tokens per window"},
+        "context_length": {"help": "live: tokens per window", **DATA_RANGES["context_length"]},
         "exclude_bos": {"off_help": "live: also train on position 0 (BOS)"}})
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
@@ -112,14 +115,16 @@ def register(subparsers: Any) -> None:
     e.add_argument("--sae", required=True, help="SAE directory (ours, SAELens or sparsify)")
     add_model_option(e, required=True)
     e.add_argument("--hook", default=None, help="hook to splice at (default: the SAE's recorded hook)")
-    e.add_argument("--tokens", type=positive(int), default=100_000, help="tokens to evaluate (default 100000)")
-    e.add_argument("--batch-size", type=positive(int), default=8, help="windows per forward pass (default 8)")
+    e.add_argument("--tokens", type=positive(int, MAX_TOKENS), default=100_000,
+                   help="tokens to evaluate (default 100000)")
+    e.add_argument("--batch-size", type=positive(int, MAX_BATCH), default=8,
+                   help="windows per forward pass (default 8)")
     e.add_argument("--allow-mismatch", action="store_true",
                    help="evaluate even where the SAE's cfg.json records another model or hook (the same model "
                         "under another name, or a deliberate transfer test)")
     add_config_options(e, TokenSource, DATA_FLAGS, required=["data"],
                        overrides={"context_length": {"cli_default": None, "default_text": "the SAE's recorded "
-                                                     "context size, else 128"},
+                                                     "context size, else 128", **DATA_RANGES["context_length"]},
                                   "exclude_bos": {"off_help": "also splice at position 0 (BOS)"}})
     also_names(e, {"hook": "--hook", "max_tokens": "--tokens", "batch_size": "--batch-size"})
     add_device_option(e)
@@ -245,6 +250,7 @@ def _train_live(args: argparse.Namespace) -> int:
         saes_by_hook[hook] = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk)
     live = LiveConfig(**config_values(LiveConfig, args))
     source = TokenSource(**config_values(TokenSource, args))
+    check_context(model, source.context_length)
     cfg = _train_config(args)
     cfg.device = cfg.device or str(model.device)
     # One hook: DIR is the SAE directory (as for store training); several: DIR/<hook>/.
@@ -272,6 +278,7 @@ def _hook_devices(specs: list[str] | None, hooks: list[str]) -> dict[str, str] |
             raise InterpError(f"--hook-device takes HOOK=DEVICE (e.g. blocks.6.hook_resid_post=cuda:1), got {spec!r}")
         if hook not in hooks:
             raise InterpError(f"--hook-device names {hook!r}, which is not one of the --hook values {hooks}")
+        check_device(device, flag="--hook-device")
         out[hook] = device
     return out
 
@@ -293,13 +300,18 @@ def run_eval_sae(args: argparse.Namespace) -> int:
     hook = args.hook or sae.metadata.get("hook_name")
     if not hook:
         raise InterpError(f"{args.sae} records no hook name; pass --hook")
+    if not isinstance(hook, str):
+        raise InterpError(f"{Path(args.sae) / 'cfg.json'}: hook_name is {hook!r}, not a hook name; fix it or pass --hook")
+    options = config_values(TokenSource, args)
+    if options["context_length"] is None:
+        # Evaluate on the windows the SAE was trained on; cfg.json's metadata is edited by hand.
+        options["context_length"] = _recorded_context(sae, args.sae)
     model = load(args.model, device=args.device)
     _check_origin(model, sae, hook, args)
-    options = config_values(TokenSource, args)
-    recorded = sae.metadata.get("context_size")
-    if options["context_length"] is None and recorded:
-        options["context_length"] = int(recorded)  # evaluate on the windows the SAE was trained on
-    result = evaluate_sae(model, sae, hook, TokenSource(**options), batch_size=args.batch_size,
+    source = TokenSource(**options)
+    check_context(model, source.context_length,
+                  "--context-length" if args.context_length is not None else f"the context size {args.sae} records")
+    result = evaluate_sae(model, sae, hook, source, batch_size=args.batch_size,
                           max_tokens=args.tokens, progress=False)
     out = {"sae": str(args.sae), "model": model.name, **result.to_dict()}
     print(json.dumps(out))
@@ -307,6 +319,19 @@ def run_eval_sae(args: argparse.Namespace) -> int:
         print()
         print(result.table())
     return 0
+
+
+def _recorded_context(sae: Any, where: str) -> int | None:
+    """The context size the SAE's cfg.json records (None: none), or one line saying it is no size."""
+    recorded = sae.metadata.get("context_size")
+    if recorded is None:
+        return None
+    if isinstance(recorded, float) and recorded.is_integer():  # 128.0 from a JSON writer that knows no ints
+        recorded = int(recorded)
+    if isinstance(recorded, bool) or not isinstance(recorded, int) or not 0 < recorded <= MAX_CONTEXT:
+        raise InterpError(f"{Path(where) / 'cfg.json'}: context_size is {recorded!r:.40}, not a window length "
+                          f"(an integer from 1 to {MAX_CONTEXT:,}); fix it there, or pass --context-length N")
+    return recorded
 
 
 def _check_origin(model: Any, sae: Any, hook: str, args: argparse.Namespace) -> None:

@@ -7,7 +7,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from interp.cli.options import add_config_options, changed_fields, config_values
+from interp.cli.options import (
+    add_config_options,
+    changed_fields,
+    config_values,
+    positive,
+    seed,
+)
+from interp.errors import InterpError
 from interp.world.config import WorldConfig
 from interp.world.evaluate import EvalConfig
 from interp.world.train import TrainConfig as WorldTrainConfig
@@ -28,6 +35,14 @@ EVAL_EPILOG = """examples:
 """
 # `interp world eval --quick`: smaller samples; flags given with it still apply.
 QUICK_EVAL = {"heldout_docs": 100, "qa_items": 200, "topic_prompts": 2, "ablation_docs": 64}
+# Upper bounds far beyond any real use, so that a slip (10**26) is refused, not run for ever.
+MAX_STEPS = 10_000_000
+MAX_THREADS = 4096
+MAX_DOCS = 100_000_000
+_COUNT = {"positive": True, "maximum": MAX_DOCS}
+EVAL_RANGES = {"heldout_docs": _COUNT, "qa_items": _COUNT, "topic_prompts": _COUNT, "samples_per_prompt": _COUNT,
+               "max_new_tokens": {"positive": True, "maximum": 100_000}, "batch_size": _COUNT,
+               "ablation_docs": {"minimum": 0, "maximum": MAX_DOCS}}
 CORPUS_EPILOG = """example:
   interp world corpus --n 1000 --seed 0 --out world.jsonl
 """
@@ -52,7 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--out", default=None, help="model directory to write")
     target.add_argument("--overwrite-default", action="store_true",
                         help="write over the shipped default model in the package (what --model world loads)")
-    add_config_options(p, WorldTrainConfig, ["steps", "seed", "threads"], keep_unset=True)
+    # Checked here, before the 40-minute run: the recipe's module takes any value it is given.
+    add_config_options(p, WorldTrainConfig, ["steps", "seed", "threads"], keep_unset=True, overrides={
+        "steps": {"positive": True, "maximum": MAX_STEPS}, "threads": {"positive": True, "maximum": MAX_THREADS}})
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a model on its world",
@@ -64,14 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--quick", action="store_true",
                    help=f"smaller samples (seconds instead of a minute): {_settings(QUICK_EVAL)}")
-    add_config_options(p, EvalConfig, keep_unset=True)
+    add_config_options(p, EvalConfig, keep_unset=True, overrides=EVAL_RANGES)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("corpus", help="write labelled documents as JSONL",
                        description="Sample documents with every planted label and write one JSON object per line.",
                        epilog=CORPUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=1000, help="number of documents (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--n", type=positive(int, MAX_DOCS), default=1000, help="number of documents (default: 1000)")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed (default: 0)")
     add_config_options(p, WorldConfig, ["seed"], prefix="world")
     p.add_argument("--out", required=True, help="JSONL file to write")
     p.set_defaults(func=_corpus)
@@ -87,6 +104,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = replace(WorldTrainConfig(), **changed_fields(WorldTrainConfig, args))
     out = Path(args.out) if args.out else default_model_path()  # --overwrite-default, asked for by name
+    _check_writable(out)  # now, not when the model is saved 40 minutes later
     _, summary = train(cfg, out=out, log=lambda line: print(line, flush=True))  # a long run: show progress
     print(f"trained in {summary['train_seconds']:.0f}s wall, {summary['cpu_seconds']:.0f}s CPU; wrote {out}")
     return 0
@@ -94,18 +112,52 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from interp.world import default_model_path
-    from interp.world.evaluate import evaluate, format_report, load_model
+    from interp.world.evaluate import evaluate, format_report
+    from saes.formats.durable import atomic_write_text
 
     path = Path(args.model) if args.model else default_model_path()
     cfg = EvalConfig(**QUICK_EVAL) if args.quick else EvalConfig()
     cfg = replace(cfg, **changed_fields(EvalConfig, args))
-    report = evaluate(load_model(path), config=cfg)
+    report = evaluate(_load_world_model(path), config=cfg)
     report["model"] = str(path)
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"report written to {args.json}", file=sys.stderr)
     return 0 if report["pass"] else 1
+
+
+def _check_writable(out: Path) -> None:
+    """``out`` can become a model directory: not a file, under a directory this process may write."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"--out {out} is a file; give a directory for the model")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InterpError(f"--out {out}: cannot create it under {parent} ({'not a directory' if not parent.is_dir() else 'not writable'}); "
+                          "choose another directory")
+
+
+def _load_world_model(path: Path) -> object:
+    """The model in ``path``, or one line saying why not (no directory, not a model, not of the world)."""
+    from interp.world import World
+    from interp.world.evaluate import load_model
+
+    if not path.is_dir():
+        raise InterpError(f"--model {path}: no model directory there; give a directory written by "
+                          "`interp world train --out DIR`, or leave --model out for the shipped model")
+    try:
+        model = load_model(path)
+    except (OSError, ValueError) as err:
+        raise InterpError(f"--model {path}: not a model directory this command can read ({err})") from None
+    vocab = len(World().vocab)
+    if getattr(model.config, "vocab_size", 0) < vocab:
+        raise InterpError(f"--model {path}: its vocabulary has {model.config.vocab_size} tokens, the world's "
+                          f"{vocab}; `interp world eval` evaluates models trained on the world")
+    return model
 
 
 def _corpus(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import torch
 from interp.errors import InterpError
 from interp.evaluation.losses import token_kl
 from interp.model.generation import DecodeState, edit_hooks, left_padded
+from saes.formats import schema
 
 ALL = "all"
 
@@ -47,13 +48,13 @@ class Positions:
         if isinstance(spec, Positions):
             return spec
         if isinstance(spec, dict):
-            prompt = spec.get("prompt", None)
-            gen = spec.get("generated", None)
-            return cls(prompt if prompt in (ALL, None) else tuple(prompt),
-                       gen if gen in (ALL, None) else (int(gen[0]), None if gen[1] is None else int(gen[1])))
+            unknown = sorted(str(k) for k in spec if k not in ("prompt", "generated"))
+            if unknown:
+                raise ValueError(f"positions has unknown key(s) {unknown}; use 'prompt' and 'generated'")
+            return cls(_prompt_positions(spec.get("prompt")), _generated_window(spec.get("generated")))
         named = {"all": cls(ALL, ALL), "prompt": cls(ALL, None), "generated": cls(None, ALL),
                  "last_prompt": cls((-1,), None)}
-        if spec not in named:
+        if not isinstance(spec, str) or spec not in named:
             raise ValueError(f"unknown positions {spec!r}; use one of {', '.join(named)} or "
                              "{'prompt': [...], 'generated': [start, stop]}")
         return named[spec]
@@ -86,6 +87,36 @@ class Positions:
                     window &= step < stop
             out |= window
         return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _prompt_positions(value: Any) -> Literal["all"] | tuple[int, ...] | None:
+    if value is None or value == ALL:
+        return value
+    if isinstance(value, (list, tuple)) and all(_is_int(i) for i in value):
+        return tuple(value)
+    raise ValueError(f"positions 'prompt' must be 'all', null or a list of integers, got {value!r:.60}")
+
+
+def _generated_window(value: Any) -> Literal["all"] | tuple[int, int | None] | None:
+    if value is None or value == ALL:
+        return value
+    if (isinstance(value, (list, tuple)) and len(value) == 2 and _is_int(value[0]) and value[0] >= 0
+            and (value[1] is None or (_is_int(value[1]) and value[1] >= value[0]))):
+        return (value[0], value[1])
+    raise ValueError(f"positions 'generated' must be 'all', null or a window [start, stop] of generated steps "
+                     f"(0 <= start <= stop, stop null for open-ended), got {value!r:.60}")
+
+
+# What a steering file's spec (its safetensors header) may hold.
+_SPEC_FIELDS = {
+    "hook": schema.Field("str"), "scale": schema.Field("number"), "positions": schema.Field("any"),
+    "name": schema.Field("str", optional=True), "source": schema.Field("dict", optional=True),
+    "shape": schema.Field("int_list", optional=True),
+}
 
 
 @dataclass
@@ -176,15 +207,37 @@ class Steering:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Steering:
+        """The steering :meth:`save` wrote to ``path``, checked: the file whole (checksum), its
+        spec a JSON object with a hook, a finite scale and valid positions, the vector finite.
+        Anything else is a :class:`saes.FormatError` naming the file and what is wrong."""
+        from saes.errors import FormatError
         from saes.formats.durable import read_tensors
 
         file = _vector_path(path)
+        if not file.exists():
+            raise FormatError(f"{file} does not exist; write one with Steering.save() (`interp quickstart` writes "
+                              "runs/quickstart/steering.safetensors)")
+        if not file.is_file():
+            raise FormatError(f"{file} is not a file; give the .safetensors file Steering.save() wrote")
         tensors, header = read_tensors(file, require_checksum=lambda m: "steering" in m)  # a damaged file is named, not used
-        meta = json.loads(header.get("steering", "{}"))
         vector = tensors.get("vector")
-        if not meta or vector is None:
-            raise ValueError(f"{file} holds no steering spec; save one with Steering.save()")
-        return cls(meta["hook"], vector, meta["scale"], meta["positions"], meta.get("name", ""), meta.get("source", {}))
+        if "steering" not in header or vector is None:
+            raise FormatError(f"{file} holds no steering spec and vector; save one with Steering.save()")
+        where = f"{file}: its steering spec"
+        meta = schema.check(schema.parse_json(header["steering"], where, FormatError), _SPEC_FIELDS, where, FormatError,
+                            required=("hook", "scale"), also_known=("kind",))
+        if not vector.is_floating_point() or vector.ndim == 0 or vector.numel() == 0:
+            raise FormatError(f"{file}: tensor 'vector' is {vector.dtype} of shape {list(vector.shape)}; a steering "
+                              "vector is a non-empty floating-point tensor (the hook's per-token shape)")
+        if not torch.isfinite(vector).all():
+            raise FormatError(f"{file}: tensor 'vector' holds NaN or infinite values; steering with it would turn every "
+                              "activation into NaN. Re-create it from a finite direction")
+        try:
+            positions = Positions.parse(meta.get("positions", ALL))
+        except ValueError as err:
+            raise FormatError(f"{where}: {err}") from None
+        return cls(meta["hook"], vector, float(meta["scale"]), positions, meta.get("name") or "",
+                   meta.get("source") or {})
 
 
 @dataclass
