@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reliability import record
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -280,7 +281,7 @@ def _claim_ours(d: Path) -> Path:
     lambda d: _sparsify(d, _weights(), num_latents=CLAIM),
     lambda d: _dictionary_learning(d, _weights(), dict_size=CLAIM),
 ], ids=["ours", "saelens", "sparsify", "dictionary_learning"])
-def test_sizes_claimed_by_the_config_are_checked_before_allocating(tmp_path: Path, make) -> None:
+def test_sizes_claimed_by_the_config_are_checked_before_allocating(tmp_path: Path, make, request) -> None:
     """d_sae = 4,000,000 over weights of 16 latents: refused at once, with both shapes, and
     nothing of the claimed size allocated (it would be 128 MiB per matrix here)."""
     d = make(tmp_path / "sae")
@@ -293,6 +294,10 @@ def test_sizes_claimed_by_the_config_are_checked_before_allocating(tmp_path: Pat
     assert elapsed < 10
     if measured:
         assert rise_mib < 100, f"peak memory rose {rise_mib:.0f} MiB while refusing the file"
+    record("A cfg.json claiming d_sae=4,000,000 over weights of 16 latents is refused before allocating",
+           f"test_security_files.py::test_sizes_claimed_by_the_config_are_checked_before_allocating[{request.node.callspec.id}]",
+           processes=1, faults=1, allocated_for_claim=0, seconds=round(elapsed, 3),
+           peak_rise_mib=round(rise_mib, 1) if measured else None)
 
 
 # ------------------------------------------------------------------ dtypes and the checksum requirement
@@ -370,7 +375,8 @@ def _snapshot(path: Path) -> tuple:
 
 
 def test_writers_refuse_to_replace_anything_but_a_regular_file(tmp_path: Path) -> None:
-    for kind, (path, words) in _kinds(tmp_path).items():
+    kinds = _kinds(tmp_path)
+    for kind, (path, words) in kinds.items():
         before = _snapshot(path)
         for write in (lambda p: durable.atomic_write_text(p, "x"),
                       lambda p: durable.atomic_save_tensors(p, {"a": torch.ones(2)})):
@@ -380,6 +386,9 @@ def test_writers_refuse_to_replace_anything_but_a_regular_file(tmp_path: Path) -
             assert _snapshot(path) == before, f"the {kind} was replaced"
     assert (tmp_path / "elsewhere.txt").read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    record("Writers refuse to replace a symlink, FIFO, directory or device node at the output path",
+           "test_security_files.py::test_writers_refuse_to_replace_anything_but_a_regular_file",
+           processes=1, faults=2 * len(kinds), kinds=sorted(kinds), replaced=0)
 
 
 def test_an_sae_save_onto_a_special_file_writes_nothing(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from saes.formats.native import (
     WEIGHTS_MARK,
     check_binding,
     check_file_dtypes,
+    check_weight_tensor,
     load_ours,
 )
 from saes.formats.saelens import load_saelens
@@ -142,7 +143,7 @@ def _load_checked(cfg: dict[str, Any], cfg_path: Path, weights: Path, sparsify: 
         tensors, _ = read_tensors(sparsify)
         if not tensors:
             raise FormatError(f"{sparsify} holds no tensors; the file is incomplete")
-        dt = parse_dtype(dtype if dtype is not None else next(iter(tensors.values())).dtype)
+        dt = parse_dtype(dtype if dtype is not None else _weights_dtype(tensors, sparsify))
         return load_sparsify(cfg, tensors, sparsify, dt)
     block = cfg.get("saes")
     version = block.get("format_version") if isinstance(block, dict) else None
@@ -162,6 +163,13 @@ def _load_checked(cfg: dict[str, Any], cfg_path: Path, weights: Path, sparsify: 
         check_binding(cfg, header, digest, weights)
     if cfg.get("dtype") is not None:
         check_file_dtypes(tensors, parse_dtype(cfg["dtype"]), weights, cfg_path, strict=ours)
-    file_dtype = cfg.get("dtype") or next(iter(tensors.values())).dtype
+    file_dtype = cfg.get("dtype") or _weights_dtype(tensors, weights)
     dt = parse_dtype(dtype if dtype is not None else file_dtype)
     return load_ours(cfg, tensors, weights, dt) if ours else load_saelens(cfg, tensors, weights, dt)
+
+
+def _weights_dtype(tensors: dict[str, torch.Tensor], where: Path) -> torch.dtype:
+    """The dtype the weights are stored in (the decoder's), checked to be floating point."""
+    name = "W_dec" if "W_dec" in tensors else next(iter(tensors))
+    check_weight_tensor(name, tensors[name], where)
+    return tensors[name].dtype
