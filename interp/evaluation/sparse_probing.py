@@ -223,11 +223,7 @@ def sparse_probing(
             for space, feats in (("llm", data.acts), ("sae", z)):
                 for k in ([None] if dense else []) + list(k_values):
                     key = f"{space}_test_accuracy" if k is None else f"{space}_top_{k}_test_accuracy"
-                    cols = None if k is None else top_k_mean_diff(feats[tr], y_tr, min(k, feats.shape[1]))
-                    x_tr = feats[tr] if cols is None else feats[tr][:, cols]
-                    x_te = feats[te] if cols is None else feats[te][:, cols]
-                    w, b = fit_logistic(x_tr, y_tr, C=C)
-                    correct = (((x_te.double() @ w + b) > 0).double() == y_te.double()).double()
+                    correct, cols = _probe(feats, tr, y_tr, te, y_te, k, C)
                     per_class[task.name][key][label] = float(correct.mean())
                     group_boot[key].append(_boot_accuracy(boot, test_index[te], correct))
                     if space == "sae" and cols is not None:
@@ -235,6 +231,34 @@ def sparse_probing(
         for key in keys:
             if group_boot[key]:
                 boot_acc[key].append(torch.stack(group_boot[key]).mean(0))
+    details, overall, intervals = _summarise(tasks, keys, per_class, boot_acc)
+    config = {"random_seed": seed, "dataset_names": [t.name for t in tasks], "probe_train_set_size": max_train_per_class,
+              "probe_test_set_size": max_test_per_class, "k_values": list(k_values), "test_fraction": test_fraction,
+              "C": C, "context_length": data.meta.get("context_length"), "model_name": data.meta.get("model") or "",
+              "hook_name": data.hook, "n_docs": data.n_docs, "n_tokens": len(data),
+              "classes": {t.name: list(t.classes) for t in tasks}}
+    return SparseProbingResult(
+        llm={k: v for k, v in overall.items() if k.startswith("llm_")},
+        sae={k: v for k, v in overall.items() if k.startswith("sae_")},
+        details=details, per_class=per_class, intervals=intervals, selected_latents=selected, config=config,
+    )
+
+
+def _probe(feats: torch.Tensor, tr: torch.Tensor, y_tr: torch.Tensor, te: torch.Tensor, y_te: torch.Tensor,
+           k: int | None, C: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(correct [len(te)], columns)`` of one probe: on the top-``k`` mean-difference columns
+    of the train rows (all columns when ``k`` is None)."""
+    cols = None if k is None else top_k_mean_diff(feats[tr], y_tr, min(k, feats.shape[1]))
+    x_tr = feats[tr] if cols is None else feats[tr][:, cols]
+    x_te = feats[te] if cols is None else feats[te][:, cols]
+    w, b = fit_logistic(x_tr, y_tr, C=C)
+    return (((x_te.double() @ w + b) > 0).double() == y_te.double()).double(), cols
+
+
+def _summarise(tasks: list[ProbeTask], keys: list[str], per_class: dict[str, dict[str, dict[str, float]]],
+               boot_acc: dict[str, list[torch.Tensor]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, list[float]]]:
+    """Per group the mean over its classes, overall the mean over groups (as SAEBench), and the
+    95% interval of each overall figure from the per-group bootstrap means."""
     details = []
     for task in tasks:
         row: dict[str, Any] = {"dataset_name": task.name}
@@ -248,16 +272,7 @@ def sparse_probing(
         overall[key] = sum(vals) / len(vals) if vals else None
     q = torch.tensor([0.025, 0.975], dtype=torch.float64)
     intervals = {key: torch.quantile(torch.stack(boot_acc[key]).mean(0), q).tolist() for key in keys if boot_acc[key]}
-    config = {"random_seed": seed, "dataset_names": [t.name for t in tasks], "probe_train_set_size": max_train_per_class,
-              "probe_test_set_size": max_test_per_class, "k_values": list(k_values), "test_fraction": test_fraction,
-              "C": C, "context_length": data.meta.get("context_length"), "model_name": data.meta.get("model") or "",
-              "hook_name": data.hook, "n_docs": data.n_docs, "n_tokens": len(data),
-              "classes": {t.name: list(t.classes) for t in tasks}}
-    return SparseProbingResult(
-        llm={k: v for k, v in overall.items() if k.startswith("llm_")},
-        sae={k: v for k, v in overall.items() if k.startswith("sae_")},
-        details=details, per_class=per_class, intervals=intervals, selected_latents=selected, config=config,
-    )
+    return details, overall, intervals
 
 
 def _boot_accuracy(boot: DocBootstrap, test_pos: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
