@@ -33,6 +33,7 @@ from saes.formats.durable import (
     atomic_save_tensors,
     atomic_write_text,
     check_replaceable,
+    ensure_directory,
     read_tensors_checked,
     remove_stale_temporaries,
     require_finite,
@@ -116,7 +117,7 @@ class SNMFResult:
         atomically, and ``snmf.json`` records the sha256 of the tensors it goes with, so a save
         killed between the two files is refused on loading instead of mixing two saves."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_directory(out)
         meta = {"architecture": "snmf", "rank": self.features.shape[0], "d_mlp": self.features.shape[1],
                 "best_iteration": self.best_iteration, "loss_history": self.loss_history, **self.config}
         for name in (SNMF_TENSORS, SNMF_JSON):  # both refused before either is written

@@ -399,6 +399,16 @@ def test_an_sae_save_onto_a_special_file_writes_nothing(tmp_path: Path) -> None:
         saes.TopKSAE(D_IN, D_SAE, k=2).save(d)
     assert sorted(p.name for p in d.iterdir()) == ["cfg.json"]  # no weights written before the refusal
     assert stat.S_ISFIFO(os.lstat(d / "cfg.json").st_mode)
+    # The SAE's directory itself a FIFO (as `--out /dev/null` names a device): refused, left alone.
+    os.mkfifo(tmp_path / "out")
+    with pytest.raises(saes.WriteError, match="out: it is a named pipe.*not a directory"):
+        saes.TopKSAE(D_IN, D_SAE, k=2).save(tmp_path / "out")
+    with pytest.raises(saes.WriteError, match="not a directory"):
+        SNMFResult(torch.rand(2, 4), torch.rand(3, 2), [1.0], 0).save(tmp_path / "out")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out").st_mode)
+    os.symlink(d, tmp_path / "linked")  # a link to a directory is a directory: saved through it
+    saes.TopKSAE(D_IN, D_SAE, k=2).save(tmp_path / "linked" / "inner")
+    assert saes.load(d / "inner").k == 2
     os.mkfifo(tmp_path / "ck")
     with pytest.raises(saes.WriteError, match="not a regular file"):
         durable.publish(_tmp_file(tmp_path), tmp_path / "ck")

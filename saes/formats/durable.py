@@ -115,6 +115,22 @@ def check_replaceable(final: Path) -> None:
     )
 
 
+def ensure_directory(directory: Path) -> None:
+    """Create ``directory`` (and its parents) if missing; a :class:`WriteError` naming what is
+    there when that is not a directory (``--out /dev/null``), or when it cannot be created."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        st = os.stat(directory)  # follows links: a link to a directory is a directory
+        raise WriteError(
+            errno.ENOTDIR,
+            f"could not write into {directory}: it is {_what_is(st.st_mode)}, not a directory; it was left as it "
+            "is. Choose an output path that names a directory (or a new one)",
+        ) from None
+    except OSError as err:
+        raise write_error(directory, err) from err
+
+
 def publish(
     tmp: str | os.PathLike, final: Path, *, mode: int | None = FILE_MODE,
     inspect: Callable[[Path], T] | None = None,

@@ -52,6 +52,7 @@ from saes.formats.durable import (
     atomic_save_tensors,
     atomic_write_text,
     check_replaceable,
+    ensure_directory,
     first_nonfinite,
     remove_stale_temporaries,
     require_finite,
@@ -155,7 +156,7 @@ def save(sae: SAE, directory: str | os.PathLike) -> Path:
     cfg = build_cfg(sae)
     for name in (WEIGHTS_FILE, CFG_FILE):  # both refused before either is written
         check_replaceable(d / name)
-    d.mkdir(parents=True, exist_ok=True)
+    ensure_directory(d)
     remove_stale_temporaries(d, (WEIGHTS_FILE, CFG_FILE))  # left by saves killed mid-write
     # Weights first, then the cfg.json naming them: killed in between, the pair is refused
     # on loading (INTERRUPTED) instead of mixing two saves.
