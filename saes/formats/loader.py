@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from saes.architectures.base import SAE
 from saes.dtypes import DTYPES, parse_dtype
@@ -94,7 +95,7 @@ def load(
         raise FormatError(f"no SAE at {where}: the directory does not exist")
     cfg_path = where / CFG_FILE
     weights, sparsify = where / WEIGHTS_FILE, where / SPARSIFY_WEIGHTS_FILE
-    if weights.is_file() and not cfg_path.exists():
+    if weights.is_file() and not cfg_path.exists() and WEIGHTS_MARK in _header(weights):
         # Our save writes the weights first: a first save killed before its cfg.json.
         raise FormatError(f"{where} has {WEIGHTS_FILE} but no {CFG_FILE}: {INTERRUPTED}")
     if not cfg_path.is_file() or not (weights.is_file() or sparsify.is_file()):
@@ -111,6 +112,15 @@ def load(
     except ConfigError as err:  # settings the file gives that no SAE can have
         raise FormatError(f"{cfg_path}: {err}") from None
     return sae.to(device).eval()
+
+
+def _header(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (nothing else is read); {} if unreadable."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - any unreadable file: the full read names the problem
+        return {}
 
 
 def _load_other(given: Path, where: Path, dtype: Any) -> SAE:
