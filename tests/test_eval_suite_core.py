@@ -343,3 +343,14 @@ def test_world_set_rows_labels_and_splice_on_the_default_model():
     res = evaluate_core(exact_sae(data.d), data, model, n_boot=50)
     assert res.splice["ce_loss_recovered"].value == pytest.approx(1.0, abs=1e-4)
     assert res.splice["kl_spliced"].value < 1e-6
+
+
+def test_bad_input_is_named(tiny):
+    model, data = tiny
+    bare = LabelledActivations.from_tensors(data.acts)
+    with pytest.raises(InterpError, match="no hook"):
+        evaluate_core(exact_sae(data.d), bare, model, n_boot=10)
+    with pytest.raises(InterpError, match="d_in=6"):
+        evaluate_core(exact_sae(6), data, n_boot=10)
+    with pytest.raises(InterpError, match="test_fraction"):
+        data.split(test_fraction=1.5)

@@ -367,6 +367,9 @@ def splice_per_doc(model: Any, sae: Any, data: LabelledActivations, batch_size: 
     from interp.evaluation.losses import next_token_nll, token_kl
     from interp.evaluation.splice import check_sae_fits
 
+    if not data.hook:
+        raise InterpError("the set records no hook, so there is nowhere to splice; build it with from_world or "
+                          "from_tokens, or evaluate without a model")
     shape = check_sae_fits(model, sae, data.hook)
     sae = sae.to(model.device).eval()
     source = data.token_source()
