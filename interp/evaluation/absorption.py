@@ -171,7 +171,10 @@ class ConceptAbsorption:
     k1_mean_absorption_fraction: float
     k1_full_absorption_rate: float
     main_silent_rate: float  # share of probe true positives on which every main latent is silent
-    fractions: list[float] = field(default_factory=list, repr=False)  # per token, for intervals
+    # Per measured token, for intervals: absorption fraction, full absorption, document.
+    fractions: list[float] = field(default_factory=list, repr=False)
+    full: list[bool] = field(default_factory=list, repr=False)
+    docs: list[int] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -204,12 +207,39 @@ class AbsorptionResult:
 
     def unstructured(self) -> dict[str, Any]:
         """What SAEBench has no field for: the k=1 figures, split latents, probe F1, skips."""
-        per = {c.concept: {k: v for k, v in asdict(c).items() if k not in ("concept", "fractions")}
+        per = {c.concept: {k: v for k, v in asdict(c).items() if k not in ("concept", "fractions", "full", "docs")}
                for c in self.concepts}
         k1 = [c.k1_mean_absorption_fraction for c in self.concepts]
         k1_full = [c.k1_full_absorption_rate for c in self.concepts]
         return {"per_concept": per, "skipped": dict(self.skipped),
                 "k1_mean_absorption_fraction_score": _mean(k1), "k1_mean_full_absorption_score": _mean(k1_full)}
+
+
+    def intervals(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+        """95% percentile-bootstrap intervals resampling whole documents (every concept's tokens
+        of a drawn document move together): of the two means over concepts and of each
+        concept's ``mean_absorption_fraction`` / ``full_absorption_rate``."""
+        if not self.concepts:
+            return {}
+        ids = torch.tensor(sorted({d for c in self.concepts for d in c.docs}), dtype=torch.long)
+        g = torch.Generator().manual_seed(seed)
+        counts = torch.zeros(n_boot, len(ids), dtype=torch.float64)
+        counts.scatter_add_(1, torch.randint(len(ids), (n_boot, len(ids)), generator=g),
+                            torch.ones(n_boot, len(ids), dtype=torch.float64))
+        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+        per, frac_b, full_b = {}, [], []
+        for c in self.concepts:
+            w = counts[:, torch.searchsorted(ids, torch.tensor(c.docs, dtype=torch.long))]
+            n = w.sum(1).clamp_min(1e-12)
+            fb = w @ torch.tensor(c.fractions, dtype=torch.float64) / n
+            ub = w @ torch.tensor(c.full, dtype=torch.float64) / n
+            frac_b.append(fb)
+            full_b.append(ub)
+            per[c.concept] = {"mean_absorption_fraction": torch.quantile(fb, q).tolist(),
+                              "full_absorption_rate": torch.quantile(ub, q).tolist()}
+        return {"mean_absorption_fraction_score": torch.quantile(torch.stack(frac_b).mean(0), q).tolist(),
+                "mean_full_absorption_score": torch.quantile(torch.stack(full_b).mean(0), q).tolist(),
+                "per_concept": per}
 
 
 def _mean(v: Sequence[float]) -> float:
@@ -285,6 +315,7 @@ def absorption(
     children: torch.Tensor | None = None,
     config: AbsorptionConfig | None = None,
     codes: torch.Tensor | None = None,
+    doc: torch.Tensor | None = None,
 ) -> AbsorptionResult:
     """Absorption of each labelled concept by the dictionary ``sae`` (SAEBench's definitions).
 
@@ -297,6 +328,8 @@ def absorption(
             concept (its children: the concept is present through a descendant). Default:
             every token where the concept is present.
         codes: the dense codes of ``acts`` if already computed.
+        doc: ``[n]`` the document of each row, for intervals that resample documents
+            (default: each row its own document).
     """
     config = config or AbsorptionConfig()
     config.check()
@@ -311,6 +344,7 @@ def absorption(
     if acts.shape[1] != sae.d_in:
         raise InterpError(f"the activations have d={acts.shape[1]} but the SAE has d_in={sae.d_in}")
     z = encode_rows(sae, acts) if codes is None else torch.as_tensor(codes).float()
+    doc = torch.arange(len(acts)) if doc is None else torch.as_tensor(doc, dtype=torch.long).reshape(-1)
     W_dec = sae.W_dec.detach().float().cpu()
     train, test = split_rows(len(acts), config.test_fraction, config.random_seed)
     results, skipped = [], {}
@@ -341,5 +375,26 @@ def absorption(
             num_full_absorption=int(full.sum()), num_probe_true_positives=n, num_split_features=len(split),
             split_feats=list(split), probe_f1=probe_f1, k1_latent=order[0],
             k1_mean_absorption_fraction=float(frac1.sum()) / n, k1_full_absorption_rate=float(full1.sum()) / n,
-            main_silent_rate=float((z[rows][:, split] < EPS).all(1).float().mean()), fractions=frac.tolist()))
+            main_silent_rate=float((z[rows][:, split] < EPS).all(1).float().mean()), fractions=frac.tolist(),
+            full=full.tolist(), docs=doc[rows].tolist()))
     return AbsorptionResult(results, skipped, config)
+
+
+def hierarchy_concepts(data: Any) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """The world's parent concepts on a labelled set: ``(labels [n, c], names, children [n, c])``.
+
+    Concepts are the hierarchy's inner nodes (``bird``, ``animal``, ...; the members are
+    leaves) that the set labels as ``hierarchy:<node>``; a row is a child of a node when it
+    carries the node's label through a descendant (its own word is not the node's word)."""
+    from interp.world.lexicon import HIERARCHY_NODES, HIERARCHY_PARENT
+
+    names = [n for n in HIERARCHY_PARENT if f"hierarchy:{n}" in data.labels]
+    if not names:
+        raise InterpError("the set has no hierarchy:<node> labels; absorption on the world needs a set from "
+                          "LabelledActivations.from_world (or pass labels and children to absorption())")
+    labels, _ = data.label_matrix([f"hierarchy:{n}" for n in names])
+    own = data.classes.get("hierarchy_node")
+    if own is None:
+        return labels, names, labels
+    node_ids = torch.tensor([HIERARCHY_NODES.index(n) for n in names])
+    return labels, names, labels & (own[:, None] != node_ids[None, :])

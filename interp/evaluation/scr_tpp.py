@@ -354,12 +354,16 @@ def world_scr_pairs(data: Any, topic_pairs: Sequence[tuple[str, str]] | None = N
 
     Returns ``(group [n], text labels, pairs)`` for :meth:`Texts.of` and :func:`scr`."""
     from interp.world import World
-    from interp.world.lexicon import TOPICS
 
-    topic_pairs = list(topic_pairs or [(TOPICS[i], TOPICS[i + 1]) for i in range(0, len(TOPICS) - 1, 2)])
+    for need in ("topic_generator", "sentiment_generator"):
+        if need not in data.classes:
+            raise InterpError(f"SCR on the world needs the class {need!r}; build the set with "
+                              "LabelledActivations.from_world")
+    topics = list(data.class_names["topic_generator"])
+    topic_pairs = list(topic_pairs or [(topics[i], topics[i + 1]) for i in range(0, len(topics) - 1, 2)])
     for a, b in topic_pairs:
-        if a not in TOPICS or b not in TOPICS or a == b:
-            raise InterpError(f"SCR topic pair ({a}, {b}): use two different topics of {', '.join(TOPICS)}")
+        if a not in topics or b not in topics or a == b:
+            raise InterpError(f"SCR topic pair ({a}, {b}): use two different topics of {', '.join(topics)}")
     topic = data.classes["topic_generator"]
     sentiment = data.classes["sentiment_generator"]
     names = data.class_names["sentiment_generator"]
@@ -375,7 +379,7 @@ def world_scr_pairs(data: Any, topic_pairs: Sequence[tuple[str, str]] | None = N
     t_topic, t_pos = topic[first], (sentiment[first] == pos).long()
     pairs = {}
     for a, b in topic_pairs:
-        ia, ib = TOPICS.index(a), TOPICS.index(b)
+        ia, ib = topics.index(a), topics.index(b)
         inside = (t_topic == ia) | (t_topic == ib)
         pairs[f"world_topic_sentiment_scr_{a}_{b}"] = (torch.where(inside, (t_topic == ia).long(), -1),
                                                        torch.where(inside, t_pos, -1))
