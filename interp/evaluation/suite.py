@@ -457,7 +457,7 @@ def run_suite(
     runs: dict[str, dict[str, FamilyRun]] = {}
     l0s: dict[str, tuple[float, float, float]] = {}
     for name, sae, _ in loaded:
-        sae = sae.eval()
+        sae = sae.eval() if model is None else sae.to(model.device).eval()
         runs[name] = {}
         for family in chosen:
             t = time.time()
