@@ -340,6 +340,10 @@ def test_world_set_rows_labels_and_splice_on_the_default_model():
         word = HIERARCHY_NODES[data.classes["hierarchy_node"][i]]
         if word in MEMBER_PARENT:
             assert HIERARCHY_NODES[data.classes["hierarchy_parent"][i]] == MEMBER_PARENT[word]
+    # documents cut to a shorter window keep their first tokens and (causal model) their activations
+    short = LabelledActivations.from_world(model, HOOK, n_docs=8, seed=5, context_length=16)
+    assert short.windows.shape[1] <= 16 and short.meta["cut_docs"] == sum(len(d) > 16 for d in ref.docs[:8])
+    assert torch.allclose(short.acts, ref.cache[HOOK][short.doc, short.position], atol=1e-5)
     # splicing an exact reconstruction in loses nothing
     res = evaluate_core(exact_sae(data.d), data, model, n_boot=50)
     assert res.splice["ce_loss_recovered"].value == pytest.approx(1.0, abs=1e-4)

@@ -312,6 +312,7 @@ class LabelledActivations:
         if n_pos is not None and width > n_pos:
             raise InterpError(f"context_length={width} exceeds the model's {n_pos} positions; pass at most {n_pos}")
         docs = world.sample_docs(n_docs, seed=seed, kind=kind)
+        n_cut = sum(len(d) > width for d in docs)
         docs = [_cut(d, width) for d in docs]
         windows, gen = encode_docs(world, docs)
         lengths = torch.tensor([len(d) for d in docs])
@@ -320,7 +321,7 @@ class LabelledActivations:
         out._add_world_labels(model, gen)
         out.meta = {"source": "world", "model": getattr(model, "name", None), "seed": seed, "n_docs": n_docs,
                     "context_length": width, "kind": kind, "world_seed": world.config.seed,
-                    "cut_docs": int((torch.tensor([len(d.tokens) for d in docs]) >= width).sum())}
+                    "cut_docs": n_cut}
         return out
 
     # ------------------------------------------------------------------ internals
