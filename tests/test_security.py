@@ -406,7 +406,8 @@ def test_a_manifest_that_misdescribes_its_shards_is_a_store_error(store: Path) -
 def test_a_checkpoint_whose_tensors_do_not_fit_is_a_checkpoint_error(tmp_path: Path) -> None:
     """A well-formed checkpoint (valid checksum) whose tensors do not fit the SAEs it claims."""
     cfg = saes.TrainConfig(batch_size=32, total_tokens=64)
-    saes.train(saes.TopKSAE(8, 16, k=2), torch.randn(128, 8), cfg, checkpoint_dir=tmp_path, progress=False)
+    x = torch.randn(128, 8)  # resumed on the same data: only the tensors are wrong
+    saes.train(saes.TopKSAE(8, 16, k=2), x, cfg, checkpoint_dir=tmp_path, progress=False)
     state, tensors = checkpoint.read(tmp_path)
     # Consistent within the file (the reader checks moments and counters against their
     # parameter), but not with the SAE being resumed.
@@ -415,5 +416,4 @@ def test_a_checkpoint_whose_tensors_do_not_fit_is_a_checkpoint_error(tmp_path: P
     tensors["sae0.since_fired"] = torch.zeros(3, dtype=torch.int64)
     checkpoint.write(tmp_path, state, tensors)
     with pytest.raises(saes.CheckpointError, match="do not fit these SAEs"):
-        saes.train(saes.TopKSAE(8, 16, k=2), torch.randn(128, 8), cfg, checkpoint_dir=tmp_path, resume=True,
-                   progress=False)
+        saes.train(saes.TopKSAE(8, 16, k=2), x, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
