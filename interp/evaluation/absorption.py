@@ -306,6 +306,66 @@ def _split_features(z_tr: torch.Tensor, y_tr: torch.Tensor, z_te: torch.Tensor, 
     return order, split
 
 
+@dataclass
+class ConceptProbes:
+    """The dictionary-independent part of absorption: the split, each concept's probe on the
+    activations, its held-out F1 and the rows measured (held-out child tokens the probe
+    detects). Fit once with :func:`concept_probes`, reuse for every SAE of the hook."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    probes: dict[str, tuple[Logistic, float, torch.Tensor]]
+    skipped: dict[str, str]
+    doc: torch.Tensor
+
+
+def _inputs(acts: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
+            children: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    acts = torch.as_tensor(acts).float()
+    labels = torch.as_tensor(labels).bool()
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if acts.ndim != 2 or labels.shape[0] != acts.shape[0] or labels.shape[1] != len(names):
+        raise InterpError(f"acts must be [n, d] with labels [n, {len(names)}] (one column per name); got acts "
+                          f"{list(acts.shape)}, labels {list(labels.shape)}")
+    children = labels if children is None else torch.as_tensor(children).bool().reshape(labels.shape)
+    return acts, labels, children
+
+
+def concept_probes(acts: torch.Tensor, labels: torch.Tensor, names: Sequence[str], *,
+                   children: torch.Tensor | None = None, config: AbsorptionConfig | None = None,
+                   doc: torch.Tensor | None = None) -> ConceptProbes:
+    """Fit each concept's probe on a split by document (``doc [n]``; default one row per
+    document) and find the rows absorption is measured on (see :func:`absorption`)."""
+    config = config or AbsorptionConfig()
+    config.check()
+    acts, labels, children = _inputs(acts, labels, names, children)
+    doc = torch.arange(len(acts)) if doc is None else torch.as_tensor(doc, dtype=torch.long).reshape(-1)
+    ids, inverse = doc.unique(return_inverse=True)
+    _, test_docs = split_rows(len(ids), config.test_fraction, config.random_seed)
+    is_test = torch.zeros(len(ids), dtype=torch.bool)
+    is_test[test_docs] = True
+    train, test = (~is_test[inverse]).nonzero()[:, 0], is_test[inverse].nonzero()[:, 0]
+    probes, skipped = {}, {}
+    for c, name in enumerate(names):
+        y = labels[:, c]
+        if int(y[train].sum()) < 2 or int((~y[train]).sum()) < 2 or not y[test].any():
+            skipped[name] = f"too few tokens with and without the concept ({int(y.sum())} with)"
+            continue
+        probe = fit_logistic(acts[train], y[train], l2=config.probe_l2)
+        detected = probe.scores(acts[test]) > 0
+        probe_f1 = f1_score(detected, y[test])
+        if probe_f1 < config.min_GT_probe_f1:
+            skipped[name] = f"the concept probe's held-out F1 is {probe_f1:.3f} < min_GT_probe_f1"
+            continue
+        rows = test[children[test, c] & detected]
+        if len(rows) < config.min_feats_for_eval:
+            skipped[name] = f"{len(rows)} probe true positives among the child tokens < min_feats_for_eval"
+            continue
+        probes[name] = (probe, probe_f1, rows)
+    return ConceptProbes(train, test, probes, skipped, doc)
+
+
 def absorption(
     sae: Any,
     acts: torch.Tensor,
@@ -316,6 +376,7 @@ def absorption(
     config: AbsorptionConfig | None = None,
     codes: torch.Tensor | None = None,
     doc: torch.Tensor | None = None,
+    probes: ConceptProbes | None = None,
 ) -> AbsorptionResult:
     """Absorption of each labelled concept by the dictionary ``sae`` (SAEBench's definitions).
 
@@ -328,40 +389,25 @@ def absorption(
             concept (its children: the concept is present through a descendant). Default:
             every token where the concept is present.
         codes: the dense codes of ``acts`` if already computed.
-        doc: ``[n]`` the document of each row, for intervals that resample documents
-            (default: each row its own document).
+        doc: ``[n]`` the document of each row: the probes' split keeps documents whole and the
+            intervals resample them (default: each row its own document).
+        probes: :func:`concept_probes` of these inputs, fitted once for several SAEs.
     """
     config = config or AbsorptionConfig()
     config.check()
-    acts = torch.as_tensor(acts).float()
-    labels = torch.as_tensor(labels).bool()
-    if labels.ndim == 1:
-        labels = labels[:, None]
-    children = labels if children is None else torch.as_tensor(children).bool().reshape(labels.shape)
-    if acts.ndim != 2 or labels.shape[0] != acts.shape[0] or labels.shape[1] != len(names):
-        raise InterpError(f"acts must be [n, d] with labels [n, {len(names)}] (one column per name); got acts "
-                          f"{list(acts.shape)}, labels {list(labels.shape)}")
+    acts, labels, children = _inputs(acts, labels, names, children)
     if acts.shape[1] != sae.d_in:
         raise InterpError(f"the activations have d={acts.shape[1]} but the SAE has d_in={sae.d_in}")
+    probes = probes or concept_probes(acts, labels, names, children=children, config=config, doc=doc)
     z = encode_rows(sae, acts) if codes is None else torch.as_tensor(codes).float()
-    doc = torch.arange(len(acts)) if doc is None else torch.as_tensor(doc, dtype=torch.long).reshape(-1)
     W_dec = sae.W_dec.detach().float().cpu()
-    train, test = split_rows(len(acts), config.test_fraction, config.random_seed)
-    results, skipped = [], {}
+    train, test = probes.train, probes.test
+    results = []
     for c, name in enumerate(names):
+        if name not in probes.probes:
+            continue
+        probe, probe_f1, rows = probes.probes[name]
         y = labels[:, c]
-        if int(y[train].sum()) < 2 or int((~y[train]).sum()) < 2 or not y[test].any():
-            skipped[name] = f"too few tokens with and without the concept ({int(y.sum())} with)"
-            continue
-        probe = fit_logistic(acts[train], y[train], l2=config.probe_l2)
-        probe_f1 = f1_score(probe.scores(acts[test]) > 0, y[test])
-        if probe_f1 < config.min_GT_probe_f1:
-            skipped[name] = f"the concept probe's held-out F1 is {probe_f1:.3f} < min_GT_probe_f1"
-            continue
-        rows = test[(children[test, c] & (probe.scores(acts[test]) > 0))]
-        if len(rows) < config.min_feats_for_eval:
-            skipped[name] = f"{len(rows)} probe true positives among the child tokens < min_feats_for_eval"
-            continue
         order, split = _split_features(z[train], y[train], z[test], y[test], config, config.probe_l2)
         p = probe.w / probe.w.norm()
         dec_proj = W_dec @ p
@@ -376,8 +422,8 @@ def absorption(
             split_feats=list(split), probe_f1=probe_f1, k1_latent=order[0],
             k1_mean_absorption_fraction=float(frac1.sum()) / n, k1_full_absorption_rate=float(full1.sum()) / n,
             main_silent_rate=float((z[rows][:, split] < EPS).all(1).float().mean()), fractions=frac.tolist(),
-            full=full.tolist(), docs=doc[rows].tolist()))
-    return AbsorptionResult(results, skipped, config)
+            full=full.tolist(), docs=probes.doc[rows].tolist()))
+    return AbsorptionResult(results, dict(probes.skipped), config)
 
 
 def hierarchy_concepts(data: Any) -> tuple[torch.Tensor, list[str], torch.Tensor]:

@@ -134,7 +134,7 @@ def make_pairs(task: RavelTask, a: int, n: int, gen: torch.Generator) -> Pairs:
     return cat.take(torch.randperm(len(cat), generator=gen))
 
 
-class _Intervention:
+class Intervention:
     """The MDBM intervention for one SAE: codes of every prompt, computed once."""
 
     def __init__(self, sae: Any, task: RavelTask, add_error: bool) -> None:
@@ -158,7 +158,7 @@ class _Intervention:
         return self.task.downstream(pairs.base, pairs.attribute, h)
 
 
-def train_mask(inter: _Intervention, pairs: Pairs, config: RavelConfig, gen: torch.Generator) -> torch.Tensor:
+def train_mask(inter: Intervention, pairs: Pairs, config: RavelConfig, gen: torch.Generator) -> torch.Tensor:
     """SAEBench's MDBM: mask logits ``[d_sae]`` trained with Adam on cross-entropy, temperature
     annealed log-linearly from 1 to 1e-4 over all steps."""
     mask = torch.zeros(inter.z.shape[-1], requires_grad=True)
@@ -180,7 +180,7 @@ def train_mask(inter: _Intervention, pairs: Pairs, config: RavelConfig, gen: tor
 
 
 @torch.no_grad()
-def score_pairs(inter: _Intervention, pairs: Pairs, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def score_pairs(inter: Intervention, pairs: Pairs, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``[n]`` bool: the intervened model gives each pair's label (the hard mask ``latents``)."""
     share = torch.zeros(inter.z.shape[-1])
     share[latents] = 1.0
@@ -221,7 +221,7 @@ def ravel(sae: Any, task: RavelTask, config: RavelConfig | None = None,
     unknown = [a for a in names if a not in task.attributes]
     if unknown:
         raise InterpError(f"no attribute {unknown[0]!r}; this task has {', '.join(task.attributes)}")
-    inter = _Intervention(sae, task, config.add_error)
+    inter = Intervention(sae, task, config.add_error)
     gen = torch.Generator().manual_seed(config.random_seed)
     per: dict[str, dict[str, Any]] = {}
     boots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

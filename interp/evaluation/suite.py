@@ -157,6 +157,7 @@ class _Context:
         self._topical: Any = None
         self._ravel: Any = None
         self._texts: dict[str, Any] = {}
+        self._absorption: Any = None
 
     def _world(self, what: str) -> None:
         if self.model is None:
@@ -203,6 +204,18 @@ class _Context:
 
             self._texts[kind] = world_scr_pairs(self.topical()) if kind == "scr" else world_tpp_texts(self.topical())
         return self._texts[kind]
+
+    def absorption_inputs(self) -> Any:
+        """The topical set's hierarchy concepts and their probes (SAE-independent)."""
+        if self._absorption is None:
+            from interp.evaluation.absorption import concept_probes, hierarchy_concepts
+
+            data = self.topical()
+            labels, names, children = hierarchy_concepts(data)
+            probes = concept_probes(data.acts, labels, names, children=children, config=self.config.absorption,
+                                    doc=data.doc)
+            self._absorption = (labels, names, children, probes)
+        return self._absorption
 
     def ravel_task(self) -> Any:
         if self._ravel is None:
@@ -264,13 +277,13 @@ def _label_interp(ctx: _Context, sae: Any) -> FamilyRun:
 
 
 def _absorption(ctx: _Context, sae: Any) -> FamilyRun:
-    from interp.evaluation.absorption import absorption, hierarchy_concepts
+    from interp.evaluation.absorption import absorption
     from interp.evaluation.core import saebench_envelope
 
     data = ctx.topical()
-    labels, names, children = hierarchy_concepts(data)
+    labels, names, children, probes = ctx.absorption_inputs()
     cfg = ctx.config.absorption
-    r = absorption(sae, data.acts, labels, names, children=children, config=cfg, doc=data.doc)
+    r = absorption(sae, data.acts, labels, names, children=children, config=cfg, doc=data.doc, probes=probes)
     iv = r.intervals(n_boot=ctx.config.n_boot)
     out = saebench_envelope(EVAL_TYPES["absorption"], {**asdict(cfg), "concepts": "world hierarchy (inner nodes)",
                                                        "hook_name": ctx.hook},
