@@ -122,6 +122,26 @@ def test_a_checkpoint_without_a_data_identity_resumes_with_a_warning(tmp_path):
     assert result.steps == 6
 
 
+def test_live_training_resumed_on_another_text_is_refused(tmp_path):
+    from interp.activations.live import LiveConfig, train_live
+    from interp.model.tiny import tiny_model
+
+    model, hook = tiny_model("gpt2"), "blocks.0.hook_resid_post"
+    words = ["the", "cat", "sat", "on", "the", "mat", "and", "then", "the", "dog", "ran", "under", "the", "big", "tree"]
+    texts = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 4
+    for name, docs in (("a.txt", texts), ("b.txt", texts[::-1])):
+        (tmp_path / name).write_text("\n".join(docs) + "\n")
+    cfg = saes.TrainConfig(batch_size=32, total_tokens=32 * 3, lr=3e-3)
+    kw = {"context_length": 8, "live": LiveConfig(buffer_tokens=64), "checkpoint_dir": tmp_path / "run",
+              "progress": False}
+    train_live(model, tmp_path / "a.txt", {hook: saes.TopKSAE(32, 64, k=4)}, cfg, **kw)
+    with pytest.raises(CheckpointError, match="other data") as err:
+        train_live(model, tmp_path / "b.txt", {hook: saes.TopKSAE(32, 64, k=4)}, cfg, resume=True, **kw)
+    assert str(tmp_path / "a.txt") in str(err.value) and str(tmp_path / "b.txt") in str(err.value)
+    done = train_live(model, tmp_path / "a.txt", {hook: saes.TopKSAE(32, 64, k=4)}, cfg, resume=True, **kw)
+    assert done[hook].steps == 3
+
+
 def test_live_data_identity_names_model_hook_and_text():
     def live(path="/a/corpus.txt", fingerprint="f1", model="gpt2", hook="blocks.0.hook_resid_post"):
         return {"kind": "live", "d": 8, "rows": None, "model": model, "hook": hook,

@@ -67,8 +67,9 @@ class TrainConfig:
         "help": "rows used for the decoder-bias and normalisation estimates (at most one pass over data "
         "that holds fewer)"})
     normalize_input: bool = field(default=False, metadata={
-        "help": "scale inputs by one constant so that E||x||^2 = d_in during training; the constant is "
-        "folded into the weights when training ends, so the saved SAE acts on raw activations"})
+        "help": "scale inputs by one constant so that E||x - mean x||^2 = d_in during training (measured from "
+        "the mean, so a shared offset does not set it); the constant is folded into the weights when training "
+        "ends, so the saved SAE acts on raw activations"})
     autocast: str = field(default="auto", metadata={
         "help": "auto: bfloat16 autocast on CUDA only; bfloat16: the same, explicit; none: off. Never "
         "used on CPU", "choices": AUTOCASTS})
