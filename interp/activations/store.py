@@ -187,7 +187,25 @@ class Manifest:
     def read(cls, directory: str | os.PathLike) -> Manifest:
         path = Path(directory) / MANIFEST
         where = str(path)
-        return cls.from_dict(schema.read_json(path, StoreError, what=where, max_bytes=MANIFEST_MAX_BYTES), where)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise StoreError(f"{where} does not exist") from None
+        except OSError as e:
+            raise StoreError(f"{where} cannot be read: {e.strerror or e}") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size  # of the file opened (a harvest replaces it, never edits it)
+            if size > MANIFEST_MAX_BYTES:  # checked before reading: a sparse file costs no disk
+                raise StoreError(
+                    f"{where} is {size:,} bytes, more than the {MANIFEST_MAX_BYTES:,} a manifest of {MAX_SHARDS:,} "
+                    "shards takes; the file is damaged or not a manifest"
+                )
+            # Read the size fstat reported, not the cap: file.read(n) allocates n bytes up
+            # front, which a store opened under a memory limit cannot spare.
+            data = f.read(size + 1)
+        if len(data) > size:
+            raise StoreError(f"{where} grew while being read; it is being written in place by something else")
+        return cls.from_json(data, where)
 
 
 # --------------------------------------------------------------------------- writing
