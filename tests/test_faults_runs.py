@@ -94,7 +94,7 @@ def test_resuming_on_another_store_of_the_same_shape_is_refused(tmp_path, capsys
     assert steps[0] == 5 and result.steps == 12
     record("Resuming on another store of the same model, hook and size is refused, naming both; the same store "
            "resumes", "test_faults_runs.py::test_resuming_on_another_store_of_the_same_shape_is_refused",
-           processes=1, tokens=32 * 12, faults_injected=2, lost="steps trained on the wrong store 0")
+           processes=1, tokens=32 * 12, faults=2, lost=0, steps_on_the_other_store=0)
 
 
 def test_a_tensor_of_the_same_shape_is_other_data_too(tmp_path):
@@ -200,11 +200,10 @@ def test_offset_and_scale_do_not_spoil_training(features):
         err = (tiny.sae(raw).double() - raw.double()).pow(2).sum(-1).mean()
         var = (raw.double() - raw.double().mean(0)).pow(2).sum(-1).mean()
     assert float(err / var) < 2 * base.metrics["fvu"]
-    record("Data with nothing to learn (identical, zero, 1e6 + 1e-3 noise) is named by a warning; an offset of 1e6 "
-           "or a scale of 1e-30 trains as well as the plain data", "test_faults_runs.py::test_offset_and_scale_do_"
-           "not_spoil_training, test_rows_with_nothing_to_learn_are_named", processes=1, tokens=128 * 30 * 4,
-           lost="—", fvu_plain=round(base.metrics["fvu"], 3), fvu_offset_1e6=round(offset.metrics["fvu"], 3),
-           fvu_scale_1e_30=round(tiny.metrics["fvu"], 3))
+    record("Rows offset by 1e6 (normalize_input) or scaled by 1e-30 (without it) train as well as the plain rows, "
+           "with a DegenerateDataWarning", "test_faults_runs.py::test_offset_and_scale_do_not_spoil_training",
+           processes=1, tokens=128 * 30 * 3, fvu_plain=round(base.metrics["fvu"], 3),
+           fvu_offset_1e6=round(offset.metrics["fvu"], 3), fvu_scale_1e_30=round(tiny.metrics["fvu"], 3))
 
 
 # ------------------------------------------------------------------ 2 and 4. two writers; Ctrl-C
@@ -276,7 +275,7 @@ def test_a_second_writer_is_refused_and_ctrl_c_leaves_a_checkpoint_to_resume(tmp
     record("A second writer of one output directory fails at once, naming the first (pid); Ctrl-C stops "
            "`interp train` with one line and exit 130, checkpointing the step it reached",
            "test_faults_runs.py::test_a_second_writer_is_refused_and_ctrl_c_leaves_a_checkpoint_to_resume",
-           processes=2, tokens=16 * (step + 2), faults_injected=3, lost="steps 0",
+           processes=2, tokens=16 * (step + 2), faults=3, lost=0,
            refused_after_s=round(refused_s, 3), stopped_after_s=round(stop_s, 2))
 
 
