@@ -53,20 +53,6 @@ def launched() -> bool:
         return False
 
 
-def is_main_process() -> bool:
-    """False on every rank but 0 of a data-parallel run, joined or only launched (from the
-    launcher's ``RANK``): what only one process may do, like taking an output directory's
-    write lock, which the other ranks then share."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    if not launched():
-        return True
-    try:
-        return int(os.environ.get("RANK", "0")) == 0
-    except ValueError:
-        return True
-
-
 def init(backend: str | None = None, timeout_s: float = 600.0) -> None:
     """Join the process group the launcher described (no-op when already joined).
 
