@@ -22,7 +22,8 @@ How a step is shared, and why it equals the one-process step for the same global
 * which latents fired (for the dead-latent counts behind AuxK) is OR-ed across ranks, and
   the BatchTopK inference threshold is reduced with ``min`` (the global batch's smallest
   kept activation), so buffers stay identical on every rank;
-* only rank 0 writes checkpoints, logs and the progress bar.
+* only rank 0 writes checkpoints, logs and the progress bar, and holds the checkpoint
+  directory's write lock (:func:`saes.locks.directory_lock`), which the other ranks share.
 
 The result differs from one process only by floating-point summation order (the
 test suite checks 2 processes against 1 on CPU with gloo; see ``tests/test_distributed.py``).
