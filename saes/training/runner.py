@@ -342,10 +342,12 @@ def train(
         data: a tensor ``[N, d_in]``, an ``ActivationStore``, or an iterable of batches.
         config: training settings (:class:`TrainConfig`).
         checkpoint_dir: where ``checkpoint.safetensors`` goes (every
-            ``config.checkpoint_every`` steps and at the end).
+            ``config.checkpoint_every`` steps, at the end, and on Ctrl-C). The run holds
+            its write lock: a second run writing there fails at once, naming this one.
         resume: continue the checkpoint in ``checkpoint_dir`` (a fresh start if there is
             none yet). Without it, an existing checkpoint is an error rather than being
-            overwritten.
+            overwritten. A checkpoint trained on other data (another store, tensor or
+            text) is refused.
         log_path: JSONL metrics file (one record per SAE per logged step).
         progress: show the tqdm bar.
         callback: called after every step with ``{"step", "tokens", "records"}``
@@ -354,6 +356,10 @@ def train(
 
     Returns:
         A :class:`TrainResult`, or a list of them for a sweep.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C, after checkpointing the step reached; it says how
+            to continue. A ``KeyboardInterrupt``, so code that expects one still stops.
 
     Example:
         >>> import torch, saes
