@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from saes.errors import SAEError
+from saes.errors import SAEError, WriteError
 
 try:
     import fcntl
@@ -63,13 +63,21 @@ def directory_lock(directory: str | os.PathLike, *, what: str = "output director
     holds it. Locks are per process: nesting the same directory in one process raises too.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # pragma: no cover
+            fd = None
+        else:
+            # O_NOFOLLOW: a symlink planted at .lock must not redirect our write elsewhere.
+            fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:  # a file in the way, a read-only directory: before any work starts
+        raise WriteError(
+            err.errno, f"cannot write the {what} {directory}: {err.strerror or err}; choose a directory you can "
+            "write (or make this one writable)"
+        ) from err
+    if fd is None:  # pragma: no cover
         yield directory
         return
-    path = directory / LOCK_NAME
-    # O_NOFOLLOW: a symlink planted at .lock must not redirect our write elsewhere.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

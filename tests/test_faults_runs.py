@@ -279,6 +279,14 @@ def test_a_second_writer_is_refused_and_ctrl_c_leaves_a_checkpoint_to_resume(tmp
            refused_after_s=round(refused_s, 3), stopped_after_s=round(stop_s, 2))
 
 
+def test_a_checkpoint_directory_that_cannot_be_written_is_a_write_error(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the run's directory should be")
+    cfg = saes.TrainConfig(batch_size=32, total_tokens=64, lr=3e-3)
+    with pytest.raises(saes.WriteError, match=f"cannot write the training run {blocked}"):
+        saes.train(saes.TopKSAE(D, D_SAE, k=K), _rows(1), cfg, checkpoint_dir=blocked, progress=False)
+
+
 def test_ctrl_c_in_the_library_checkpoints_and_resumes_exactly(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # else the signal would stop pytest
     x = _rows(3, 1024)
