@@ -5,7 +5,8 @@ the geometric median, tied initialisation, unit-norm decoder rows (parallel grad
 component removed before each step, rows re-normalised after), AuxK with dead latents
 counted in tokens, optional input normalisation (folded into the weights at the end),
 bfloat16 autocast on CUDA only, gradient clipping, seeds, atomic checkpoints that resume
-exactly and JSONL metrics, and the final calibration of the BatchTopK inference threshold
+exactly (only on the data they were written for, one writer per directory), warnings about
+data with nothing to learn, JSONL metrics, and the final calibration of the BatchTopK inference threshold
 (on the first training rows, which the run keeps and checkpoints). Architectures supply only
 their encode, decode and loss terms (:meth:`saes.SAE.training_forward`). Driving Trainers over data (initial sample, lockstep
 steps, progress bar, finishing) is :mod:`saes.training.runner`'s.
