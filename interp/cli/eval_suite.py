@@ -51,9 +51,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-boot", type=positive(int), default=1000, help="bootstrap resamples per interval (default 1000)")
     p.add_argument("--seed", type=int, default=1, help="world sampling seed (default 1: text the model never saw)")
     p.add_argument("--no-figures", action="store_true", help="skip figures.html")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="evaluate SAEs whose cfg.json records another model or hook (the same model under "
+                        "another name, or a deliberate transfer test)")
     add_device_option(p)
     also_names(p, {"n_docs": "--docs", "n_topical_docs": "--topical-docs", "num_pairs_per_attribute": "--ravel-pairs",
-                   "n_values": "--n-values", "n_boot": "--n-boot", "hook": "--hook", "families": "--suite"})
+                   "n_values": "--n-values", "n_boot": "--n-boot", "hook": "--hook", "families": "--suite",
+                   "allow_mismatch": "--allow-mismatch"})
     p.set_defaults(func=run)
 
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                           "(or SAELens / sparsify / Gemma Scope ones)")
     model = load(args.model, device=args.device)
     result = run_suite(list(args.saes), model, args.hook, families, out=args.out, config=config,
-                       figures=not args.no_figures, log=print)
+                       figures=not args.no_figures, log=print, allow_mismatch=args.allow_mismatch)
     print()
     print(result.table())
     print(f"\n{len(result.files)} files under {args.out}")

@@ -415,6 +415,19 @@ def _resolve_hook(hook: str | None, loaded: list[tuple[str, Any, str | None]]) -
                       "evaluate SAEs of one hook together, or pass hook=...")
 
 
+def _check_fit(model: Any, hook: str, loaded: list[tuple[str, Any, str | None]], allow_mismatch: bool) -> None:
+    """Every SAE's width fits the hook; one recorded for another model or hook is refused unless allowed."""
+    from interp.evaluation.splice import check_sae_fits, origin_mismatches
+
+    for name, sae, _ in loaded:
+        problems = origin_mismatches(model, sae, hook)
+        if problems and not allow_mismatch:
+            raise InterpError(f"{name}: {'; '.join(problems)} (its cfg.json says so): its figures here would measure "
+                              "the mismatch, not the SAE. Evaluate it with the model and hook it was trained on, or "
+                              "pass allow_mismatch=True if this is the same model under another name")
+        check_sae_fits(model, sae, hook)
+
+
 def _l0(ctx: _Context, sae: Any, runs: dict[str, FamilyRun]) -> tuple[float, float, float]:
     core = runs.get("core")
     if core is not None:
@@ -439,6 +452,7 @@ def run_suite(
     config: SuiteConfig | None = None,
     figures: bool = True,
     log: Callable[[str], None] | None = None,
+    allow_mismatch: bool = True,
 ) -> SuiteResult:
     """Evaluate SAEs with the chosen families (all by default) and write SAEBench-layout results.
 
@@ -455,6 +469,8 @@ def run_suite(
         config: sizes and per-family settings.
         figures: write the plotly figures (with ``out``).
         log: called with one line per step (default: silent).
+        allow_mismatch: evaluate an SAE whose file records another model or hook (with a
+            warning); False refuses it, since its figures would measure the mismatch.
     """
     config = config or SuiteConfig()
     config.check()
@@ -466,6 +482,8 @@ def run_suite(
         from interp.model.loading import load
 
         model = load(model)
+    if model is not None:
+        _check_fit(model, hook, loaded, allow_mismatch)
     ctx = _Context(model, hook, dataset, config, log)
     runs: dict[str, dict[str, FamilyRun]] = {}
     l0s: dict[str, tuple[float, float, float]] = {}
