@@ -458,7 +458,7 @@ def test_world_store_gets_planted_labels_automatically(tmp_path):
 
 
 def test_window_topics_agree_with_the_generators_topic_label():
-    from interp.dashboards.latent_labels import window_topics
+    from interp.activations.row_labels import window_topics
     from interp.world import World, labelled_batch
 
     world = World()
@@ -479,7 +479,7 @@ def test_window_topics_agree_with_the_generators_topic_label():
 
 @pytest.mark.parametrize(("label", "least_recall"), [("doc_kind", 0.85), ("sentiment", 0.4), ("qa_part", 0.9)])
 def test_window_document_labels_agree_with_the_generators_labels(label, least_recall):
-    from interp.dashboards import latent_labels as ll
+    from interp.activations import row_labels as ll
     from interp.world import World, labelled_batch
     from interp.world.labels import SCHEMA
 
@@ -505,7 +505,7 @@ def test_window_document_labels_agree_with_the_generators_labels(label, least_re
 
 def _window_topic_tables(world):
     """window_topics' tables, built the way WorldTokenLabels builds them."""
-    from interp.dashboards.latent_labels import NON_TOPICAL_CLASSES, NON_TOPICAL_WORDS
+    from interp.activations.row_labels import NON_TOPICAL_CLASSES, NON_TOPICAL_WORDS
     from interp.world.labels import WORD_CLASSES, lexical_tables
 
     t = lexical_tables(world)

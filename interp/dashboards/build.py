@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from interp.dashboards.dashboard import Dashboard
 from interp.dashboards.data import Example, LabelMatch, LatentCard, QuantileGroup
-from interp.dashboards.latent_labels import DOCUMENT, GIVEN, TOKEN, resolve_labels
+from interp.activations.row_labels import DOCUMENT, GIVEN, TOKEN, resolve_labels
 from interp.dashboards.sources import chunks, code_source
 from interp.dashboards.stream import (
     FirstPass,
@@ -69,7 +69,7 @@ def build_dashboard(
         labels: ``{concept: [n_rows] 0/1 tensor}`` aligned with the store; on a store of the
             world model, None means the world's planted labels (token labels of each row's word,
             and the document labels its window shows: topic, doc_kind, sentiment, qa_part; see
-            :mod:`.latent_labels`).
+            :mod:`interp.activations.row_labels`).
         n_bins: bins of the activation histogram (firing values only).
         context: tokens shown before and after an example's token.
         n_logits: promoted and suppressed tokens listed per latent.

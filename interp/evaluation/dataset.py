@@ -11,7 +11,7 @@ Three constructors:
 
 * :meth:`LabelledActivations.from_world`: documents sampled from the planted world, run
   through the world model, each row labelled with the world's planted labels (the concepts
-  of :class:`~interp.dashboards.latent_labels.WorldTokenLabels`: token labels of the row's
+  of :class:`~interp.activations.row_labels.WorldTokenLabels`: token labels of the row's
   word, causal document labels of the text up to it) and with class indices (the same
   labels as multi-class columns, plus the generator's own contextual labels);
 * :meth:`LabelledActivations.from_tokens`: any model, any token windows, optional labels;
@@ -289,7 +289,7 @@ class LabelledActivations:
         ``hook`` kept in memory.
 
         Labels per row: every concept of
-        :class:`~interp.dashboards.latent_labels.WorldTokenLabels` (``word_class:*``,
+        :class:`~interp.activations.row_labels.WorldTokenLabels` (``word_class:*``,
         ``polarity:*``, ``relation:*``, ``hierarchy:*``, ``word_topics:*`` of the row's word,
         scope ``token``; ``topic:*``, ``doc_kind:*``, ``sentiment:*``, ``qa_part:*`` of the
         text up to it, scope ``document``). Classes: the same as multi-class columns
@@ -326,8 +326,8 @@ class LabelledActivations:
 
     # ------------------------------------------------------------------ internals
     def _add_world_labels(self, model: Any, generator_labels: dict[str, torch.Tensor]) -> None:
-        from interp.dashboards.latent_labels import DOCUMENT as DOC_SCOPE
-        from interp.dashboards.latent_labels import WorldTokenLabels
+        from interp.activations.row_labels import DOCUMENT as DOC_SCOPE
+        from interp.activations.row_labels import WorldTokenLabels
         from interp.world.labels import SCHEMA
         from interp.world.lexicon import HIERARCHY_NODES, HIERARCHY_PARENT
 
@@ -448,9 +448,9 @@ def world_eval_set(hook: str = "blocks.2.hook_resid_post", n_docs: int = 256, se
     """``(model, set)``: the shipped world model (loaded unless given) and its labelled
     evaluation set at ``hook``; the model is what the splice (CE / KL) runs."""
     if model is None:
-        import interp
+        from interp.model.loading import load
 
-        model = interp.load("world")
+        model = load("world")
     return model, LabelledActivations.from_world(model, hook, n_docs=n_docs, seed=seed, context_length=context_length)
 
 
