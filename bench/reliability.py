@@ -24,7 +24,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ["tests/test_distributed.py", "tests/test_faults.py", "tests/test_big_store.py",
-          "tests/test_bad_input.py", "tests/test_security.py"]
+          "tests/test_bad_input.py", "tests/test_security.py", "tests/test_faults_saves.py",
+          "tests/test_security_files.py", "tests/test_faults_runs.py", "tests/test_faults_store.py",
+          "tests/test_cli_fuzz.py"]
 
 # Guarantees without figures of their own (checked by assertions alone), with their tests.
 STATIC = [
@@ -55,6 +57,36 @@ STATIC = [
     ("No module unpickles; torch.load only with weights_only=True", "test_security.py::test_no_loader_unpickles"),
     ("cfg.json, manifests and checkpoint state: wrong types are errors naming the key, unknown keys warnings",
      "test_security.py::test_cfg_json_*, test_manifest_*, test_checkpoint_state_is_validated"),
+    ("A save interrupted between its files (weights, then cfg.json; SNMF tensors, then snmf.json), or weights "
+     "copied from another save, is refused and names the fix; a stale temporary is removed only when no live "
+     "writer holds it (flock) and its name follows the writer's own pattern",
+     "test_faults_saves.py::test_a_save_interrupted_*, test_weights_copied_*, test_snmf_save_interrupted_*, "
+     "test_a_live_writers_temporary_*, test_a_checkpoint_write_removes_temporaries_*"),
+    ("NaN or inf weights are refused, naming the tensor and file, by every reader (this toolkit's files, SAELens, "
+     "sparsify, Gemma Scope, dictionary_learning, checkpoints, SNMF); an SAE holding NaN is not saved; a "
+     "checkpoint's input_scale must be finite and > 0",
+     "test_security_files.py::test_non_finite_*, test_an_sae_with_non_finite_weights_is_not_saved, "
+     "test_a_checkpoint_with_non_finite_tensors_is_refused, test_checkpoint_input_scale_*"),
+    ("Checkpoint state entries and tensors (Adam moments against their parameter's shape and dtype, step counts "
+     "whole and >= 0, dead-latent counters) are checked: 22 kinds of damage, each a CheckpointError naming the "
+     "key or tensor", "test_security_files.py::test_checkpoint_state_entries_are_type_checked, "
+     "test_checkpoint_tensors_are_checked_against_their_parameters, test_a_damaged_checkpoint_stops_resume_*"),
+    ("JSON nested 5,000 deep in cfg.json, config.json, snmf.json or a checkpoint's state is a FormatError or "
+     "CheckpointError naming the file, not a RecursionError", "test_security_files.py::test_deeply_nested_json_*"),
+    ("Weights in another dtype than cfg.json gives are refused (this toolkit's files); integer or boolean weights "
+     "are refused in every format; a float mismatch in a SAELens file is cast with a warning, as SAELens casts",
+     "test_security_files.py::test_our_weights_in_another_dtype_*, test_foreign_weights_must_be_floating_point_*"),
+    ("Deleting `saes.format_version` from cfg.json does not switch the checksum off",
+     "test_security_files.py::test_deleting_format_version_does_not_switch_the_checksum_off"),
+    ("A tensor of the same shape, or live training on another text, is other data too: the resume is refused; a "
+     "checkpoint from before data identities resumes with a warning",
+     "test_faults_runs.py::test_a_tensor_of_the_same_shape_is_other_data_too, "
+     "test_live_training_resumed_on_another_text_is_refused, "
+     "test_a_checkpoint_without_a_data_identity_resumes_with_a_warning"),
+    ("Identical rows, all-zero rows and 1e6 + 1e-3 noise (fvu 0, l0 0) each give a DegenerateDataWarning saying "
+     "the SAE learns nothing", "test_faults_runs.py::test_rows_with_nothing_to_learn_are_named"),
+    ("Ctrl-C in `saes.train` checkpoints the step reached and raises TrainingInterrupted; the resumed run ends "
+     "bit-identical to an uninterrupted one", "test_faults_runs.py::test_ctrl_c_in_the_library_checkpoints_and_resumes_exactly"),
 ]
 
 
@@ -119,8 +151,17 @@ def render(records: list[dict], summary: str) -> str:
         "",
         "## Limits",
         "",
-        "- `cfg.json` itself carries no checksum (users edit its metadata); it is validated, and",
-        "  its sizes must match the checksummed weight file.",
+        "- `cfg.json` carries no checksum of its own (users edit its metadata). It records the",
+        "  sha256 of the weights file it was saved with (`saes.weights_sha256`), it is validated,",
+        "  and the sizes it claims must match the weights' shapes before an SAE is built.",
+        "- A temporary is known to be abandoned by its `flock`; where there is no flock (Windows,",
+        "  some network file systems) only temporaries older than an hour are removed, and a",
+        "  second writer of a directory is not refused.",
+        "- A tensor's data identity hashes its shape and 4,096 rows spread over it; two tensors",
+        "  differing only in other rows are not told apart. A stream of batches and a live run on",
+        "  a generator of texts have no identity, and their resumes are not checked.",
+        "- `interp train` saves the SAE into `--out` just after releasing the training lock; a",
+        "  second run let in at that moment finds the finished checkpoint.",
         "- SAE files written by other libraries (SAELens, sparsify) have no checksum; they are",
         "  read as safetensors (never unpickled), and a damaged header still fails.",
         "- A read-only directory is made with mode 555, or for root (who writes through modes)",
