@@ -280,23 +280,62 @@ def test_shards_are_written_world_readable(model, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ Ctrl-C
 
+def test_ctrl_c_in_process_is_a_harvest_interrupted_and_the_handler_is_restored(model, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """SIGINT mid-harvest: HarvestInterrupted (an InterpError and a KeyboardInterrupt), the
+    store consistent, SIGINT's handler as before; an ignored SIGINT stays ignored."""
+    from interp.activations.harvest import HarvestInterrupted
+
+    real, seen = model.run_with_cache, []
+
+    def interrupting(*a, **k):
+        seen.append(signal.getsignal(signal.SIGINT))
+        if len(seen) == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to this (the main) thread
+        return real(*a, **k)
+
+    monkeypatch.setattr(model, "run_with_cache", interrupting)
+    kw = {"context_length": 16, "batch_size": 2, "shard_tokens": 40, "max_tokens": 600, "progress": False}
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(HarvestInterrupted, match=r"interrupted after \d+ tokens; the store holds the complete "
+                                                      r"shards: \d+ tokens in \d+ shards") as err:
+            harvest(model, make_docs(200), HOOK, tmp_path / "s", **kw)
+        assert isinstance(err.value, KeyboardInterrupt) and isinstance(err.value, InterpError)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        assert seen[-1] is not signal.default_int_handler  # replaced while the harvest ran
+        m = json.loads((tmp_path / "s" / MANIFEST).read_text())
+        assert not m["complete"] and 0 < len(m["shards"]) and len(seen) <= 6  # stopped after that batch
+        open_quietly(tmp_path / "s").verify()
+        seen.clear()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job: ignored, and left ignored
+        store = harvest(model, make_docs(200), HOOK, tmp_path / "s", **kw)
+        assert store.manifest.complete and len(store) == 600 and set(seen) == {signal.SIG_IGN}
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # The command line itself (its exit status and messages are what is tested), with each
 # forward pass slowed a little so a harvest lasts long enough to be interrupted anywhere.
 CLI_CHILD = """
-import sys, time
+import signal, sys, time
+# A process started in the background by a script inherits SIGINT ignored, and Python then
+# leaves it so: give this one the handler Python installs under a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 torch.set_num_threads(1)
-from interp.model.hooked import HookedModel
-real = HookedModel.run_with_cache
+import interp.activations.harvest as harvest_mod
+real = harvest_mod._forward  # the harvest's forward pass (hook shapes are probed before it)
 started = False
-def slow(self, *a, **k):
+def slow(*a, **k):
     global started
     if not started:  # the harvest is underway: the parent may interrupt from here on
         started = True
         print("underway", flush=True)
     time.sleep(0.004)
-    return real(self, *a, **k)
-HookedModel.run_with_cache = slow
+    return real(*a, **k)
+harvest_mod._forward = slow
 from interp.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -350,6 +389,7 @@ def test_ctrl_c_at_random_moments_stops_cleanly_and_the_harvest_resumes(tiny_gpt
                 open_quietly(out)
         assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
         outcomes.append(len(m["shards"]))
+    assert outcomes[0] != "finished", "the first signal came too late to test anything"
     # The same harvest again (here in-process) finishes the store like an uninterrupted run:
     # every token once, the same activations.
     resumed = harvest(_load(tiny_gpt2_dir), data, HOOK, out, max_tokens=1200, context_length=16, batch_size=2,

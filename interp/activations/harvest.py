@@ -84,7 +84,8 @@ class _InterruptFlag:
     process then aborts (``terminate called ... KeyboardInterrupt``, SIGABRT) mid-write.
     A flag read between batches stops the harvest at a point where everything is Python.
     A second SIGINT restores the previous handler and raises at once. Outside the main
-    thread (signals are delivered only there) this does nothing.
+    thread (signals are delivered only there), or where SIGINT is ignored or handled by
+    the program itself, this does nothing.
     """
 
     def __init__(self) -> None:
@@ -104,7 +105,11 @@ class _InterruptFlag:
             self._installed = False
 
     def __enter__(self) -> _InterruptFlag:  # noqa: PYI034 (never subclassed)
-        if threading.current_thread() is threading.main_thread():
+        # Only over Python's own handler, the one that raises anywhere: an ignored SIGINT
+        # (a job started in the background by a script) stays ignored, and a program's own
+        # handler stays in charge.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             try:
                 self._previous = signal.signal(signal.SIGINT, self._handle)
                 self._installed = True
