@@ -67,6 +67,7 @@ def make_files(root: Path) -> SimpleNamespace:
     import saes
     from interp.activations.harvest import harvest
     from interp.interventions.steering import Steering
+    from interp.model.loading import load
     from interp.model.tiny import tiny_model
 
     root.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,7 @@ def make_files(root: Path) -> SimpleNamespace:
     f.jsonl = root / "corpus.jsonl"
     f.jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
     f.store = root / "store"
+    model = load(f.model)  # the store records the model by the name the commands load it by
     harvest(model, str(f.corpus), ["blocks.0.hook_resid_post", "blocks.0.mlp.hook_post"], f.store, max_tokens=400,
             context_length=16, batch_size=8, progress=False)
 
@@ -102,6 +104,15 @@ def make_files(root: Path) -> SimpleNamespace:
     result.config.update(hook_name="blocks.0.mlp.hook_post")
     f.snmf = root / "snmf"
     result.save(f.snmf)
+
+    # A quickstart-like directory for the world model (steer-eval reads FROM/topk and FROM/snmf).
+    f.qs = root / "qs"
+    world_sae = saes.TopKSAE(256, 64, k=4)
+    world_sae.metadata.update(hook_name="blocks.2.hook_resid_post", model_name="world")
+    world_sae.save(f.qs / "topk")
+    world_snmf = saes.SNMF(rank=4, max_iter=5).fit(torch.relu(torch.randn(100, 448)))
+    world_snmf.config.update(hook_name="blocks.2.mlp.hook_post")
+    world_snmf.save(f.qs / "snmf")
 
     f.vector = root / "steer.safetensors"
     Steering.from_sae(sae, 3, scale=4.0).save(f.vector)
@@ -153,12 +164,28 @@ def bad_paths(f: SimpleNamespace) -> list[str]:
                              Path("/dev/null"), f.corpus, f.store)]
 
 
+# Commands that only mean something on a world model (a model that speaks its language).
+WORLD_COMMANDS = {"pkck", "steer-eval", "world eval"}
+# Optional flags that a call usually gives, so that whole valid calls come up: without them
+# the command refuses at once ("--sae needs --latent", "live training needs --hook").
+USUAL = {"train": {"hooks", "no_progress"}, "harvest": {"no_progress"}, "steer": {"model", "latent", "scale"},
+         "patch": {"model", "out"}, "dashboard": {"model", "out"}, "hooks": {"model"},
+         "quickstart": {"model", "data", "tokens", "d_sae", "k", "out"}, "steer-eval": {"source", "out"},
+         "eval-sae": {"tokens"}, "world eval": {"quick"}, "pkck": {"out"}}
+
+
 def valid_values(f: SimpleNamespace, command: str, action: argparse.Action) -> list[str] | None:
     """Values this flag of this command accepts (None: any from the generic pools)."""
     dest, flag = action.dest, (action.option_strings or [""])[-1]
+    if command in WORLD_COMMANDS and dest == "model":
+        return ["world"]
+    if command == "steer-eval" and dest in ("sae", "snmf", "source"):
+        return [str(f.qs / {"sae": "topk", "snmf": "snmf", "source": ""}[dest])]
+    if command == "quickstart" and dest in ("tokens", "d_sae", "k"):
+        return {"tokens": ["64", "300", "2000"], "d_sae": ["64", "128"], "k": ["1", "4"]}[dest]
     hooks = TINY_HOOKS[:3]
     by_dest: dict[str, list[str]] = {
-        "model": [str(f.model), str(f.model), "world"], "data": [str(f.corpus), str(f.jsonl)],
+        "model": [str(f.model)] * 5 + ["world"], "data": [str(f.corpus), str(f.jsonl)],
         "store": [str(f.store)], "sae": [str(f.sae)], "saes": [str(f.sae), str(f.sae_nohook)], "snmf": [str(f.snmf)], "vector": [str(f.vector)],
         "hooks": hooks, "hook": hooks, "device": ["cpu"], "hook_devices": [f"{hooks[0]}=cpu"],
         "prompt": ["the cat", "a dog ran"], "clean": ["the cat sat on"], "corrupted": ["the dog sat on"],
@@ -167,6 +194,12 @@ def valid_values(f: SimpleNamespace, command: str, action: argparse.Action) -> l
         "ranks": ["1", "1,2"], "seeds": ["0", "0,1"], "layers": ["0,1", "all"], "kl": ["0.5", "0.25,1"],
         "topics": ["school", "music,school"], "groups": ["16,48"], "text_field": ["text"],
         "source": [str(f.root)], "overwrite_default": [],
+        # valid but at an edge: the smallest sizes, shares near 0 and 1, a width equal to k
+        "context_length": ["1", "2", "16", "128"], "holdout": ["0.01", "0.99", "0.3"], "d_sae": ["1", "4", "64"],
+        "k": ["1", "4", "64"], "snmf_rank": ["1", "4", "500"], "snmf_tokens": ["1", "3", "100"],
+        "examples": ["0", "1", "3"], "quantile_examples": ["0", "1", "3"], "shard_tokens": ["1", "7", "100"],
+        "tokens": ["1", "2", "10", "300"], "max_tokens": ["1", "10"], "batch_size": ["1", "2", "3", "64"],
+        "scale": ["0", "-3", "2", "1e6"], "epochs": ["1", "2"],
     }
     if dest in by_dest:
         return by_dest[dest]
@@ -222,6 +255,11 @@ def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if a.option_strings and a.dest != "help"]
 
 
+def one_in(n: int) -> st.SearchStrategy[bool]:
+    """True about once in ``n`` draws (``st.integers`` would favour its bounds)."""
+    return st.sampled_from([False] * (n - 1) + [True])
+
+
 @st.composite
 def command_line(draw: Any, f: SimpleNamespace, command: str) -> list[str]:
     """``interp COMMAND ...``: each required flag usually, each optional one now and then, a
@@ -233,12 +271,14 @@ def command_line(draw: Any, f: SimpleNamespace, command: str) -> list[str]:
     for action in _actions(parser):
         group = grouped.get(id(action))
         if group is not None and group.required:
-            keep = chosen_in_group[id(group)] is action or draw(st.integers(0, 14)) == 0
-            keep = keep and draw(st.integers(0, 14)) != 0
+            keep = chosen_in_group[id(group)] is action or draw(one_in(15))
+            keep = keep and not draw(one_in(15))
         elif action.required:
-            keep = draw(st.integers(0, 14)) != 0
+            keep = not draw(one_in(15))
+        elif action.dest in USUAL.get(command, ()):
+            keep = not draw(one_in(5))
         else:
-            keep = draw(st.integers(0, 2)) == 0
+            keep = draw(one_in(3))
         if keep:
             flags.append(action)
     n_bad = draw(st.sampled_from([0, 0, 1, 1, 1, 2, 3]))
@@ -255,14 +295,14 @@ def command_line(draw: Any, f: SimpleNamespace, command: str) -> list[str]:
             good = valid_values(f, command, action)
             pool = bad_values(f, action) if action in bad or not good else good
             value = draw(st.sampled_from(pool))
-            argv += [f"{flag}={value}"] if value.startswith("-") or draw(st.integers(0, 4)) == 0 else [flag, value]
+            argv += [f"{flag}={value}"] if value.startswith("-") or draw(one_in(5)) else [flag, value]
     for action in parser._actions:  # positional arguments (SAE directories, ...)
-        if action.option_strings or isinstance(action, argparse._SubParsersAction) or draw(st.integers(0, 14)) == 0:
+        if action.option_strings or isinstance(action, argparse._SubParsersAction) or draw(one_in(15)):
             continue
         many = action.nargs in ("+", "*")
         for _ in range(draw(st.integers(1, 3)) if many else 1):
             good = valid_values(f, command, action)
-            pool = bad_values(f, action) if not good or draw(st.integers(0, 4)) == 0 else good
+            pool = bad_values(f, action) if not good or draw(one_in(5)) else good
             value = draw(st.sampled_from(pool))
             if value.startswith("-"):
                 argv.append("--")  # what follows is positional, even if it looks like a flag
@@ -316,11 +356,11 @@ def long_work_stubbed() -> Iterator[None]:
             return train(*args, **kwargs)
         return run
 
-    def capped(fn: Any) -> Any:  # the quickstart harvests 40,000 tokens by default
+    def capped(fn: Any) -> Any:  # the quickstart harvests 40,000 tokens by default; 2,000 do here
         def run(*args: Any, max_tokens: Any = None, **kwargs: Any) -> Any:
             quickstart = sys._getframe(1).f_code.co_filename.endswith("quickstart.py")
-            if quickstart and isinstance(max_tokens, int) and max_tokens > 500:
-                max_tokens = 500
+            if quickstart and isinstance(max_tokens, int) and max_tokens > 2000:
+                max_tokens = 2000
             return fn(*args, max_tokens=max_tokens, **kwargs)
         return run
 
@@ -456,6 +496,14 @@ def count(n: int, root: Path, report: Path | None = None) -> dict:
         tally["calls"] += 1
         tally["cut"] += out.cause == "cut"
         tally["work_started"] += out.cause == "work started"
+        ends = tally.setdefault("outcomes", {}).setdefault(command, {})
+        end = out.cause or f"exit {out.code}"
+        ends[end] = ends.get(end, 0) + 1
+        said = [line for line in out.stderr.splitlines() if "error:" in line]
+        if said:  # what the refusals say, shortened: shows how deep the calls get
+            key = said[0].split("error:", 1)[1].strip()[:70]
+            seen = tally.setdefault("errors", {}).setdefault(command, {})
+            seen[key] = seen.get(key, 0) + 1
         if out.traceback:
             tally["tracebacks"] += 1
             tally["by_command"][command] = tally["by_command"].get(command, 0) + 1

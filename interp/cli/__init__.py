@@ -6,7 +6,7 @@ import errno
 import importlib
 import sys
 
-from interp.cli.options import TABLE_DEST, check_device, to_flags, warnings_in_flags
+from interp.cli.options import TABLE_DEST, check_device, require_paths, to_flags, warnings_in_flags
 from interp.errors import InterpError
 
 # Modules that each add their commands to the parser, in the order `interp --help` lists them.
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(subparsers)
+    require_paths(parser)  # an empty --out or --sae is refused, not taken for the current directory
     return parser
 
 
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InterpError, SAEError) as err:
         # The toolkit's own errors already say what to do; a traceback would bury that. They
         # name Python arguments (for library users); here they name this command's flags.
-        print(f"interp {args.command}: error: {to_flags(str(err), table)}", file=sys.stderr)
+        # A WriteError is also an OSError, whose str() starts "[Errno 28]": its message is its strerror.
+        text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        print(f"interp {args.command}: error: {to_flags(text, table)}", file=sys.stderr)
         return 1
     except OSError as err:
         # A file the command names cannot be opened, read or written (a name too long for the

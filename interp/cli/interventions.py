@@ -13,6 +13,8 @@ from interp.cli.options import (
 from interp.interventions.steering_eval import SteerEvalConfig
 from interp.errors import InterpError
 
+MAX_SCALE = 1e6
+
 STEER_EPILOG = """examples (after `interp quickstart`, which writes runs/quickstart/):
   interp steer --model world --sae runs/quickstart/topk --latent 12 --scale 8 --prompt "the"
   interp steer --model world --vector runs/quickstart/steering.safetensors --prompt "the" --prompt "a" \\
@@ -64,7 +66,9 @@ def register(subparsers: Any) -> None:
     source.add_argument("--vector", help="a steering file written by Steering.save()")
     p.add_argument("--latent", type=int, help="SAE latent (with --sae)")
     p.add_argument("--hook", help="hook to steer at (default: the SAE's or the file's)")
-    p.add_argument("--scale", type=bounded(float), default=None, help="steering strength")
+    # A million activation units is far past any visible effect; beyond it the logits overflow.
+    p.add_argument("--scale", type=bounded(float, -MAX_SCALE, MAX_SCALE), default=None,
+                   help="steering strength (the norm added, in the hook's activation units)")
     p.add_argument("--target-kl", type=positive(float), default=None,
                    help="calibrate the scale to this next-token KL instead")
     p.add_argument("--positions", default="all", choices=("all", "prompt", "generated", "last_prompt"),

@@ -114,7 +114,8 @@ def check_device(name: str | None, flag: str = "--device") -> None:
             warnings.simplefilter("ignore")
             device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
-        raise InterpError(f"{flag} {name!r} is not a device name; use cpu, cuda or cuda:N") from None
+        shown = name if name and name.strip() == name else repr(name)  # '' and ' cpu' stay visible
+        raise InterpError(f"{flag} {shown} is not a device name; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -280,6 +281,31 @@ def _show_bound(value: float) -> str:
     if isinstance(value, int) and value >= 10_000:
         return f"{value:,}"
     return f"{value:g}"
+
+
+def path_text(text: str) -> str:
+    """An argparse ``type`` for a file or directory: not empty (``Path("")`` is the current
+    directory, and an empty value also reads as "not given" where the code tests its truth)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or directory")
+    return text
+
+
+path_text.__name__ = "path"
+
+# The dests that name files or directories, on every command (see :func:`require_paths`).
+PATH_DESTS = frozenset({"model", "sae", "snmf", "vector", "store", "data", "out", "json", "source", "saes"})
+
+
+def require_paths(parser: argparse.ArgumentParser) -> None:
+    """Give every file or directory option of ``parser`` and its subcommands the
+    :func:`path_text` type (where it has no type of its own)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                require_paths(sub)
+        elif action.dest in PATH_DESTS and action.type in (None, str) and action.nargs != 0:
+            action.type = path_text
 
 
 # Seeds are 0 to 2**32 - 1: torch takes 64-bit seeds, but seeds are also offset and

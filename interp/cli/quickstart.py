@@ -28,6 +28,7 @@ import torch
 # The quickstart generates its text in memory (about 20 tokens a document): a bound on
 # --tokens keeps a slip from asking for billions of documents.
 MAX_TOKENS = 100_000_000
+MIN_ROWS = 64  # fewer token rows than this train nothing worth comparing
 
 EPILOG = """example:
   interp quickstart                       # the world model, about a minute on a laptop CPU
@@ -37,21 +38,23 @@ EPILOG = """example:
 
 
 def register(subparsers: Any) -> None:
-    from interp.cli.options import MAX_LATENTS, also_names, positive, seed
+    from interp.cli.options import MAX_LATENTS, also_names, bounded, positive, seed
+    from saes.snmf import DEFAULT_MAX_TOKENS as SNMF_MAX_TOKENS  # it keeps the dense matrix in memory
 
     p = subparsers.add_parser("quickstart", help="run the main job on the default model (offline)",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="world", help="model name or path (default: the shipped world model)")
     p.add_argument("--data", default=None, help="text/JSONL file (default: freshly generated world text)")
     p.add_argument("--out", default="runs/quickstart", help="output directory (store, SAE, report)")
-    p.add_argument("--tokens", type=positive(int, MAX_TOKENS), default=40_000, help="tokens to harvest (default: 40,000)")
+    p.add_argument("--tokens", type=bounded(int, MIN_ROWS, MAX_TOKENS), default=40_000,
+                   help="tokens to harvest (default: 40,000)")
     p.add_argument("--layer", type=int, default=None, help="layer to study (default: the middle one)")
     p.add_argument("--d-sae", type=positive(int, MAX_LATENTS), default=512, help="latents of each SAE (default: 512)")
     p.add_argument("--k", type=positive(int, MAX_LATENTS), default=16, help="active latents per token (default: 16)")
     p.add_argument("--epochs", type=positive(int, 10_000), default=3,
                    help="SAE training passes over the store (default: 3)")
     p.add_argument("--snmf-rank", type=positive(int, 1 << 16), default=32, help="SNMF features (default: 32)")
-    p.add_argument("--snmf-tokens", type=positive(int, MAX_TOKENS), default=8000,
+    p.add_argument("--snmf-tokens", type=positive(int, SNMF_MAX_TOKENS), default=8000,
                    help="MLP rows the SNMF is fit on (default: 8000)")
     p.add_argument("--snmf-iters", type=positive(int, 1_000_000), default=60, help="SNMF iterations (default: 60)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the text, the SAEs and the SNMF (default: 0)")
@@ -91,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     model.check_hooks([resid, mlp])
     # Built now, before the harvest: an SAE too large for memory is refused in a second.
     sae_models = _build_saes(math.prod(model.hook_shape(resid)), args)
+    d_mlp = math.prod(model.hook_shape(mlp))
+    if args.snmf_rank > min(d_mlp, args.snmf_tokens):
+        raise InterpError(f"--snmf-rank {args.snmf_rank} is more than the SNMF can fit: at most the MLP width "
+                          f"({d_mlp}) and --snmf-tokens ({args.snmf_tokens})")
     _say("model", f"{model.name}: {model.n_layers} layers, d_model {model.d_model}, "
                   f"{len(model.hook_names())} hook points; studying layer {layer}")
     on_world = args.model in ("world", "default") and args.data is None
@@ -100,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     store = harvest(model, data, hooks=[resid, mlp], out=out / "store", max_tokens=args.tokens,
                     context_length=min(128, getattr(model.model.config, "n_positions", 128)), batch_size=32)
     seconds = time.perf_counter() - t
+    if len(store) < MIN_ROWS:
+        raise InterpError(f"the harvest gave {len(store)} token rows, too few to train SAEs on; give --tokens "
+                          f"{MIN_ROWS} or more (and --data with at least that much text)")
     mlp_store = store.select(mlp)
     _say("harvest", f"{len(store):,} tokens x {{{resid}: {store.d}, {mlp}: {mlp_store.d}}} -> {out / 'store'} "
                     f"({store.n_shards} shard(s), {len(store) / max(seconds, 1e-9):,.0f} tokens/s)")
@@ -142,7 +152,9 @@ def _train_saes(models: dict, store: Any, hook: str, args: argparse.Namespace, o
 
     t = time.perf_counter()
     n, k = args.d_sae, args.k
-    config = saes.TrainConfig(batch_size=512, total_tokens=args.epochs * len(store), lr=2e-3, seed=args.seed)
+    # 512 rows a step; a store smaller than that (short --data or --tokens) trains on what it has.
+    config = saes.TrainConfig(batch_size=min(512, len(store)), total_tokens=args.epochs * len(store), lr=2e-3,
+                              seed=args.seed)
     saes.train(list(models.values()), store, config, progress=True)
     for name, sae in models.items():  # each records the store's hook and model (saes.train)
         sae.save(out / name)
@@ -156,6 +168,9 @@ def _fit_snmf(store: Any, hook: str, args: argparse.Namespace, out: Path) -> tup
 
     t = time.perf_counter()
     rows = min(len(store), args.snmf_tokens)
+    if args.snmf_rank > rows:
+        raise InterpError(f"--snmf-rank {args.snmf_rank} is more than the {rows} token rows harvested; lower it or "
+                          "give more --tokens")
     A = store[:rows].float()  # reads only the shards holding those rows
     result = saes.SNMF(rank=args.snmf_rank, sparsity=0.05, max_iter=args.snmf_iters, seed=args.seed).fit(A)
     result.config.update(hook_name=hook)

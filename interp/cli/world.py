@@ -77,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "PK/CK instruction following, topic consistency, and the CE rise when each "
                                    "attention and MLP block is mean-ablated, against the bars.",
                        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model directory (default: the shipped default model)")
+    p.add_argument("--model", default=None,
+                   help="model directory, or world for the shipped default model (default: world)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--quick", action="store_true",
                    help=f"smaller samples (seconds instead of a minute): {_settings(QUICK_EVAL)}")
@@ -115,7 +116,10 @@ def _eval(args: argparse.Namespace) -> int:
     from interp.world.evaluate import evaluate, format_report
     from saes.formats.durable import atomic_write_text
 
-    path = Path(args.model) if args.model else default_model_path()
+    from interp.model.loading import DEFAULT_MODEL_ALIASES
+
+    # "world" names the shipped model here too, as --model world does in every other command.
+    path = Path(args.model) if args.model and args.model not in DEFAULT_MODEL_ALIASES else default_model_path()
     cfg = EvalConfig(**QUICK_EVAL) if args.quick else EvalConfig()
     cfg = replace(cfg, **changed_fields(EvalConfig, args))
     report = evaluate(_load_world_model(path), config=cfg)
