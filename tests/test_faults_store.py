@@ -287,10 +287,11 @@ def test_ctrl_c_in_process_is_a_harvest_interrupted_and_the_handler_is_restored(
     from interp.activations.harvest import HarvestInterrupted
 
     real, seen = model.run_with_cache, []
+    at = random.Random(SEED).randint(2, 20)  # which forward pass (the first probes hook shapes)
 
     def interrupting(*a, **k):
         seen.append(signal.getsignal(signal.SIGINT))
-        if len(seen) == 5:
+        if len(seen) == at:
             os.kill(os.getpid(), signal.SIGINT)  # delivered to this (the main) thread
         return real(*a, **k)
 
@@ -298,15 +299,16 @@ def test_ctrl_c_in_process_is_a_harvest_interrupted_and_the_handler_is_restored(
     kw = {"context_length": 16, "batch_size": 2, "shard_tokens": 40, "max_tokens": 600, "progress": False}
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     try:
-        with pytest.raises(HarvestInterrupted, match=r"interrupted after \d+ tokens; the store holds the complete "
-                                                      r"shards: \d+ tokens in \d+ shards") as err:
+        with pytest.raises(HarvestInterrupted, match=r"interrupted after \d+ tokens; (the store holds the complete "
+                                                      r"shards: \d+ tokens in \d+ shards?|no shard was complete)") as err:
             harvest(model, make_docs(200), HOOK, tmp_path / "s", **kw)
         assert isinstance(err.value, KeyboardInterrupt) and isinstance(err.value, InterpError)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
         assert seen[-1] is not signal.default_int_handler  # replaced while the harvest ran
         m = json.loads((tmp_path / "s" / MANIFEST).read_text())
-        assert not m["complete"] and 0 < len(m["shards"]) and len(seen) <= 6  # stopped after that batch
-        open_quietly(tmp_path / "s").verify()
+        assert not m["complete"] and len(seen) == at  # stopped after that batch
+        if m["shards"]:
+            open_quietly(tmp_path / "s").verify()
         seen.clear()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job: ignored, and left ignored
         store = harvest(model, make_docs(200), HOOK, tmp_path / "s", **kw)
@@ -317,7 +319,7 @@ def test_ctrl_c_in_process_is_a_harvest_interrupted_and_the_handler_is_restored(
 
 
 # The command line itself (its exit status and messages are what is tested), with each
-# forward pass slowed a little so a harvest lasts long enough to be interrupted anywhere.
+# forward pass slowed so a harvest lasts long enough to be interrupted anywhere.
 CLI_CHILD = """
 import signal, sys, time
 # A process started in the background by a script inherits SIGINT ignored, and Python then
@@ -333,7 +335,7 @@ def slow(*a, **k):
     if not started:  # the harvest is underway: the parent may interrupt from here on
         started = True
         print("underway", flush=True)
-    time.sleep(0.004)
+    time.sleep(0.02)
     return real(*a, **k)
 harvest_mod._forward = slow
 from interp.cli import main
@@ -359,11 +361,14 @@ def test_ctrl_c_at_random_moments_stops_cleanly_and_the_harvest_resumes(tiny_gpt
     args = ["harvest", "--model", str(tiny_gpt2_dir), "--hook", HOOK, "--data", str(data), "--out", str(out),
             "--tokens", "1200", "--context-length", "16", "--batch-size", "2", "--shard-tokens", "90", "--no-progress"]
     outcomes = []
-    for _ in range(3):
+    for _ in range(2):  # each run is a process start (seconds); the in-process test above adds moments
         proc = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=child_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "underway", proc.stderr.read()[-3000:]
-        time.sleep(rng.uniform(0, 0.15))  # mid-forward, mid-shard-write, mid-commit, in the tokenizer
+        # Mid-forward, mid-shard-write, mid-commit, in the tokenizer; never near the end (two
+        # runs of at most 0.15 s leave most of the 40 batches of 20 ms), since a SIGINT while
+        # Python shuts down ends any process by the signal.
+        time.sleep(rng.uniform(0, 0.15))
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode >= 0, f"killed by signal {-proc.returncode}:\n{stderr[-3000:]}"
