@@ -173,44 +173,19 @@ def parse_json(
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise error(f"{where} is not valid UTF-8 (byte {e.start}); the file is damaged or not a JSON file") from None
-    # Nesting is bounded before parsing: the parser recurses once per bracket.
-    if text.count("[") + text.count("{") > max_depth and _bracket_depth(text) > max_depth:
-        raise error(f"{where} nests deeper than {max_depth} levels; no file this toolkit writes does (damaged or crafted)")
 
     def refuse_constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON value")
 
     try:
         value = json.loads(text, parse_constant=None if allow_nan else refuse_constant)
-    except RecursionError:
-        raise error(f"{where} nests too deeply to read; the file is damaged or crafted") from None
+    except RecursionError:  # the C parser counts its recursion: deep nesting ends here, not in a crash
+        raise error(f"{where} nests deeper than {max_depth} levels; no file this toolkit writes does (damaged or crafted)") from None
     except ValueError as e:
         raise error(f"{where} is not valid JSON ({e}); the file is damaged or was cut short") from None
-    if json_depth_exceeds(value, max_depth):  # pragma: no cover - caught by the bracket scan
+    if json_depth_exceeds(value, max_depth):
         raise error(f"{where} nests deeper than {max_depth} levels; no file this toolkit writes does")
     return value
-
-
-def _bracket_depth(text: str) -> int:
-    """The deepest bracket nesting in JSON ``text``, skipping brackets inside strings."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def read_json(
@@ -237,7 +212,7 @@ def read_json(
             "(damaged or not written by this toolkit)"
         )
     with path.open("rb") as f:
-        data = f.read(max_bytes + 1)  # the file may have grown since stat
-    if len(data) > max_bytes:
-        raise error(f"{where} is larger than the {max_bytes:,} bytes this toolkit reads from a JSON file")
+        data = f.read(size + 1)  # never more than the cap plus one byte (size <= max_bytes here)
+    if len(data) > size:
+        raise error(f"{where} grew while it was read; read it again once its writer has finished")
     return parse_json(data, where, error, max_depth=max_depth)
