@@ -87,6 +87,24 @@ STATIC = [
      "the SAE learns nothing", "test_faults_runs.py::test_rows_with_nothing_to_learn_are_named"),
     ("Ctrl-C in `saes.train` checkpoints the step reached and raises TrainingInterrupted; the resumed run ends "
      "bit-identical to an uninterrupted one", "test_faults_runs.py::test_ctrl_c_in_the_library_checkpoints_and_resumes_exactly"),
+    ("Manifests nested 5,000 deep or not UTF-8 are a StoreError naming the file; `.jsonl`/`.txt` data nested "
+     "5,000 deep, not UTF-8, with NaN or a non-text `text` field is an InterpError naming the file and line",
+     "test_faults_store.py::test_manifest_nested_thousands_deep_or_not_utf8_is_a_store_error, "
+     "test_data_not_utf8_or_nested_thousands_deep_names_the_file_and_line"),
+    ("A sparse 1 GiB manifest is refused before it is read (was 2.2 GiB of memory)",
+     "test_faults_store.py::test_a_sparse_gigabyte_manifest_is_refused_before_it_is_read"),
+    ("A manifest lists at most 200,000 shards; 10^6 shards are refused by size before reading (was 1.5 GiB)",
+     "test_faults_store.py::test_shard_count_is_bounded"),
+    ("A shard listed twice, the same content under two names, or overlapping window ranges are refused (was: "
+     "200,000 entries read as 99.2 M rows)", "test_faults_store.py::test_a_shard_listed_twice_is_refused"),
+    ("Rows, windows, widths and dtype a manifest claims are checked against each shard's safetensors header at "
+     "open: 10^9 claimed rows are refused naming the shard and both counts (was an allocator failure)",
+     "test_faults_store.py::test_claimed_rows_and_shapes_are_checked_against_the_shard_headers"),
+    ("Store shards are written 0644 like the manifest (were 0600)",
+     "test_faults_store.py::test_shards_are_written_world_readable"),
+    ("Ctrl-C in a harvest in a Python session: HarvestInterrupted, complete shards only, SIGINT's handler "
+     "restored; an ignored SIGINT stays ignored",
+     "test_faults_store.py::test_ctrl_c_in_process_is_a_harvest_interrupted_and_the_handler_is_restored"),
 ]
 
 
@@ -160,6 +178,8 @@ def render(records: list[dict], summary: str) -> str:
         "- A tensor's data identity hashes its shape and 4,096 rows spread over it; two tensors",
         "  differing only in other rows are not told apart. A stream of batches and a live run on",
         "  a generator of texts have no identity, and their resumes are not checked.",
+        "- Ctrl-C is handled from the moment a harvest holds its store's lock until it returns;",
+        "  before that (imports, loading the model) a SIGINT acts as in any Python program.",
         "- `interp train` saves the SAE into `--out` just after releasing the training lock; a",
         "  second run let in at that moment finds the finished checkpoint.",
         "- SAE files written by other libraries (SAELens, sparsify) have no checksum; they are",
