@@ -430,6 +430,13 @@ KNOWN_BAD_COMMAND_LINES = [
     ("world train --steps -1 --out {out}", 2, "--steps"),
     ("world train --steps 10 --out {corpus}", 1, "is a file"),
     ("world eval --model {model} --quick", 1, "vocabulary"),
+    # found by the command-line fuzz (test_cli_fuzz.py)
+    ("quickstart --model {model} --data {corpus} --out {out} --tokens 300 --snmf-tokens 3", 1, "--snmf-rank 32"),
+    ("steer --model {model} --vector {vector} --scale 1e308 --prompt the --sample", 2, "--scale"),
+    ("steer --sae '' --prompt the", 2, "--sae: an empty path"),
+    ("world eval --model {missing}", 1, "no model directory"),
+    ("world eval --model {store}", 1, "not a model directory"),
+    ("world corpus --n 10 --out {empty_dir}", 1, "it is a directory"),
     # a hand-edited cfg.json
     ("eval-sae --sae {sae_badctx} --model {model} --data {corpus}", 1, "context_size"),
     ("steer-eval --sae {sae} --snmf {snmf} --kl nan", 1, "--kl"),

@@ -33,6 +33,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+if __name__ == "__main__":  # before the hub client is imported, which reads it once
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
 import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
@@ -329,6 +332,26 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGPROF, previous)
 
 
+# Memory a call may take beyond what this process holds already: an allocation past it fails
+# in the call (MemoryError) instead of waking the OOM killer on a machine others share.
+CALL_MEMORY = int(os.environ.get("INTERP_FUZZ_CALL_GIB", "6")) << 30
+
+
+@contextlib.contextmanager
+def _memory_limit(extra: int) -> Iterator[None]:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * resource.getpagesize()
+    limit = mapped + extra if hard == resource.RLIM_INFINITY else min(mapped + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 @contextlib.contextmanager
 def long_work_stubbed() -> Iterator[None]:
     """Jobs of minutes stop where they start; SAE training is cut to a few hundred tokens."""
@@ -402,7 +425,7 @@ def call(argv: list[str], seconds: float = CALL_SECONDS) -> Outcome:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with _time_limit(seconds), long_work_stubbed():
+            with _time_limit(seconds), _memory_limit(CALL_MEMORY), long_work_stubbed():
                 code = main(argv)
         except SystemExit as exit_:
             code = exit_.code

@@ -61,6 +61,25 @@ def main(argv: list[str] | None = None) -> int:
         # which file, in one line.
         print(f"interp {args.command}: error: {os_error_message(err)}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
+        print(f"interp {args.command}: error: out of memory ({_first_line(err)}); use smaller sizes "
+              "(--batch-size, --d-sae, --tokens, --context-length) or a machine with more memory", file=sys.stderr)
+        return 1
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says an allocation failed (Python's MemoryError, torch's CPU allocator
+    or its CUDA OutOfMemoryError): sizes the machine cannot hold, not a fault in the code."""
+    import torch
+
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:160] if text else type(err).__name__
 
 
 def os_error_message(err: OSError) -> str:

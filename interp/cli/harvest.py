@@ -12,7 +12,7 @@ from interp.activations.harvest import HarvestConfig
 from interp.activations.store import DTYPES
 from interp.activations.tokens import TokenSource
 from interp.cli.options import (
-    DATA_FLAGS, DATA_RANGES, MAX_BATCH, MAX_TOKENS, add_config_options, add_device_option, add_model_option,
+    DATA_FLAGS, DATA_RANGES, MAX_TOKENS, MAX_WINDOWS, add_config_options, add_device_option, add_model_option,
     also_names, check_context, config_values, positive,
 )
 
@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
                    help="number of token rows to store (default: all data)")
     h.add_argument("--out", required=True, help="store directory (created; resumed if it holds this harvest)")
     add_config_options(h, HarvestConfig, ["batch_size", "dtype"], overrides={
-        "batch_size": {"help": "windows per forward pass", "positive": True, "maximum": MAX_BATCH},
+        "batch_size": {"help": "windows per forward pass", "positive": True, "maximum": MAX_WINDOWS},
         "dtype": {"help": "dtype of the stored activations", "choices": list(DTYPES)}})
     add_device_option(h)
     add_config_options(h, HarvestConfig, ["shard_tokens"], overrides={

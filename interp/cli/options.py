@@ -61,7 +61,8 @@ DEVICE_HELP = "e.g. cpu or cuda (default: cuda when available)"
 # instead of a job that never ends or an allocation that fails deep inside torch.
 MAX_TOKENS = 10**15        # token rows to harvest, train on or evaluate
 MAX_CONTEXT = 1 << 20      # tokens per window (a model's own limit is checked once it is loaded)
-MAX_BATCH = 1 << 24        # windows or rows per batch
+MAX_BATCH = 1 << 24        # activation rows per training step
+MAX_WINDOWS = 1 << 16      # windows per forward pass of a model
 MAX_LATENTS = 1 << 26      # SAE width (the largest published SAEs have 2**24 latents)
 MAX_NEW_TOKENS = 1 << 20   # tokens to generate
 # The generated data flags, checked when read.

@@ -23,7 +23,8 @@ from typing import Any
 from interp.activations.tokens import TokenSource
 from interp.activations.live import LiveConfig
 from interp.cli.options import (
-    DATA_FLAGS, DATA_RANGES, MAX_BATCH, MAX_CONTEXT, MAX_LATENTS, MAX_TOKENS, TABLE_DEST, add_config_options,
+    DATA_FLAGS, DATA_RANGES, MAX_BATCH, MAX_CONTEXT, MAX_LATENTS, MAX_TOKENS, MAX_WINDOWS, TABLE_DEST,
+    add_config_options,
     add_device_option, add_model_option, also_names, check_context, check_device, config_values, positive, to_flags,
 )
 from interp.errors import InterpError
@@ -94,7 +95,7 @@ def register(subparsers: Any) -> None:
     also_names(t, {"d_sae": "--d-sae", "k": "--k", "hook": "--hook", "hooks": "--hook", "resume": "--resume",
                    "group_sizes": "--groups", "checkpoint_dir": "--out"})
     add_config_options(t, LiveConfig, ["model_batch_size", "buffer_tokens"], overrides={
-        "model_batch_size": {"help": "live: windows per forward pass", "positive": True},
+        "model_batch_size": {"help": "live: windows per forward pass", "positive": True, "maximum": MAX_WINDOWS},
         "buffer_tokens": {"help": "live: shuffle buffer rows", "positive": True}})
     add_config_options(t, TokenSource, DATA_FLAGS, overrides={
         "data": {"help": "live: .txt (one document per line) or .jsonl file"},
@@ -117,7 +118,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--hook", default=None, help="hook to splice at (default: the SAE's recorded hook)")
     e.add_argument("--tokens", type=positive(int, MAX_TOKENS), default=100_000,
                    help="tokens to evaluate (default 100000)")
-    e.add_argument("--batch-size", type=positive(int, MAX_BATCH), default=8,
+    e.add_argument("--batch-size", type=positive(int, MAX_WINDOWS), default=8,
                    help="windows per forward pass (default 8)")
     e.add_argument("--allow-mismatch", action="store_true",
                    help="evaluate even where the SAE's cfg.json records another model or hook (the same model "
