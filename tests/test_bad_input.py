@@ -433,6 +433,8 @@ KNOWN_BAD_COMMAND_LINES = [
     # found by the command-line fuzz (test_cli_fuzz.py)
     ("quickstart --model {model} --data {corpus} --out {out} --tokens 300 --snmf-tokens 3", 1, "--snmf-rank 32"),
     ("steer --model {model} --vector {vector} --scale 1e308 --prompt the --sample", 2, "--scale"),
+    ("quickstart --model {model} --data {corpus} --out {out} --tokens 64 --d-sae 64 --k 4 --snmf-rank 100",
+     1, "more than the 64 token rows"),
     ("steer --sae '' --prompt the", 2, "--sae: an empty path"),
     ("world eval --model {missing}", 1, "no model directory"),
     ("world eval --model {store}", 1, "not a model directory"),
@@ -510,3 +512,12 @@ def test_a_full_disk_leaves_no_cut_off_patch_page(cli_files, tmp_path, monkeypat
     assert out.code == 1 and len(errors) == 1 and "No space left on device" in errors[0], out.stderr
     assert page.read_text() == "the previous page"
     assert [p.name for p in tmp_path.iterdir()] == ["patch.html"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("text", ["{", "[1]", '{"world": 3}'])
+def test_a_damaged_world_json_is_named(text: str, tmp_path: Path) -> None:
+    from interp.world import world_of_model
+
+    (tmp_path / "world.json").write_text(text)
+    with pytest.raises(InterpError, match="world.json"):
+        world_of_model(tmp_path)

@@ -184,8 +184,10 @@ def valid_values(f: SimpleNamespace, command: str, action: argparse.Action) -> l
         return ["world"]
     if command == "steer-eval" and dest in ("sae", "snmf", "source"):
         return [str(f.qs / {"sae": "topk", "snmf": "snmf", "source": ""}[dest])]
-    if command == "quickstart" and dest in ("tokens", "d_sae", "k"):
-        return {"tokens": ["64", "300", "2000"], "d_sae": ["64", "128"], "k": ["1", "4"]}[dest]
+    if command in ("quickstart", "train") and dest in ("d_sae", "k"):
+        return {"d_sae": ["64", "128"], "k": ["1", "4"]}[dest]  # k below d_sae
+    if command == "quickstart" and dest == "tokens":
+        return ["64", "300", "2000"]
     hooks = TINY_HOOKS[:3]
     by_dest: dict[str, list[str]] = {
         "model": [str(f.model)] * 5 + ["world"], "data": [str(f.corpus), str(f.jsonl)],

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from interp.errors import InterpError
+
 # The quickstart generates its text in memory (about 20 tokens a document): a bound on
 # --tokens keeps a slip from asking for billions of documents.
 MAX_TOKENS = 100_000_000
@@ -39,7 +41,7 @@ EPILOG = """example:
 
 def register(subparsers: Any) -> None:
     from interp.cli.options import MAX_LATENTS, also_names, bounded, positive, seed
-    from saes.snmf import DEFAULT_MAX_TOKENS as SNMF_MAX_TOKENS  # it keeps the dense matrix in memory
+    from saes.snmf import DEFAULT_MAX_TOKENS as SNMF_MAX_TOKENS
 
     p = subparsers.add_parser("quickstart", help="run the main job on the default model (offline)",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,6 +56,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=positive(int, 10_000), default=3,
                    help="SAE training passes over the store (default: 3)")
     p.add_argument("--snmf-rank", type=positive(int, 1 << 16), default=32, help="SNMF features (default: 32)")
+    # The SNMF keeps the dense matrix in memory: its own cap on rows is the flag's.
     p.add_argument("--snmf-tokens", type=positive(int, SNMF_MAX_TOKENS), default=8000,
                    help="MLP rows the SNMF is fit on (default: 8000)")
     p.add_argument("--snmf-iters", type=positive(int, 1_000_000), default=60, help="SNMF iterations (default: 60)")
@@ -76,7 +79,6 @@ def world_texts(n_docs: int, seed: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from interp.activations.harvest import harvest
-    from interp.errors import InterpError
     from interp.model.loading import load
     from saes.formats.durable import atomic_write_text
 

@@ -10,7 +10,6 @@ See WORLD.md next to this file for what is planted and where to look for it in t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from interp.world.config import WorldConfig
@@ -38,10 +37,21 @@ def world_of_model(path: str | Path | None = None) -> World:
     Without a path: the default model's world. A directory without ``world.json`` gets the
     default world.
     """
+    from interp.errors import InterpError
+    from saes.formats.schema import read_json
+
     meta = Path(path or default_model_path()) / "world.json"
     if not meta.exists():
         return World()
-    return World(WorldConfig.from_dict(json.loads(meta.read_text())["world"]))
+    data = read_json(meta, InterpError)  # bounded, and a damaged file is named
+    settings = data.get("world") if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        raise InterpError(f"{meta} has no 'world' object of settings; the file is damaged or not a model's world.json")
+    try:
+        return World(WorldConfig.from_dict(settings))
+    except (TypeError, ValueError, KeyError, IndexError) as err:
+        raise InterpError(f"{meta}: its world settings cannot build a world ({type(err).__name__}: {err}); "
+                          "the file is damaged or was written by another version") from None
 
 
 def write_corpus(path, n: int, seed: int = 0, world: World | None = None) -> Path:
