@@ -439,6 +439,14 @@ KNOWN_BAD_COMMAND_LINES = [
     ("world eval --model {missing}", 1, "no model directory"),
     ("world eval --model {store}", 1, "not a model directory"),
     ("world corpus --n 10 --out {empty_dir}", 1, "it is a directory"),
+    ("hooks --model {model} --device xpu", 1, "no XPU device"),
+    ("dashboard --model {model} --snmf {corpus} --store {store} --latents 0", 1, "snmf.json"),
+    ("dashboard --model {model} --snmf {snmf} --store {store} --latents 5", 1, "outside the SNMF's 4 latents"),
+    (("patch --model {model} --clean 'the cat sat on' --corrupted 'the dog sat on' --correct mat --wrong tree "
+      "--out {empty_dir}"), 1, "empty-dir"),
+    ("quickstart --model {model} --data {corpus} --tokens 64 --d-sae 64 --k 4 --out {binary}", 1, "binary.bin"),
+    ("steer --model {model} --sae {sae} --latent 1 --scale 2 --prompt " + "'" + "the " * 130 + "'", 1,
+     "128 positions"),
     # a hand-edited cfg.json
     ("eval-sae --sae {sae_badctx} --model {model} --data {corpus}", 1, "context_size"),
     ("steer-eval --sae {sae} --snmf {snmf} --kl nan", 1, "--kl"),

@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     from saes.errors import SAEError
 
     table = getattr(args, TABLE_DEST, None)
+    # "interp world eval", not "interp world": the subcommand that failed.
+    prog = " ".join(["interp", args.command, *filter(None, [getattr(args, "world_command", None)])])
     try:
-        with warnings_in_flags(table, prog=f"interp {args.command}"):
+        with warnings_in_flags(table, prog=prog):
             check_device(getattr(args, "device", None))  # every command's --device, before a model loads
             return int(args.func(args) or 0)
     except (InterpError, SAEError) as err:
@@ -53,18 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         # name Python arguments (for library users); here they name this command's flags.
         # A WriteError is also an OSError, whose str() starts "[Errno 28]": its message is its strerror.
         text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        print(f"interp {args.command}: error: {to_flags(text, table)}", file=sys.stderr)
+        print(f"{prog}: error: {to_flags(text, table)}", file=sys.stderr)
         return 1
     except OSError as err:
         # A file the command names cannot be opened, read or written (a name too long for the
         # file system, a directory where a file belongs, a full disk): the OS says why, and
         # which file, in one line.
-        print(f"interp {args.command}: error: {os_error_message(err)}", file=sys.stderr)
+        print(f"{prog}: error: {os_error_message(err)}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as err:
         if not out_of_memory(err):
             raise
-        print(f"interp {args.command}: error: out of memory ({_first_line(err)}); use smaller sizes "
+        print(f"{prog}: error: out of memory ({_first_line(err)}); use smaller sizes "
               "(--batch-size, --d-sae, --tokens, --context-length) or a machine with more memory", file=sys.stderr)
         return 1
 

@@ -331,7 +331,7 @@ def steer(args: argparse.Namespace) -> int:
         try:
             spec = Steering.load(args.vector)
         except ValueError as err:  # not a steering file: say so in one line
-            raise InterpError(f"--vector {args.vector}: {err}") from None
+            raise InterpError(f"--vector: {err}") from None  # the message names the file
         spec.positions = positions
         spec.hook = args.hook or spec.hook
         if args.scale is not None:
