@@ -209,15 +209,16 @@ def train_pkck(model: Any, data: PKCKData, hook: str, rank: int = 2, steps: int 
         raise ValueError("no item is answered confidently and correctly in all three renderings; "
                          "the model has not learnt the task (or lower min_confidence)")
     rows, downstream, h = interchange_rows(model, data, idx, hook)
-    with _frozen(model):
+    with frozen_weights(model):
         fit = train_subspace(rows, downstream, rank=rank, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                              interchange=interchange)
     U, orientation = orient_axes(fit.U, h[IGNORE].mean(0), h[USE].mean(0))
     return PKCKSubspace(U, hook, rank, fit, orientation, len(idx))
 
 
-class _frozen:
-    """Within the block the model's weights need no gradients (only ``U`` is trained)."""
+class frozen_weights:
+    """Within the block the model's weights need no gradients (only what is being fitted
+    against the model, a subspace or a mask, is trained); the flags are restored after."""
 
     def __init__(self, model: Any) -> None:
         self.params = [p for p in model.model.parameters() if p.requires_grad]

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.errors import InterpError
+from probes.pkck import frozen_weights
 
 EVAL_TYPE_ID_RAVEL = "ravel"
 Downstream = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -265,21 +266,6 @@ def _q(boot: torch.Tensor) -> tuple[float, float]:
 # ------------------------------------------------------------------------- the world
 
 
-class _Frozen:
-    """Within the block the model's weights need no gradients (only the mask is trained)."""
-
-    def __init__(self, model: Any) -> None:
-        self.params = [p for p in model.model.parameters() if p.requires_grad]
-
-    def __enter__(self) -> None:
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self.params:
-            p.requires_grad_(True)
-
-
 def world_ravel_task(model: Any, hook: str, *, position: str = "last", entities: int | None = None,
                      world: Any = None, batch_size: int = 256) -> RavelTask:
     """The world's fact prompts ``<bos> the REL of LAND is`` for every land and relation, read at
@@ -310,7 +296,7 @@ def world_ravel_task(model: Any, hook: str, *, position: str = "last", entities:
             answers.append(logits[:, -1].argmax(-1).cpu())
     acts_t = torch.cat(acts).reshape(len(lands), len(relations), -1)
     answers_t = torch.cat(answers).reshape(len(lands), len(relations))
-    frozen = _Frozen(model)
+    frozen = frozen_weights(model)
 
     def downstream(entity: torch.Tensor, attribute: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         tokens = prompts[entity, attribute].to(model.device)
