@@ -56,6 +56,37 @@ def _describe(raw: bytes) -> str:
 
 
 @contextmanager
+def _hold(lock_path: Path, what: str, subject: Path, choose: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking flock on ``lock_path``; refuse naming the holder."""
+    if fcntl is None:  # pragma: no cover
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+        return
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        # O_NOFOLLOW: a symlink planted at the lock file must not redirect our write elsewhere.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:  # a file in the way, a read-only directory: before any work starts
+        raise WriteError(
+            err.errno, f"cannot write the {what} {subject}: {err.strerror or err}; choose {choose} you can "
+            "write (or make this one writable)"
+        ) from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(os.pread(fd, 4096, 0))
+            raise DirectoryLockedError(
+                f"{what} {subject} is being written by {holder}; wait for it to finish, stop it, or choose {choose}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextmanager
 def directory_lock(directory: str | os.PathLike, *, what: str = "output directory") -> Iterator[Path]:
     """Hold the exclusive write lock on ``directory`` (created if missing) for the block.
 
@@ -63,32 +94,17 @@ def directory_lock(directory: str | os.PathLike, *, what: str = "output director
     holds it. Locks are per process: nesting the same directory in one process raises too.
     """
     directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:  # pragma: no cover
-            fd = None
-        else:
-            # O_NOFOLLOW: a symlink planted at .lock must not redirect our write elsewhere.
-            fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as err:  # a file in the way, a read-only directory: before any work starts
-        raise WriteError(
-            err.errno, f"cannot write the {what} {directory}: {err.strerror or err}; choose a directory you can "
-            "write (or make this one writable)"
-        ) from err
-    if fd is None:  # pragma: no cover
+    with _hold(directory / LOCK_NAME, what, directory, "another directory"):
         yield directory
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe(os.pread(fd, 4096, 0))
-            raise DirectoryLockedError(
-                f"{what} {directory} is being written by {holder}; wait for it to finish, "
-                "stop it, or choose another directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
-        yield directory
-    finally:
-        os.close(fd)  # releases the flock
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, *, what: str = "output file") -> Iterator[Path]:
+    """Hold the exclusive write lock on the single file ``path`` for the block.
+
+    The rules of :func:`directory_lock`, on ``.<name>.lock`` next to the file: a one-file
+    output (a corpus) locks only itself, so two files in one directory can be written at once.
+    """
+    path = Path(path)
+    with _hold(path.with_name(f".{path.name}.lock"), what, path, "another file"):
+        yield path

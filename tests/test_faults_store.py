@@ -84,7 +84,7 @@ LOCK_HOLDER = """
 import sys
 from pathlib import Path
 from saes.locks import directory_lock
-from interp.world.corpus import file_lock
+from saes.locks import file_lock
 
 store, corpus = sys.argv[1], Path(sys.argv[2])
 with directory_lock(store, what="activation store"), file_lock(corpus):
