@@ -287,7 +287,10 @@ def test_ctrl_c_in_process_is_a_harvest_interrupted_and_the_handler_is_restored(
     from interp.activations.harvest import HarvestInterrupted
 
     real, seen = model.run_with_cache, []
-    at = random.Random(SEED).randint(2, 20)  # which forward pass (the first probes hook shapes)
+    # Which forward pass to interrupt before: the harvest below makes 20 batch passes, plus one
+    # that probes hook shapes if this model has not harvested before (earlier tests in the
+    # module may have), so any pass up to 15 leaves batches after it whichever way it goes.
+    at = random.Random(SEED).randint(2, 15)
 
     def interrupting(*a, **k):
         seen.append(signal.getsignal(signal.SIGINT))
