@@ -295,7 +295,7 @@ def test_an_sae_too_large_to_allocate_is_a_config_error() -> None:
 
 def test_a_device_this_machine_lacks_is_a_config_error() -> None:
     x = torch.randn(64, 8)
-    for device in ("gpu", "meta", "cuda:99"):
+    for device in ("gpu", "meta", "cuda:99", "xpu"):
         with pytest.raises(saes.ConfigError, match="device="):
             saes.train(saes.TopKSAE(8, 16, k=2), x, saes.TrainConfig(batch_size=32, total_tokens=32, device=device),
                        progress=False)
@@ -376,7 +376,7 @@ KNOWN_BAD_COMMAND_LINES = [
     ("hooks --model {model} --device cuda", 1, "no CUDA device"),
     ("hooks --model {model} --device mps", 1, "MPS is not available"),
     ("hooks --model {model} --device garbage", 1, "not a device name"),
-    ("hooks --model {model} --device meta", 1, "models run on cpu"),
+    ("hooks --model {model} --device meta", 1, "runs on cpu, cuda, mps or xpu"),
     ("harvest --model {model} --hook blocks.0.hook_resid_post --data {corpus} --out {out} --device cuda", 1,
      "no CUDA device"),
     ("eval-sae --sae {sae} --model {model} --data {corpus} --device garbage", 1, "not a device name"),

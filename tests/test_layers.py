@@ -18,7 +18,7 @@ PACKAGES = ("saes", "probes", "interp")
 # The longest matching prefix gives a module its layer. README "How the code is organised"
 # draws the same picture.
 LAYERS: list[tuple[str, ...]] = [
-    ("saes.errors", "saes.dtypes", "saes.synthetic", "saes.locks"),
+    ("saes.errors", "saes.dtypes", "saes.synthetic", "saes.locks", "saes.devices"),
     ("saes.kernels",),
     ("saes.architectures",),
     ("saes.metrics", "saes.formats"),

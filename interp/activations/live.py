@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from saes import SAE, TrainConfig, TrainResult
+from saes.devices import device_problem
 from saes.errors import EmptyDataError
 from saes.training.runner import Lane, Stream, run
 
@@ -125,14 +126,10 @@ def check_devices(devices: Mapping[str, str | torch.device] | None, hooks: list[
     for hook, device in (devices or {}).items():
         if hook not in hooks:
             raise InterpError(f"devices names hook {hook!r}, which is not trained here; trained hooks: {hooks}")
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise InterpError(f"devices[{hook!r}]={device!r} is not a device name (e.g. 'cpu', 'cuda:1'): {err}") from None
-        if dev.type == "cuda":
-            n = torch.cuda.device_count()
-            if dev.index is not None and dev.index >= n or n == 0:
-                raise InterpError(f"devices[{hook!r}]={device!r}: this machine has {n} CUDA device(s)")
+        problem = device_problem(str(device), f"devices[{hook!r}]={str(device)!r}")
+        if problem:
+            raise InterpError(problem)
+        dev = torch.device(device)
         out[hook] = str(dev)
     return out
 

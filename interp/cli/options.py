@@ -101,40 +101,17 @@ def add_device_option(parser: Any, *, help: str = DEVICE_HELP) -> None:
 
 
 def check_device(name: str | None, flag: str = "--device") -> None:
-    """Refuse a ``--device`` this machine lacks before anything loads: torch would otherwise
-    fail deep inside ``model.to()`` with a traceback ("Torch not compiled with CUDA"). The
-    same check as :func:`saes.training.trainer.check_device`, worded for the command line."""
+    """Refuse a ``--device`` this machine lacks before anything loads (the check of
+    :func:`saes.devices.device_problem`, worded for the command line)."""
     if name is None:
         return
-    import torch
-
     from interp.errors import InterpError
+    from saes.devices import device_problem
 
-    try:
-        with warnings.catch_warnings():  # torch warns of some legacy names it still parses
-            warnings.simplefilter("ignore")
-            device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        shown = name if name and name.strip() == name else repr(name)  # '' and ' cpu' stay visible
-        raise InterpError(f"{flag} {shown} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise InterpError(f"{flag} {name}: this machine has no CUDA device (torch {torch.__version__} is "
-                              f"{build}); use {flag} cpu, or leave {flag} out (cuda when available, else cpu)")
-        if device.index is not None and device.index >= count:
-            raise InterpError(f"{flag} {name}: this machine has {count} CUDA device(s), cuda:0 to "
-                              f"cuda:{count - 1}; pick one of those")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise InterpError(f"{flag} {name}: MPS is not available on this machine; use {flag} cpu")
-    elif device.type == "xpu":
-        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
-            raise InterpError(f"{flag} {name}: this machine has no XPU device; use {flag} cpu")
-    elif device.type != "cpu":
-        # meta, lazy, hpu, ...: torch parses them, but a model cannot run there from here.
-        raise InterpError(f"{flag} {name}: models run on cpu, cuda, mps or xpu; use one of those")
+    shown = name if name and name.strip() == name else repr(name)  # '' and ' cpu' stay visible
+    problem = device_problem(name, f"{flag} {shown}", flag, when_left_out="cuda when available, else cpu")
+    if problem:
+        raise InterpError(problem)
 
 
 def flag_name(name: str) -> str:

@@ -18,6 +18,7 @@ with exactly the weights it would get trained alone.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ import torch
 
 from saes import kernels
 from saes.training import checkpoint, distributed
+from saes.devices import device_problem
 from saes.architectures.base import SAE, StepOutput, batch_variance, default_k_aux, remove_parallel_grad_, unit_rows_
 from saes.training.config import RUN_ONLY_FIELDS, TrainConfig
 from saes.training.data import check_batch, data_identity, describe_data, finite_rows, needs_rescaling, spread_warning
@@ -50,6 +52,7 @@ class TrainResult:
             ``l0``, ``dead_fraction``, ``auxk``, ``loss``, ``lr`` (and architecture extras).
         history: every logged record of this run (this call only).
         input_scale: the normalisation constant folded in at the end (1.0 when off).
+        output_scale: a transcoder's constant for its target, folded in alike.
         checkpoint: path of the final checkpoint, if one was written.
         stopped_early: the data ran out before ``total_tokens``.
     """
@@ -60,14 +63,17 @@ class TrainResult:
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     input_scale: float = 1.0
+    output_scale: float = 1.0
     checkpoint: Path | None = None
     stopped_early: bool = False
 
 
 def auxk_loss(
-    sae: SAE, x: torch.Tensor, out: StepOutput, dead: torch.Tensor, k_aux: int, variance: torch.Tensor
+    sae: SAE, x: torch.Tensor, out: StepOutput, dead: torch.Tensor, k_aux: int, variance: torch.Tensor,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """AuxK: the top-``k_aux`` dead latents regress the (detached) residual ``x - x_hat``.
+    """AuxK: the top-``k_aux`` dead latents regress the (detached) residual ``x - x_hat``
+    (``target - x_hat`` for a transcoder).
 
     Decoded without ``b_dec`` (the residual already accounts for it), ReLU on the codes,
     normalised by the batch variance of ``x`` like the main loss, and scaled down by
@@ -76,7 +82,7 @@ def auxk_loss(
     assert out.pre_acts is not None
     n_dead = int(dead.sum())
     k = min(k_aux, n_dead)
-    e = (x - out.x_hat).detach()
+    e = ((x if target is None else target) - out.x_hat).detach()
     masked = out.pre_acts.masked_fill(~dead, -float("inf"))
     values, indices = kernels.topk(masked, k)
     e_hat = kernels.sparse_decode(values.clamp_min(0), indices, sae.W_dec)
@@ -94,7 +100,7 @@ class _Slot:
         self.opt = torch.optim.Adam(sae.parameters(), lr=self.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
         # Tokens since each latent last fired; "dead" means >= dead_tokens.
         self.since_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)
-        self.k_aux = cfg.k_aux or default_k_aux(sae.d_in, sae.d_sae)
+        self.k_aux = cfg.k_aux or default_k_aux(sae.d_out, sae.d_sae)  # half the reconstructed width
         self.k_aux = min(self.k_aux, sae.d_sae)
         self.use_auxk = cfg.auxk and sae.supports_auxk
         self.last: dict[str, float] = {}
@@ -104,35 +110,39 @@ class _Slot:
 
     def step(
         self, x: torch.Tensor, variance: torch.Tensor, lr_factor: float, autocast: Any, want: bool,
-        dp: DataParallel | None = None, global_rows: int | None = None,
+        dp: DataParallel | None = None, global_rows: int | None = None, target: torch.Tensor | None = None,
     ) -> dict[str, Any] | None:
-        """One step on ``x`` (this rank's rows); ``variance`` and ``global_rows`` describe the
-        whole batch, which in a data-parallel run spans all ranks."""
+        """One step on ``x`` (this rank's rows; a transcoder's ``target`` rows beside them);
+        ``variance`` (of the target) and ``global_rows`` describe the whole batch, which in a
+        data-parallel run spans all ranks."""
         sae, cfg = self.sae, self.cfg
         n_global = global_rows or x.shape[0]
         lr = self.lr * lr_factor
         for g in self.opt.param_groups:
             g["lr"] = lr
         with autocast(), distributed.global_batch_selection(dp, n_global):
-            out = sae.training_forward(x, variance)
+            # An SAE is called as before, so families that take no target still train.
+            out = sae.training_forward(x, variance) if target is None else sae.training_forward(x, variance, target)
             loss = sum(out.losses.values())
             aux = None
             if self.use_auxk:
                 dead = self.dead()
                 if bool(dead.any()):
-                    aux = auxk_loss(sae, x, out, dead, self.k_aux, variance)
+                    aux = auxk_loss(sae, x, out, dead, self.k_aux, variance, target)
                     loss = loss + cfg.auxk_alpha * aux
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if dp is not None:
             # Weighted so the sum is the gradient of the global mean loss, whatever the split.
             dp.reduce_grads(list(sae.parameters()), x.shape[0] / n_global)
-        remove_parallel_grad_(sae.W_dec)
+        if sae.unit_norm_decoder:  # False where the family's penalty weights free decoder rows
+            remove_parallel_grad_(sae.W_dec)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         self.opt.step()
         with torch.no_grad():
-            unit_rows_(sae.W_dec)
+            if sae.unit_norm_decoder:
+                unit_rows_(sae.W_dec)
             active = out.values.detach() != 0  # signed MP codes fire too
             fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
             fired[out.indices[active]] = True
@@ -147,7 +157,7 @@ class _Slot:
         if not want:
             return None
         with torch.no_grad():
-            err = (out.x_hat.float() - x).pow(2).sum(-1).mean()
+            err = (out.x_hat.float() - (x if target is None else target)).pow(2).sum(-1).mean()
             l0 = _l0(out.values.detach(), out.indices, sae.d_sae)
             rec = {
                 "loss": float(loss.detach()),
@@ -266,32 +276,27 @@ def init_seed(seed: int) -> int:
 
 
 @torch.no_grad()
-def _initialise(sae: SAE, sample: torch.Tensor, cfg: TrainConfig) -> None:
+def _initialise(sae: SAE, sample: torch.Tensor, cfg: TrainConfig, target: torch.Tensor | None = None) -> None:
     if cfg.init_weights:
         sae.reset_parameters(torch.Generator().manual_seed(init_seed(cfg.seed)))
+    out = sample if target is None else target  # b_dec lives where the reconstruction does
     if cfg.b_dec_init == "geometric_median":
-        sae.b_dec.copy_(geometric_median(sample).to(sae.b_dec.dtype))
+        sae.b_dec.copy_(geometric_median(out).to(sae.b_dec.dtype))
     elif cfg.b_dec_init == "mean":
-        sae.b_dec.copy_(sample.mean(0).to(sae.b_dec.dtype))
+        sae.b_dec.copy_(out.mean(0).to(sae.b_dec.dtype))
     elif cfg.b_dec_init == "zeros":
         sae.b_dec.zero_()
-    unit_rows_(sae.W_dec)
+    if sae.unit_norm_decoder:
+        unit_rows_(sae.W_dec)
 
 
 def check_device(name: str | None) -> str | None:
     """``name`` if this machine has such a device, else a ConfigError saying what it has."""
     if name is None:
         return None
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device={name!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0 or (dev.index is not None and dev.index >= n):
-            raise ConfigError(f"device={name!r}: this machine has {n} CUDA device(s); train on 'cpu' or a device it has")
-    elif dev.type not in ("cpu", "mps", "xpu"):
-        raise ConfigError(f"device={name!r}: training runs on 'cpu' or a GPU ('cuda', 'cuda:N')")
+    problem = device_problem(name, f"device={name!r}")
+    if problem:
+        raise ConfigError(problem)
     return name
 
 
@@ -309,6 +314,14 @@ def check_models(models: list[SAE]) -> None:
     d = {m.d_in for m in models}
     if len(d) > 1:
         raise ConfigError(f"a sweep trains SAEs on one stream, so all need the same d_in; got {sorted(d)}")
+    outs = {m.d_out if m.is_transcoder else None for m in models}
+    if len(outs) > 1:
+        raise ConfigError("a sweep trains on one stream, so its members are all SAEs or all transcoders with one "
+                          f"d_out; got d_out {sorted(outs, key=str)} (None: an SAE)")
+    for m in models:
+        if m.is_transcoder and "target" not in inspect.signature(m.training_forward).parameters:
+            raise ConfigError(f"{type(m).__name__} cannot train as a transcoder: its training step takes no "
+                              "reconstruction target; train a TopK, BatchTopK or Matryoshka transcoder instead")
     if len({id(m) for m in models}) != len(models):
         raise ConfigError("the same SAE object appears twice in the sweep; build separate SAEs")
 
@@ -359,6 +372,10 @@ class Trainer:
         check_models(models)
         self.cfg = config
         self.d_in = models[0].d_in
+        # A transcoder's stream carries rows [x | y], its input and its target side by side,
+        # so every row-wise piece of the loop (checks, shuffles, shards, samples) serves both.
+        self.d_out = models[0].d_out if models[0].is_transcoder else None
+        self.width = self.d_in + (self.d_out or 0)
         # True: join the launcher's process group when started by torchrun / accelerate.
         self.dp: DataParallel | None = (
             distributed.current() if data_parallel is True else (data_parallel or None)  # type: ignore[assignment]
@@ -376,7 +393,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.autocast = _autocast(config, self.device)
         self.hook = (log_extra or {}).get("hook") or (data or {}).get("hook")
-        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "batches": 0, "input_scale": 1.0, "done": False,
+        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "batches": 0, "input_scale": 1.0, "output_scale": 1.0, "done": False,
                                       "skipped_rows": 0}
         self.histories: list[list[dict[str, Any]]] = [[] for _ in self.slots]
         self.log_extra = dict(log_extra or {})
@@ -482,15 +499,29 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
 
+    @property
+    def output_scale(self) -> float:
+        """A transcoder's training scale of its target (1.0 for SAEs: their input scale serves both)."""
+        return float(self.state.get("output_scale", 1.0))
+
+    def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x [rows, d_in], y [rows, d_out])`` of a transcoder's rows; ``(rows, None)`` for an SAE."""
+        if self.d_out is None:
+            return rows, None
+        return rows[:, : self.d_in], rows[:, self.d_in :]
+
     def initialise(self, sample: torch.Tensor) -> None:
-        """Normalisation scale, tied weights and b_dec from the first rows ``[rows, d_in]``."""
-        sample = sample[: self.cfg.init_rows].to(device=self.device, dtype=torch.float32)
+        """Normalisation scale, tied weights and b_dec from the first rows ``[rows, width]``."""
+        sample, target = self.split(sample[: self.cfg.init_rows].to(device=self.device, dtype=torch.float32))
         self.state["input_scale"] = self._input_scale(sample)
         scale = self.input_scale
+        if target is not None:
+            self.state["output_scale"] = self._input_scale(target)
+            target = target * self.output_scale
         if any(_needs_calibration(s.sae) for s in self.slots):
             self.calibration = sample.clone()
         for s in self.slots:
-            _initialise(s.sae, sample * scale, self.cfg)
+            _initialise(s.sae, sample * scale, self.cfg, target)
             if self.dp is not None:
                 self.dp.broadcast_module(s.sae)  # every rank starts from rank 0's weights
         self.needs_init = False
@@ -531,17 +562,22 @@ class Trainer:
         if x is None:  # every row was non-finite and on_nonfinite="skip": nothing to learn from
             self.state["batches"] = self.batches + 1
             return None
-        x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
+        x, y = self.split(x.to(device=self.device, dtype=torch.float32, non_blocking=True))
         scale = self.input_scale
         if scale != 1.0:
             x = x * scale
+        if y is not None and self.output_scale != 1.0:
+            y = y * self.output_scale
         n = x.shape[0]
         # Log every log_every steps, the first step, and the last one (so results report it).
         want = step % self.cfg.log_every == 0 or step == 1 or self.tokens + n >= self.cfg.total_tokens
         lr_factor = self.cfg.lr_factor(self.tokens, n)
-        variance = batch_variance(x)  # of the whole (global) batch, on every rank
+        variance = batch_variance(x if y is None else y)  # of the whole (global) batch's target, on every rank
         local = self.dp.shard(x) if self.dp is not None else x
-        records = [s.step(local, variance, lr_factor, self.autocast, want, self.dp, n) for s in self.slots]
+        local_y = self.dp.shard(y) if self.dp is not None and y is not None else y
+        for s in self.slots:  # coefficient warm-ups: a function of the tokens, so resumes repeat it exactly
+            s.sae.set_training_progress((self.tokens + n) / self.cfg.total_tokens)
+        records = [s.step(local, variance, lr_factor, self.autocast, want, self.dp, n, local_y) for s in self.slots]
         self.state["tokens"] = self.tokens + n
         self.state["step"] = step
         self.state["batches"] = self.batches + 1
@@ -561,15 +597,16 @@ class Trainer:
         return logged
 
     def _checked(self, raw: Any, step: int) -> torch.Tensor | None:
-        """The batch as ``[rows, d_in]``; non-finite rows raise, or are dropped with a warning."""
+        """The batch as ``[rows, width]``; non-finite rows raise, or are dropped with a warning."""
         # Position in the stream: rows trained on plus rows dropped before.
-        where = {"hook": self.hook, "first_token": self.tokens + int(self.state["skipped_rows"])}
+        where = {"hook": self.hook, "first_token": self.tokens + int(self.state["skipped_rows"]),
+                 "target_from": self.d_in if self.d_out is not None else None}
         if self.cfg.on_nonfinite == "raise":
-            return check_batch(raw, self.d_in, self.batches, **where)
+            return check_batch(raw, self.width, self.batches, **where)
         try:
-            return check_batch(raw, self.d_in, self.batches, **where)
+            return check_batch(raw, self.width, self.batches, **where)
         except NonFiniteError as err:
-            x, bad = finite_rows(raw, self.d_in)
+            x, bad = finite_rows(raw, self.width)
             self.state["skipped_rows"] = int(self.state["skipped_rows"]) + len(bad)
             usable = x.shape[0] >= max(2, self.dp.world if self.dp is not None else 1)
             if self.is_main:
@@ -631,6 +668,8 @@ class Trainer:
                 s.sae.calibrate_threshold(self.calibration * self.input_scale)  # type: ignore[attr-defined]
             if self.input_scale != 1.0:
                 s.sae.fold_input_scale(self.input_scale)
+            if self.output_scale != 1.0:
+                s.sae.fold_output_scale(self.output_scale)
             results.append(
                 TrainResult(
                     sae=s.sae,
@@ -639,6 +678,7 @@ class Trainer:
                     metrics=dict(s.last),
                     history=hist,
                     input_scale=self.input_scale,
+                    output_scale=self.output_scale,
                     checkpoint=self.final_checkpoint,
                     stopped_early=stopped_early,
                 )
