@@ -257,6 +257,29 @@ def test_a_latent_equal_to_a_planted_label_is_explained_and_random_ones_are_not(
     assert res.label_coverage == pytest.approx(0.5)
 
 
+def test_the_random_control_is_chance_level_and_a_planted_dictionary_beats_it():
+    from interp.evaluation.label_interp import label_interpretability, random_control
+
+    g = torch.Generator().manual_seed(0)
+    n, d, c = 2000, 16, 8
+    on = torch.rand(n, c, generator=g) < 0.3  # eight concepts, about 2.4 per row
+    acts = torch.randn(n, d, generator=g) * 0.05
+    acts[:, :c] += on.float() * (1 + torch.rand(n, c, generator=g))
+    data = LabelledActivations.from_tensors(acts, {f"c{i}": on[:, i] for i in range(c)})
+    sae = saes.TopKSAE(d, 2 * c, k=3)  # the eight concept directions plus eight random ones
+    with torch.no_grad():
+        w = torch.cat([torch.eye(d)[:c], torch.nn.functional.normalize(torch.randn(c, d, generator=g), dim=1)])
+        sae.W_dec.copy_(w), sae.W_enc.copy_(w.T), sae.b_enc.zero_(), sae.b_dec.fill_(0.01)
+    res = label_interpretability(sae, data, random_control_seed=0)
+    assert res.explained_fraction >= 0.3
+    chance = [label_interpretability(sae, data, random_control_seed=s).random_explained_fraction for s in range(3)]
+    assert max(chance) <= 0.2 and chance[0] == res.random_explained_fraction  # same seed, same control
+    control = random_control(sae, k=3, seed=0)
+    assert (control.d_in, control.d_sae, control.k) == (d, 2 * c, 3) and torch.equal(control.b_dec, sae.b_dec)
+    assert not torch.allclose(control.W_dec, sae.W_dec)
+    assert label_interpretability(sae, data).random_explained_fraction is None  # measured only when asked
+
+
 # ------------------------------------------------------------------ sparse probing
 def test_fit_logistic_reaches_sklearns_l2_optimum():
     from interp.evaluation.sparse_probing import fit_logistic

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from saes import TopKSAE
 
 from interp.errors import InterpError
 from interp.evaluation.dataset import LabelledActivations
@@ -47,6 +48,9 @@ class LabelInterpResult:
     label_coverage: float              # supported labels with some latent at AUROC >= threshold
     n_labels: int                      # supported labels
     explained_fraction_by_scope: dict[str, float]
+    # The same measurement on a random dictionary of the same family and shape (see
+    # random_control); None when not measured. Read the headline against it.
+    random_explained_fraction: float | None = None
     per_latent: list[dict[str, Any]] = field(default_factory=list)   # live latents, best labels first
     per_label: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -96,6 +100,24 @@ def encode_dense(sae: Any, acts: torch.Tensor, batch_size: int = 4096, latents: 
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def random_control(sae: Any, k: int, seed: int = 0) -> Any:
+    """The chance level for ``sae``: a TopK dictionary of its shape at ``k`` latents per token
+    (its mean L0), with the weights a training run starts from (random unit decoder rows,
+    the encoder their transpose) drawn from ``seed``, and ``sae``'s decoder bias, so both
+    centre the data alike. A TopK control fits every family: a random JumpReLU or BatchTopK
+    threshold has no meaning before training.
+
+    Residual-stream latents track token identity, so even random directions separate some
+    token labels: label interpretability means something only above this control.
+    """
+    control = TopKSAE(sae.d_in, sae.d_sae, k=max(1, min(int(k), sae.d_sae - 1)))
+    control.reset_parameters(torch.Generator().manual_seed(seed))
+    control.b_dec.copy_(torch.as_tensor(sae.b_dec).detach().float().cpu())
+    control.apply_b_dec_to_input = bool(getattr(sae, "apply_b_dec_to_input", True))
+    return control
+
+
 def label_interpretability(
     sae: Any,
     data: LabelledActivations,
@@ -107,6 +129,7 @@ def label_interpretability(
     labels: list[str] | None = None,
     codes: torch.Tensor | None = None,
     chunk: int = 512,
+    random_control_seed: int | None = None,
 ) -> LabelInterpResult:
     """The share of live latents some planted label explains (AUROC >= ``threshold``).
 
@@ -120,6 +143,8 @@ def label_interpretability(
         labels: restrict to these label names (default: all).
         codes: precomputed dense codes ``[N, d_sae]`` of ``data.acts``.
         chunk: latents ranked at once (bounds memory to ``N x chunk`` ranks).
+        random_control_seed: also measure :func:`random_control` of ``sae`` at its mean L0 on
+            ``data``, drawn from this seed (``random_explained_fraction``); None skips it.
     """
     y, names = data.label_matrix(labels)
     pos = y.sum(0)
@@ -160,8 +185,15 @@ def label_interpretability(
     n_live, n_exp = len(live), sum(p["explained"] for p in per_latent)
     per_label = {n: {"best_latent": int(best_lat[c]), "auroc": float(best_auc[c]), "positives": int(pos[supported][c]),
                      "scope": scopes[c]} for c, n in enumerate(names)}
+    chance = None
+    if random_control_seed is not None:
+        l0 = round(float((z != 0).sum(1).float().mean()))
+        chance = label_interpretability(random_control(sae, l0, random_control_seed), data, threshold=threshold,
+                                        min_support=min_support, min_fires=min_fires, top_n=1, labels=labels,
+                                        chunk=chunk).explained_fraction
     return LabelInterpResult(
         explained_fraction=n_exp / n_live if n_live else float("nan"), n_live=n_live, n_explained=n_exp,
+        random_explained_fraction=chance,
         threshold=threshold, min_support=min_support, min_fires=min_fires,
         label_coverage=float((best_auc.nan_to_num(0.0) >= threshold).double().mean()), n_labels=len(names),
         explained_fraction_by_scope={s: c / n_live for s, c in sorted(explained_scope.items())} if n_live else {},

@@ -264,15 +264,17 @@ def _label_interp(ctx: _Context, sae: Any) -> FamilyRun:
     from interp.evaluation.core import saebench_envelope
     from interp.evaluation.label_interp import label_interpretability
 
-    r = label_interpretability(sae, ctx.general())
+    r = label_interpretability(sae, ctx.general(), random_control_seed=0)
     metrics = {"label_interp": {"explained_fraction": r.explained_fraction, "label_coverage": r.label_coverage,
+                                "random_explained_fraction": r.random_explained_fraction,
                                 "n_live": float(r.n_live), "n_explained": float(r.n_explained),
                                 "n_labels": float(r.n_labels)}}
     out = saebench_envelope("label_interp", {"threshold": r.threshold, "min_support": r.min_support,
                                              "min_fires": r.min_fires, "hook_name": ctx.hook},
                             metrics, r.per_latent, {"per_label": r.per_label,
                                                     "explained_fraction_by_scope": r.explained_fraction_by_scope}, sae)
-    head = {"explained_fraction": r.explained_fraction, "label_coverage": r.label_coverage}
+    head = {"explained_fraction": r.explained_fraction, "random_explained_fraction": r.random_explained_fraction,
+            "label_coverage": r.label_coverage}
     return FamilyRun("label_interp", out, head, {}, 0.0, r)
 
 
