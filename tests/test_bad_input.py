@@ -529,3 +529,27 @@ def test_a_damaged_world_json_is_named(text: str, tmp_path: Path) -> None:
     (tmp_path / "world.json").write_text(text)
     with pytest.raises(InterpError, match="world.json"):
         world_of_model(tmp_path)
+
+
+def test_a_model_name_too_long_for_the_file_system_is_a_load_error() -> None:
+    import interp
+    from interp.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"\(300 characters\) is neither a model directory nor a hub name"):
+        interp.load("a" * 300)
+
+
+def test_windows_longer_than_the_learnt_positions_are_refused_before_the_model_runs(tmp_path) -> None:
+    from interp.activations.harvest import harvest
+    from interp.model.tiny import tiny_model
+
+    gpt2 = tiny_model("gpt2")  # learnt absolute positions: 128
+    assert gpt2.max_positions == 128 and tiny_model("llama").max_positions is None  # rotary: no hard limit
+    with pytest.raises(InterpError, match=r"context_length=129 is longer than .* can embed \(128 positions\); "
+                                          r"use context_length <= 128"):
+        harvest(gpt2, ["the cat sat on the mat"] * 40, "blocks.0.hook_resid_post", tmp_path / "s",
+                context_length=129, progress=False)
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").glob("shard_*"))
+    store = harvest(gpt2, ["the cat sat on the mat"] * 40, "blocks.0.hook_resid_post", tmp_path / "t",
+                    context_length=128, progress=False)
+    assert len(store) > 0

@@ -503,6 +503,11 @@ class TokenSource:
         pad = getattr(model, "pad_token_id", None)
         prepend = (bos is not None) if self.prepend_bos is None else self.prepend_bos
         assert self.context_length is not None  # resolved in __post_init__
+        limit = getattr(model, "max_positions", None)
+        if isinstance(limit, int) and self.context_length > limit:  # else an IndexError deep in the model
+            raise InterpError(f"context_length={self.context_length} is longer than "
+                              f"{getattr(model, 'name', 'the model')} can embed ({limit} positions); "
+                              f"use context_length <= {limit}")
         return PackingConfig(self.context_length, prepend, bos, eos, pad if pad is not None else (eos if eos is not None else 0))
 
     def describe(self) -> dict[str, Any]:

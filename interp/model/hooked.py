@@ -86,6 +86,20 @@ class HookedModel:
             )
         return names
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model can embed, where it has learnt absolute position
+        embeddings (``hook_pos_embed``: GPT-2, the world model); None where positions are
+        rotary or relative, which run past their trained length without an error."""
+        if "hook_pos_embed" not in self.points:
+            return None
+        config = getattr(self.model, "config", None) or getattr(self.model, "cfg", None)
+        for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def hook_shape(self, name: str) -> tuple[int, ...]:
         """The per-token shape at a hook, e.g. ``(d_model,)`` or ``(n_heads, d_head)``."""
         self.check_hooks(name)
