@@ -76,11 +76,15 @@ class ReconstructionStats:
         self.rows = 0
 
     @torch.no_grad()
-    def add(self, sae: Any, x: torch.Tensor, **encode_options: Any) -> None:
+    def add(self, sae: Any, x: torch.Tensor, target: torch.Tensor | None = None, **encode_options: Any) -> None:
         """Encode and decode the rows ``x [n, d_in]`` (float32, on the dictionary's device) and
-        add them to the sums. ``sae`` is any dictionary with ``encode_sparse``/``decode_sparse``."""
+        add them to the sums. ``sae`` is any dictionary with ``encode_sparse``/``decode_sparse``.
+        A transcoder's output (its skip path included) is compared with ``target [n, d_out]``,
+        the output hook's rows of the same tokens."""
         v, i = sae.encode_sparse(x, **encode_options)
         x_hat = sae.decode_sparse(v, i).float()
+        if target is not None:
+            x_hat, x = sae.add_skip(x_hat, x).float(), target
         self.err += float((x - x_hat).double().pow(2).sum())
         xs = x.double()
         self.sum_x = xs.sum(0) if self.sum_x is None else self.sum_x + xs.sum(0)

@@ -135,7 +135,29 @@ def check_devices(devices: Mapping[str, str | torch.device] | None, hooks: list[
 
 
 def hook_dir_name(hook: str) -> str:
+    """A file-system name for a lane: its hook, or ``<in>_to_<out>`` for a transcoder's pair."""
+    if PAIR_ARROW in hook:
+        return "_to_".join(hook_dir_name(h) for h in hook.split(PAIR_ARROW, 1))
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in hook)
+
+
+# A transcoder's lane is named by its pair of hooks: "blocks.0.hook_resid_mid->blocks.0.hook_mlp_out".
+PAIR_ARROW = "->"
+HookKey = str | tuple[str, str]
+
+
+def lane_name(key: HookKey) -> str:
+    """The lane (and result) name of a hook, or of a transcoder's ``(hook_in, hook_out)`` pair."""
+    return key if isinstance(key, str) else f"{key[0]}{PAIR_ARROW}{key[1]}"
+
+
+def key_hooks(key: HookKey) -> tuple[str, ...]:
+    """The hooks a lane reads: one, or a transcoder's input and output hooks."""
+    if isinstance(key, str):
+        return (key,)
+    if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(h, str) for h in key)):
+        raise InterpError(f"{key!r} is neither a hook name nor a (hook_in, hook_out) pair of hook names")
+    return key
 
 
 PathOrPerHook = str | os.PathLike | Mapping[str, str | os.PathLike] | None
@@ -173,7 +195,7 @@ def hook_lane(
 def train_live(
     model: Any,
     data: Any,
-    saes_by_hook: Mapping[str, SAE | Sequence[SAE]],
+    saes_by_hook: Mapping[HookKey, SAE | Sequence[SAE]],
     config: TrainConfig | None = None,
     *,
     context_length: int | None = None,
@@ -190,7 +212,11 @@ def train_live(
         model: a HookedModel.
         data: a .txt/.jsonl path, a list of strings, token ids or a dataset (as the harvest),
             or a :class:`TokenSource` holding the data options (text field, BOS handling).
-        saes_by_hook: hook name -> an SAE or a sweep of SAEs for that hook.
+        saes_by_hook: hook name -> an SAE or a sweep of SAEs for that hook; a transcoder (or
+            a sweep of them) under its ``(hook_in, hook_out)`` pair, e.g.
+            ``("blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out")``: the same forward pass
+            gives both hooks of each token. Its lane (result, directory, device key) is named
+            ``"hook_in->hook_out"``.
         config: the :class:`saes.TrainConfig` shared by every hook.
         context_length: window length of plain ``data`` (default 128).
         live: how activations are produced (:class:`LiveConfig`).
@@ -210,24 +236,35 @@ def train_live(
     cfg = config or TrainConfig()
     lc = live or LiveConfig()
     source = TokenSource.of(data, context_length=context_length)
-    hooks = list(saes_by_hook)
-    if not hooks:
+    keys = list(saes_by_hook)
+    if not keys:
         raise InterpError("train_live needs at least one hook with its SAE(s)")
+    hooks = list(dict.fromkeys(h for key in keys for h in key_hooks(key)))  # every hook the model must give
     model.check_hooks(hooks)
-    placed = check_devices(devices, hooks)
+    names = {lane_name(key): key for key in keys}
+    placed = check_devices(devices, list(names))
     described = {"source": source.describe(), "live": _live_settings(source, lc)}
     origin = {"model_name": model.name, "context_size": source.context_length,
               "prepend_bos": source.packing(model).prepend_bos}
     lanes = []
-    for hook in hooks:
-        d = _hook_width(model, hook, saes_by_hook[hook])
-        data_desc = {"kind": "live", "d": d, "rows": None, "model": model.name, "hook": hook, **described}
-        lanes.append(hook_lane(hook, saes_by_hook[hook], cfg, data=data_desc, origin={**origin, "hook_name": hook},
+    for name, key in names.items():
+        hook, *out = key_hooks(key)
+        d = _hook_width(model, key, saes_by_hook[key])
+        pair = {"hook_out": out[0]} if out else {}
+        data_desc = {"kind": "live", "d": d, "rows": None, "model": model.name, "hook": hook, **pair, **described}
+        where = {"hook_name": hook, **({"hook_name_out": out[0]} if out else {})}
+        lanes.append(hook_lane(name, saes_by_hook[key], cfg, data=data_desc, origin={**origin, **where},
                                devices=placed, checkpoint_dir=checkpoint_dir, log_dir=log_dir))
+
+    def lane_rows(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # A transcoder's rows are [input | target] of the same tokens (saes.training.data).
+        return {name: torch.cat([item[h] for h in key_hooks(key)], -1) if not isinstance(key, str) else item[key]
+                for name, key in names.items()}
 
     def batches_from(start: int) -> Iterator[dict[str, torch.Tensor]]:
         # Replayed from the start: the batches before `start` were trained on before an interruption.
-        return islice(activation_batches(model, source, hooks, cfg.batch_size, seed=cfg.seed, config=lc), start, None)
+        batches = activation_batches(model, source, hooks, cfg.batch_size, seed=cfg.seed, config=lc)
+        return map(lane_rows, islice(batches, start, None))
 
     stream = Stream(lanes, batches_from, keyed=True, sample_rows=cfg.init_rows,
                     empty="the data produced no activations; check the data path and context length")
@@ -237,11 +274,25 @@ def train_live(
         raise InterpError(str(err)) from None
 
 
-def _hook_width(model: Any, hook: str, saes: SAE | Sequence[SAE]) -> int:
-    """The per-token size ``d`` at ``hook``; raises unless every SAE for it has ``d_in = d``."""
+def _hook_width(model: Any, key: HookKey, saes: SAE | Sequence[SAE]) -> int:
+    """The per-token size ``d`` at a hook (for a transcoder's pair, ``d_in + d_out``); raises
+    unless every SAE for it fits the hooks."""
+    if not isinstance(key, str):
+        hook_in, hook_out = key
+        d_in, d_out = (math.prod(int(s) for s in model.hook_shape(h)) for h in key)
+        for sae in [saes] if isinstance(saes, SAE) else saes:
+            if not sae.is_transcoder or (sae.d_in, sae.d_out) != (d_in, d_out):
+                shown = f"d_in={sae.d_in}, d_out={sae.d_out}" if sae.is_transcoder else f"an SAE (d_in={sae.d_in})"
+                raise ShapeError(
+                    f"the dictionary for {hook_in} -> {hook_out} is {shown}, but those hooks of {model.name} have "
+                    f"d={d_in} and d={d_out}; build a transcoder with d_in={d_in}, d_out={d_out}")
+        return d_in + d_out
+    hook = key
     shape = tuple(int(s) for s in model.hook_shape(hook))
     d = math.prod(shape)
     for sae in [saes] if isinstance(saes, SAE) else saes:
+        if sae.is_transcoder:
+            raise ShapeError(f"a transcoder was given for the single hook {hook}; key it by its (hook_in, hook_out) pair")
         if sae.d_in != d:
             raise ShapeError(
                 f"an SAE for {hook} has d_in={sae.d_in}, but {hook} of {model.name} has per-token shape "

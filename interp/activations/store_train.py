@@ -23,12 +23,12 @@ from typing import Any
 import torch
 
 from saes import SAE, TrainConfig, TrainResult
-from saes.training.data import StoreSource
+from saes.training.data import PairedStoreSource, StoreSource
 from saes.training.runner import Stream, run
 from saes.training.trainer import check_models
 
 from interp.errors import InterpError
-from interp.activations.live import PathOrPerHook, check_devices, hook_lane
+from interp.activations.live import HookKey, PathOrPerHook, check_devices, hook_lane, key_hooks, lane_name
 from interp.activations.store import ActivationStore
 
 
@@ -42,7 +42,7 @@ def store_origin(store: ActivationStore) -> dict[str, Any]:
 
 def train_store(
     store: str | os.PathLike | ActivationStore,
-    saes_by_hook: Mapping[str, SAE | Sequence[SAE]],
+    saes_by_hook: Mapping[HookKey, SAE | Sequence[SAE]],
     config: TrainConfig | None = None,
     *,
     checkpoint_dir: PathOrPerHook = None,
@@ -55,6 +55,8 @@ def train_store(
 
     Args:
         store: the store directory (or an open store: any of its hooks).
+        saes_by_hook: hook -> an SAE or a sweep; a transcoder under its ``(hook_in,
+            hook_out)`` pair of stored hooks (its lane is named ``"hook_in->hook_out"``).
         config: the shared :class:`saes.TrainConfig`.
         checkpoint_dir, log_dir: ``dir/<hook>`` and ``dir/<hook>.jsonl`` (or mappings).
         resume: continue those checkpoints.
@@ -64,19 +66,31 @@ def train_store(
         hook -> :class:`saes.TrainResult` (a list for a sweep).
     """
     cfg = config or TrainConfig()
-    hooks = list(saes_by_hook)
-    if not hooks:
+    keys = list(saes_by_hook)
+    if not keys:
         raise InterpError("train_store needs at least one hook with its SAE(s)")
-    base = store if isinstance(store, ActivationStore) else ActivationStore.open(store, hook=hooks[0])
-    placed = check_devices(devices, hooks)
+    base = store if isinstance(store, ActivationStore) else ActivationStore.open(store, hook=key_hooks(keys[0])[0])
+    placed = check_devices(devices, [lane_name(k) for k in keys])
     streams = []
-    for h in hooks:
-        view = base.select(h)
-        sweep = [saes_by_hook[h]] if isinstance(saes_by_hook[h], SAE) else list(saes_by_hook[h])
+    for key in keys:
+        views = [base.select(h) for h in key_hooks(key)]
+        view = views[0]
+        sweep = [saes_by_hook[key]] if isinstance(saes_by_hook[key], SAE) else list(saes_by_hook[key])
         check_models(sweep)  # before its d_in is read
-        source = StoreSource(view, sweep[0].d_in, cfg.batch_size)
-        lane = hook_lane(h, saes_by_hook[h], cfg, data=source.fingerprint(), origin=store_origin(view), devices=placed,
-                         checkpoint_dir=checkpoint_dir, log_dir=log_dir)
+        origin = store_origin(view)
+        if len(views) == 2:  # a transcoder: its input and target rows, from one harvest of both hooks
+            if not sweep[0].is_transcoder:
+                raise InterpError(f"{lane_name(key)} pairs two hooks, but its dictionary is an SAE; build it with "
+                                  f"d_out={views[1].d} (a transcoder)")
+            source = PairedStoreSource(view, views[1], sweep[0].d_in, sweep[0].d_out, cfg.batch_size)
+            origin["hook_name_out"] = views[1].hook
+        else:
+            if sweep[0].is_transcoder:
+                raise InterpError(f"the dictionary for {key} is a transcoder; key it by its (hook_in, hook_out) pair "
+                                  "of stored hooks")
+            source = StoreSource(view, sweep[0].d_in, cfg.batch_size)
+        lane = hook_lane(lane_name(key), saes_by_hook[key], cfg, data=source.fingerprint(), origin=origin,
+                         devices=placed, checkpoint_dir=checkpoint_dir, log_dir=log_dir)
         # Bound now: each stream keeps its own source.
         streams.append(Stream([lane], lambda start, source=source: source.iterate(cfg.batch_size, cfg.seed, skip=start),
                               sample_rows=min(cfg.init_rows, len(view))))

@@ -365,13 +365,19 @@ def splice_per_doc(model: Any, sae: Any, data: LabelledActivations, batch_size: 
     (its totals divided by the counts give its figures), kept per document for the bootstrap.
     """
     from interp.evaluation.losses import next_token_nll, token_kl
-    from interp.evaluation.splice import check_sae_fits
+    from interp.evaluation.splice import (
+        check_sae_fits,
+        splice_hooks,
+        splice_of,
+        zero_hooks,
+    )
 
     if not data.hook:
         raise InterpError("the set records no hook, so there is nowhere to splice; build it with from_world or "
                           "from_tokens, or evaluate without a model")
-    shape = check_sae_fits(model, sae, data.hook)
+    check_sae_fits(model, sae, data.hook)
     sae = sae.to(model.device).eval()
+    splices = [splice_of(sae, data.hook)]
     source = data.token_source()
     n_docs = data.n_docs
     keys = ("ce_clean", "ce_spliced", "ce_zero", "n_pred", "kl_spliced", "kl_zero", "n_pos")
@@ -379,19 +385,10 @@ def splice_per_doc(model: Any, sae: Any, data: LabelledActivations, batch_size: 
     for batch in source.batches(model, batch_size):
         tok, mask = batch.tokens.to(model.device), batch.attention_mask.to(model.device)
         keep = source.keep_mask(batch).to(model.device)
-        keep_b = keep.view(*keep.shape, *([1] * len(shape)))
-
-        def splice(t: torch.Tensor, hook: Any = None, keep_b: torch.Tensor = keep_b) -> torch.Tensor:
-            rec = sae(t.reshape(-1, sae.d_in).to(sae.dtype)).to(t.dtype).reshape(t.shape)
-            return torch.where(keep_b, rec, t)
-
-        def zero(t: torch.Tensor, hook: Any = None, keep_b: torch.Tensor = keep_b) -> torch.Tensor:
-            return t * ~keep_b
-
         clean = model(tok, mask)
-        with model.hooks([(data.hook, splice)]):
+        with model.hooks(splice_hooks(splices, keep)):
             spliced = model(tok, mask)
-        with model.hooks([(data.hook, zero)]):
+        with model.hooks(zero_hooks(splices, keep)):
             zeroed = model(tok, mask)
         valid = (mask[:, 1:] * mask[:, :-1]).double()
         real = mask.double()

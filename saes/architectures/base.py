@@ -19,6 +19,7 @@ leading shape.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import os
@@ -148,12 +149,21 @@ class SAE(nn.Module):
     supports_auxk: ClassVar[bool] = True
     # False for inference-only architectures read from other libraries' files.
     trainable: ClassVar[bool] = True
+    # Whether the trainer keeps decoder rows at unit norm (projecting the gradient, then
+    # re-normalising after each step, and at initialisation). A family whose penalty
+    # weights codes by decoder-row norms may free the rows, per instance.
+    unit_norm_decoder: bool = True
+    # False where the encoding itself reads the decoder in input space (matching pursuit),
+    # so the family cannot map one hook onto another (see the transcoder notes below).
+    can_transcode: ClassVar[bool] = True
 
     def __init__(
         self,
         d_in: int,
         d_sae: int,
         *,
+        d_out: int | None = None,
+        skip: bool = False,
         dtype: str | torch.dtype = "float32",
         device: str | torch.device = "cpu",
         metadata: dict[str, Any] | None = None,
@@ -163,13 +173,18 @@ class SAE(nn.Module):
             raise ConfigError(f"d_in and d_sae must be positive, got d_in={d_in}, d_sae={d_sae}")
         self.d_in = int(d_in)
         self.d_sae = int(d_sae)
-        self.apply_b_dec_to_input = True
+        self.d_out, self.skip = self._check_transcoder(d_out, skip)
+        # A transcoder's b_dec lives in the output space, so it is never subtracted from the input.
+        self.apply_b_dec_to_input = not self.is_transcoder
         self.metadata: dict[str, Any] = {k: None for k in METADATA_KEYS}
         self.metadata.update(metadata or {})
         dt = parse_dtype(dtype)
         try:
-            self.W_dec = nn.Parameter(torch.empty(self.d_sae, self.d_in, dtype=dt, device=device))
-            self.b_dec = nn.Parameter(torch.zeros(self.d_in, dtype=dt, device=device))
+            self.W_dec = nn.Parameter(torch.empty(self.d_sae, self.d_out, dtype=dt, device=device))
+            self.b_dec = nn.Parameter(torch.zeros(self.d_out, dtype=dt, device=device))
+            # [d_out, d_in] as SAELens, sparsify and circuit-tracer store it (output = x @ W_skip.T).
+            self.W_skip = (nn.Parameter(torch.zeros(self.d_out, self.d_in, dtype=dt, device=device))
+                           if self.skip else None)
             self._build_encoder(dt, torch.device(device))
         except (RuntimeError, MemoryError) as err:  # out of memory, or a device that does not exist
             gib = self.d_in * self.d_sae * (dt.itemsize if hasattr(dt, "itemsize") else 4) / 2**30
@@ -179,6 +194,42 @@ class SAE(nn.Module):
                 "use a smaller d_sae, another dtype or another device"
             ) from None
         self.reset_parameters()
+
+    def _check_transcoder(self, d_out: int | None, skip: bool) -> tuple[int, bool]:
+        """``(d_out, skip)`` checked: ``d_out`` given makes a transcoder (see :attr:`is_transcoder`)."""
+        if not isinstance(skip, bool):
+            raise ConfigError(f"skip={skip!r} must be True or False")
+        self._transcoder = d_out is not None
+        if not self._transcoder:
+            if skip:
+                raise ConfigError("skip=True adds a linear path from the input hook to the output hook, which "
+                                  "only a transcoder has; give d_out (the output hook's width) as well")
+            return self.d_in, False
+        if not self.can_transcode:
+            raise ConfigError(f"{type(self).__name__} cannot be a transcoder: its encoding reads the decoder in the "
+                              "input's space; use a TopK, BatchTopK or Matryoshka transcoder instead")
+        if as_count(d_out, "d_out") < 1:
+            raise ConfigError(f"d_out={d_out} must be positive (the width of the hook the transcoder writes)")
+        return int(d_out), skip  # type: ignore[arg-type]
+
+    @classmethod
+    def trains_as_transcoder(cls) -> bool:
+        """Whether the family can be trained as a transcoder: it may be one, and its training
+        step takes the reconstruction target (see :meth:`training_forward`)."""
+        return cls.trainable and cls.can_transcode and "target" in inspect.signature(cls.training_forward).parameters
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether this dictionary reads one hook and reconstructs another (built with ``d_out``).
+
+        A transcoder encodes ``x [batch, d_in]`` at its input hook (``metadata["hook_name"]``)
+        and decodes to ``y_hat [batch, d_out]`` at its output hook
+        (``metadata["hook_name_out"]``); ``W_dec`` is ``[d_sae, d_out]`` and ``b_dec``
+        ``[d_out]``, never subtracted from the input. A skip-transcoder (``skip=True``, Paulo
+        et al. 2025) adds ``x @ W_skip.T`` with ``W_skip [d_out, d_in]``, starting at zero.
+        Every encoder family can be one; only the reconstruction target changes.
+        """
+        return self._transcoder
 
     # ------------------------------------------------------------ parameters
 
@@ -191,14 +242,21 @@ class SAE(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Random unit decoder rows, ``W_enc = W_dec.T``, zero biases.
 
+        A transcoder's encoder reads another space than its decoder writes, so its columns
+        are a second random unit draw instead, and its skip matrix starts at zero.
         ``generator`` (a CPU generator) makes the draw reproducible; the trainer passes
         one seeded from its config.
         """
-        w = torch.randn(self.d_sae, self.d_in, generator=generator, dtype=torch.float32)
+        w = torch.randn(self.d_sae, self.d_out, generator=generator, dtype=torch.float32)
         w /= w.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.W_dec.copy_(w)
         self.b_dec.zero_()
+        if self.W_skip is not None:
+            self.W_skip.zero_()
         if isinstance(self._parameters.get("W_enc"), nn.Parameter):
+            if self.is_transcoder:
+                w = torch.randn(self.d_sae, self.d_in, generator=generator, dtype=torch.float32)
+                w /= w.norm(dim=1, keepdim=True).clamp_min(1e-12)
             self.W_enc.copy_(w.T)
         if isinstance(self._parameters.get("b_enc"), nn.Parameter):
             self.b_enc.zero_()
@@ -213,7 +271,14 @@ class SAE(nn.Module):
 
     def arch_config(self) -> dict[str, Any]:
         """The settings that define this SAE (JSON-able); ``type(self)(**cfg)`` rebuilds it."""
-        return {"d_in": self.d_in, "d_sae": self.d_sae}
+        return {"d_in": self.d_in, "d_sae": self.d_sae, **self.transcoder_config()}
+
+    def transcoder_config(self) -> dict[str, Any]:
+        """``d_out`` (and ``skip``) of a transcoder, for :meth:`arch_config`; ``{}`` for an SAE, so
+        files and checkpoints of SAEs read as before."""
+        if not self.is_transcoder:
+            return {}
+        return {"d_out": self.d_out, **({"skip": True} if self.skip else {})}
 
     # -------------------------------------------------------------- encoding
 
@@ -243,12 +308,20 @@ class SAE(nn.Module):
     # -------------------------------------------------------------- decoding
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """``x_hat [..., d_in]`` from codes ``values/indices [..., k']``, reading only k' rows."""
+        """``x_hat [..., d_out]`` from codes ``values/indices [..., k']``, reading only k' rows
+        (``d_out = d_in`` for an SAE; a skip-transcoder's skip path is :meth:`add_skip`'s)."""
         lead = tuple(values.shape[:-1])
         v = values.reshape(-1, values.shape[-1])
         i = indices.reshape(-1, indices.shape[-1])
         out = kernels.sparse_decode(v, i, self.W_dec) + self.b_dec
-        return out.reshape(*lead, self.d_in)
+        return out.reshape(*lead, self.d_out)
+
+    def add_skip(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x_hat + x @ W_skip.T`` for a skip-transcoder (``x [batch, d_in]`` its input,
+        ``x_hat [batch, d_out]`` the decoded codes); ``x_hat`` unchanged otherwise."""
+        if self.W_skip is None:
+            return x_hat
+        return x_hat + x.to(self.W_skip.dtype) @ self.W_skip.T
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``x_hat [..., d_in] = z @ W_dec + b_dec`` for dense ``z [..., d_sae]``."""
@@ -259,24 +332,36 @@ class SAE(nn.Module):
         return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor, **options: Any) -> torch.Tensor:
-        """Reconstruction ``x_hat [..., d_in]`` of ``x [..., d_in]``."""
+        """Reconstruction ``x_hat [..., d_out]`` of ``x [..., d_in]`` (a transcoder's output
+        hook, its skip path included)."""
         flat, lead = flatten_rows(x, self.d_in, f"{type(self).__name__}.forward")
         v, i = self._encode_sparse(flat, **options)
-        return self.decode_sparse(v, i).reshape(*lead, self.d_in)
+        return self.add_skip(self.decode_sparse(v, i), flat).reshape(*lead, self.d_out)
 
     # -------------------------------------------------------------- training
 
-    def training_forward(self, x: torch.Tensor, variance: torch.Tensor) -> StepOutput:
+    def set_training_progress(self, fraction: float) -> None:
+        """Told by the trainer before each step: the fraction of the run's tokens trained
+        once that step ends (the current batch counted, as in the learning-rate warm-up).
+        Families with coefficients that warm up read it; by default it is ignored. It is a
+        function of the tokens seen, which checkpoints restore, so resumes need no more."""
+
+    def training_forward(self, x: torch.Tensor, variance: torch.Tensor,
+                         target: torch.Tensor | None = None) -> StepOutput:
         """Codes, reconstruction and loss terms for one flat batch ``x [batch, d_in]``.
 
-        ``variance`` is :func:`batch_variance` of ``x``; the reconstruction loss is the
-        normalised MSE ``||x - x_hat||^2 / variance``. The default encodes with
-        :meth:`_train_codes` and decodes once.
+        ``target [batch, d_out]`` is what a transcoder reconstructs (the output hook's
+        activations of the same tokens); None means ``x`` itself. ``variance`` is
+        :func:`batch_variance` of the target; the reconstruction loss is the normalised MSE
+        ``||target - x_hat||^2 / variance``. The default encodes with :meth:`_train_codes`
+        and decodes once. A family that overrides this method takes ``target`` too to be
+        trainable as a transcoder (the trainer checks).
         """
         enc = self._train_codes(x)
-        x_hat = self.decode_sparse(enc.values, enc.indices)
+        x_hat = self.add_skip(self.decode_sparse(enc.values, enc.indices), x)
+        y = x if target is None else target
         return StepOutput(
-            x_hat, enc.values, enc.indices, enc.pre_acts, {"mse": normalized_mse(x_hat, x, variance)},
+            x_hat, enc.values, enc.indices, enc.pre_acts, {"mse": normalized_mse(x_hat, y, variance)},
             aux_codes=self._aux_codes(x),
         )
 
@@ -310,12 +395,27 @@ class SAE(nn.Module):
         """Make an SAE trained on ``scale * x`` act on raw ``x`` with the same codes.
 
         ``h = (s x - b) W + c = (x - b/s)(s W) + c`` and the raw reconstruction is
-        ``x_hat / s``: so ``W_enc *= s``, ``W_dec /= s``, ``b_dec /= s``.
+        ``x_hat / s``: so ``W_enc *= s``, ``W_dec /= s``, ``b_dec /= s``. A transcoder's
+        output is scaled on its own (:meth:`fold_output_scale`): here only its encoder
+        and skip matrix read the input, so ``W_enc *= s``, ``W_skip *= s``.
         """
         if isinstance(self._parameters.get("W_enc"), nn.Parameter):
             self.W_enc.mul_(scale)
+        if self.is_transcoder:
+            if self.W_skip is not None:
+                self.W_skip.mul_(scale)
+            return
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
+
+    @torch.no_grad()
+    def fold_output_scale(self, scale: float) -> None:
+        """Make a transcoder trained to output ``scale * y`` output raw ``y``: ``W_dec``,
+        ``b_dec`` and ``W_skip`` divided by ``scale`` (codes unchanged)."""
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+        if self.W_skip is not None:
+            self.W_skip.div_(scale)
 
     # --------------------------------------------------------------- files
 

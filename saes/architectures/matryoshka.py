@@ -139,6 +139,7 @@ class MatryoshkaSAE(LearntThreshold, SAE):
             "batch_topk": self.batch_topk,
             "weighting": self.weighting,
             "threshold_momentum": self.threshold_momentum,
+            **self.transcoder_config(),
         }
 
     def _level_weights(self) -> tuple[float, list[float]]:
@@ -181,19 +182,22 @@ class MatryoshkaSAE(LearntThreshold, SAE):
             self._update_threshold(enc.values.detach())
         return enc
 
-    def training_forward(self, x: torch.Tensor, variance: torch.Tensor) -> StepOutput:
+    def training_forward(self, x: torch.Tensor, variance: torch.Tensor,
+                         target: torch.Tensor | None = None) -> StepOutput:
         enc = self._train_codes(x)
         values, indices = enc.values, enc.indices
         w_bias, weights = self._level_weights()
         # All prefix reconstructions from one pass over the sparse code: group sums, then
         # a running sum over groups (each code is read once, whatever the number of levels).
         prefixes = kernels.prefix_decode(values, indices, self.W_dec, self.prefix_ends)  # [N, L, d]
-        x_hat = self.b_dec.expand_as(x)
-        total = normalized_mse(x_hat, x, variance) * w_bias if w_bias else x.new_zeros(())
+        y = x if target is None else target  # a transcoder's every prefix reconstructs its target
+        base = self.add_skip(self.b_dec.expand_as(y), x)
+        x_hat = base
+        total = normalized_mse(x_hat, y, variance) * w_bias if w_bias else x.new_zeros(())
         level_losses: dict[str, float] = {}
         for level, w in enumerate(weights):
-            x_hat = prefixes[:, level] + self.b_dec
-            loss = normalized_mse(x_hat, x, variance)
+            x_hat = prefixes[:, level] + base
+            loss = normalized_mse(x_hat, y, variance)
             total = total + w * loss
             level_losses[f"fvu_prefix{level}"] = loss.detach()
         return StepOutput(

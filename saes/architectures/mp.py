@@ -87,6 +87,7 @@ class MPSAE(SAE):
 
     architecture = "mp"
     supports_auxk = False
+    can_transcode = False  # the pursuit subtracts decoder rows from the input
 
     def __init__(
         self,

@@ -23,6 +23,22 @@ SAELens can run (each class's ``saelens_architecture``):
   ``stop_on_duplicate_support = false`` (fixed k steps, as trained); the untied, signed and
   no-reselect variants are written as ``mp``, which only this package reads.
 
+Transcoders (built with ``d_out``) are written as SAELens 6.54 reads them: ``d_out`` in
+cfg.json, ``apply_b_dec_to_input: false``, the output hook as ``metadata.hook_name_out``,
+``W_dec [d_sae, d_out]``, ``b_dec [d_out]`` and, for a skip-transcoder, ``W_skip [d_out,
+d_in]``. The architecture is SAELens's transcoder class for the inference form
+(:func:`saelens_architecture`):
+
+* ReLU codes -> ``transcoder`` / ``skip_transcoder``;
+* JumpReLU codes (JumpReLU, BatchTopK, BatchTopK Matryoshka) -> ``jumprelu_transcoder`` /
+  ``jumprelu_skip_transcoder`` with ``threshold [d_sae]``;
+* TopK codes without a skip path and with ``d_out = d_in`` -> ``topk``: SAELens loads its
+  TopKSAE, which computes exactly this transcoder, and its HookedSAETransformer splices any
+  SAE whose metadata names ``hook_name_out`` as a transcoder. SAELens has no TopK
+  transcoder class beyond that, so TopK skip-transcoders (and ``d_out != d_in``) are
+  written as ``topk_skip_transcoder`` / ``topk_transcoder``: names SAELens refuses to load
+  rather than loading them as something they are not. This package reads them all.
+
 Input normalisation is always folded into the weights before saving
 (``normalize_activations: "none"``). Files are written through :mod:`saes.formats.durable`
 (atomic, checksummed).
@@ -86,22 +102,43 @@ F = schema.Field
 def state_tensors(sae: SAE) -> dict[str, torch.Tensor]:
     """The tensors a saved file holds, under SAELens's names.
 
-    The decoder, the encoder where it has parameters of its own (tied matching pursuit
-    has none), and an inference ``threshold``: one per latent as it is, or a single θ
-    (BatchTopK codes) repeated ``d_sae`` times, as SAELens saves BatchTopK.
+    Every parameter under its own name (the classes use SAELens's: ``W_enc``, ``b_enc``,
+    ``W_dec``, ``b_dec``, and JumpReLU's ``threshold``, Gated's ``b_gate``, ``r_mag``,
+    ``b_mag``; tied matching pursuit has no encoder), and an inference ``threshold`` kept
+    as a buffer: a single θ (BatchTopK codes) repeated ``d_sae`` times, as SAELens saves
+    BatchTopK.
     """
-    params = dict(sae.named_parameters())
-    out = {"W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    out.update({name: params[name] for name in ("W_enc", "b_enc") if name in params})
+    out = dict(sae.named_parameters())
     threshold = getattr(sae, "threshold", None)
     if isinstance(threshold, torch.Tensor):
         out["threshold"] = threshold if threshold.ndim else torch.full((sae.d_sae,), float(threshold), dtype=sae.dtype)
     return {k: v.detach() for k, v in out.items()}
 
 
+# SAELens's transcoder class for each inference form, without and with the skip path
+# (the topk names are this package's: SAELens has no such class).
+TRANSCODER_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "standard": ("transcoder", "skip_transcoder"),
+    "jumprelu": ("jumprelu_transcoder", "jumprelu_skip_transcoder"),
+    "topk": ("topk_transcoder", "topk_skip_transcoder"),
+}
+
+
+def saelens_architecture(sae: SAE) -> str:
+    """The ``architecture`` cfg.json gives ``sae`` (see the module docstring)."""
+    arch = sae.saelens_architecture
+    if not sae.is_transcoder:
+        return arch
+    if arch == "topk" and not sae.skip and sae.d_out == sae.d_in:
+        return "topk"  # SAELens's TopKSAE computes it exactly
+    if arch not in TRANSCODER_ARCHITECTURES:
+        raise FormatError(f"a {arch} transcoder has no SAELens layout; save a ReLU, JumpReLU, BatchTopK or TopK one")
+    return TRANSCODER_ARCHITECTURES[arch][int(sae.skip)]
+
+
 def build_cfg(sae: SAE) -> dict[str, Any]:
     """The ``cfg.json`` of ``sae`` (see the module docstring)."""
-    arch = sae.saelens_architecture
+    arch = saelens_architecture(sae)
     meta = {k: sae.metadata.get(k) for k in METADATA_KEYS}
     meta.update({k: v for k, v in sae.metadata.items() if k not in meta})
     hook = meta.get("hook_name") or ""
@@ -115,7 +152,9 @@ def build_cfg(sae: SAE) -> dict[str, Any]:
         "normalize_activations": "none",
         "reshape_activations": "hook_z" if str(hook).endswith("hook_z") else "none",
     }
-    if arch == "topk":
+    if sae.is_transcoder:
+        cfg["d_out"] = sae.d_out
+    if arch.startswith("topk"):
         cfg["k"] = sae.k  # type: ignore[attr-defined]
     if arch == "matching_pursuit":
         cfg["residual_threshold"] = sae.residual_threshold or 0.0  # type: ignore[attr-defined]
@@ -175,7 +214,8 @@ registry.set_saver(save)
 
 def metadata_from(cfg: dict[str, Any]) -> dict[str, Any]:
     """The model/hook description of a cfg.json (ours or SAELens's, any version)."""
-    meta = {k: cfg.get(k) for k in METADATA_KEYS if k in cfg}
+    # hook_name_out: a transcoder's output hook (top level in SAELens's converted files).
+    meta = {k: cfg.get(k) for k in (*METADATA_KEYS, "hook_name_out") if k in cfg}
     if isinstance(cfg.get("metadata"), dict):
         meta.update({k: v for k, v in cfg["metadata"].items() if v is not None or k not in meta})
     meta.pop("sae_lens_version", None)  # describes the file's layout, not the SAE
@@ -213,16 +253,18 @@ def check_file_dtypes(tensors: dict[str, torch.Tensor], cfg_dtype: torch.dtype, 
 
 
 def check_sizes(d_in: int, d_sae: int, tensors: dict[str, torch.Tensor], where: Path, said_by: str,
-                decoder: str = "W_dec") -> None:
-    """``d_in`` and ``d_sae`` a config claims against the shape of the file's decoder, before an
-    SAE of the claimed size is built (a claim of millions of latents over small weights would
-    allocate gigabytes before any shape was checked)."""
+                decoder: str = "W_dec", d_out: int | None = None) -> None:
+    """``d_in`` and ``d_sae`` (and a transcoder's ``d_out``) a config claims against the shape of
+    the file's decoder, before an SAE of the claimed size is built (a claim of millions of
+    latents over small weights would allocate gigabytes before any shape was checked)."""
     if decoder not in tensors:
         raise FormatError(f"{where} has no tensor {decoder!r} (found {sorted(tensors)}); the file is incomplete")
     shape = list(tensors[decoder].shape)
-    if shape != [d_sae, d_in]:
+    width = d_in if d_out is None else d_out
+    if shape != [d_sae, width]:
+        said = f"d_in={d_in}, d_sae={d_sae}" + ("" if d_out is None else f", d_out={d_out}")
         raise FormatError(
-            f"{said_by} says d_in={d_in}, d_sae={d_sae}, so the decoder would be [{d_sae}, {d_in}], but {where} "
+            f"{said_by} says {said}, so the decoder would be [{d_sae}, {width}], but {where} "
             f"holds {decoder} of shape {shape}; the config does not describe these weights (edited, damaged or "
             "from another SAE)"
         )
@@ -269,7 +311,7 @@ def _check_arch_settings(cls: type[SAE], settings: dict[str, Any], where: str) -
     fields: dict[str, schema.Field] = {}
     for name, p in registry.settings_of(cls).items():
         default = p.default
-        if name in ("d_in", "d_sae", "k", "max_iterations"):
+        if name in ("d_in", "d_sae", "k", "max_iterations", "d_out"):
             fields[name] = F("int", optional=default is None, minimum=1)
         elif name == "group_sizes":
             fields[name] = F("int_list", optional=True, minimum=1)
@@ -315,15 +357,19 @@ def load_ours(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path
     # The sizes the SAE would be built with, checked against the file before building it.
     sizes = settings.get("group_sizes")
     d_sae = settings.get("d_sae") if settings.get("d_sae") is not None or not sizes else sum(sizes)
+    d_out = settings.get("d_out")  # a transcoder's decoder is [d_sae, d_out]
     for d_in_said, d_sae_said, said_by in ((settings.get("d_in"), d_sae, f"{cfg_path} ('saes.config')"),
                                           (cfg.get("d_in"), cfg.get("d_sae"), str(cfg_path))):
         if isinstance(d_in_said, int) and isinstance(d_sae_said, int):
-            check_sizes(d_in_said, d_sae_said, tensors, where, said_by)
+            check_sizes(d_in_said, d_sae_said, tensors, where, said_by, d_out=d_out if isinstance(d_out, int) else None)
     try:
         sae = cls(**settings, dtype=dtype, metadata=metadata_from(cfg))
     except (SAEError, TypeError, ValueError) as err:
         raise FormatError(f"{where.parent / CFG_FILE} describes an SAE that cannot be built: {err}") from None
-    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
+    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", not sae.is_transcoder))
+    if sae.is_transcoder and sae.apply_b_dec_to_input:
+        raise FormatError(f"{cfg_path}: a transcoder's b_dec lives in its output space, so apply_b_dec_to_input "
+                          "must be false; the cfg.json is damaged or edited")
     assign_tensors(sae, tensors, [n for n, _ in sae.named_parameters()], where)
     _load_threshold(sae, tensors, arch, where)
     return sae

@@ -48,11 +48,14 @@ STATE_FIELDS = {
     "batches": F("int", minimum=0),
     "input_scale": F("number"),
 }
-OPTIONAL_FIELDS = {"metrics": F("list"), "done": F("bool"), "skipped_rows": F("int", minimum=0)}
+# output_scale: a transcoder's target scale (absent from checkpoints of SAEs written before it).
+OPTIONAL_FIELDS = {"metrics": F("list"), "done": F("bool"), "skipped_rows": F("int", minimum=0),
+                   "output_scale": F("number")}
 SAE_FIELDS = {"architecture": F("str"), "config": F("dict")}
 # The data description resuming compares; other keys (a live run's source) are compared as written.
 DATA_FIELDS = {"kind": F("str", optional=True), "d": F("int", optional=True, minimum=1),
-               "rows": F("int", optional=True, minimum=0), "hook": F("str", optional=True)}
+               "rows": F("int", optional=True, minimum=0), "hook": F("str", optional=True),
+               "hook_out": F("str", optional=True)}
 
 _ADAM = re.compile(r"sae(\d+)\.adam\.(.+)\.(exp_avg|exp_avg_sq|max_exp_avg_sq|step)")
 _SINCE_FIRED = re.compile(r"sae(\d+)\.since_fired")
@@ -106,11 +109,12 @@ def check_state(state: Any, where: str) -> dict[str, Any]:
     """The run state, each key and nested entry of the right type (else CheckpointError)."""
     state = schema.check(state, {**STATE_FIELDS, **OPTIONAL_FIELDS}, where, CheckpointError,
                          required=tuple(STATE_FIELDS))
-    if not state["input_scale"] > 0:
-        raise CheckpointError(
-            f"{where}: 'input_scale' is {state['input_scale']!r} but must be a number > 0 (the inputs are multiplied "
-            "by it); the file is damaged: delete the checkpoint to start afresh, or restore it from a copy"
-        )
+    for key in ("input_scale", "output_scale"):
+        if key in state and not state[key] > 0:
+            raise CheckpointError(
+                f"{where}: {key!r} is {state[key]!r} but must be a number > 0 (the rows are multiplied by it); the "
+                "file is damaged: delete the checkpoint to start afresh, or restore it from a copy"
+            )
     state["saes"] = [schema.check(entry, SAE_FIELDS, f"{where} 'saes'[{i}]", CheckpointError,
                                   required=tuple(SAE_FIELDS), warn_unknown=False)
                      for i, entry in enumerate(state["saes"])]

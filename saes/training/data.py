@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -199,12 +200,124 @@ def is_store(data: Any) -> bool:
     return callable(getattr(data, "batches", None)) and hasattr(data, "d") and hasattr(data, "__len__")
 
 
-def make_source(data: Any, d_in: int, batch_size: int, check_finite: bool = True) -> Source:
-    """The :class:`Source` for ``data`` (tensor, numpy array, store or iterable).
+# ---------------------------------------------------------------- transcoders: (input, target) pairs
+#
+# A transcoder trains on pairs: the activations x of its input hook and y of its output hook
+# at the same tokens. Its sources stream them as one row [x | y] of width d_in + d_out, so
+# that shuffling, skipping, non-finite checks and data-parallel shards, which work row by
+# row, keep every pair together; the trainer splits the row before the step.
+
+PAIR_FORMS = ("pass (x [N, d_in], y [N, d_out]) tensors of the same tokens, (input store, target store) views of "
+              "one store, or an iterable of (x, y) batches")
+
+
+def pair_rows(x: Any, y: Any, d_in: int, d_out: int, where: str) -> torch.Tensor:
+    """``[N, d_in + d_out]``: a transcoder's input rows ``x [N, d_in]`` and target rows
+    ``y [N, d_out]`` (the same tokens, row for row) side by side."""
+    parts = []
+    for t, d, name in ((x, d_in, "input"), (y, d_out, "target")):
+        t = torch.from_numpy(t) if isinstance(t, np.ndarray) else t
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"{where}: the {name} is a {type(t).__name__}, not a tensor of activations; {PAIR_FORMS}")
+        if t.ndim < 1 or t.shape[-1] != d:
+            raise ShapeMismatchError(
+                f"{where}: the {name} has shape {list(t.shape)} but the transcoder has d_{'in' if name == 'input' else 'out'}"
+                f"={d} (expects [N, {d}]); pass the activations of the hook it {'reads' if name == 'input' else 'writes'}")
+        if not t.is_floating_point():
+            raise DataError(f"{where}: the {name} has dtype {t.dtype}; activations must be floating point")
+        parts.append(t.reshape(-1, d))
+    if parts[0].shape[0] != parts[1].shape[0]:
+        raise ShapeMismatchError(
+            f"{where}: {parts[0].shape[0]} input rows but {parts[1].shape[0]} target rows; a transcoder trains on the "
+            "input and target activations of the same tokens, row for row")
+    dtype = torch.promote_types(parts[0].dtype, parts[1].dtype)
+    return torch.cat([parts[0].to(dtype), parts[1].to(device=parts[0].device, dtype=dtype)], -1)
+
+
+class PairedStoreSource(Source):
+    """A transcoder's pairs from two hooks of one activation store (one harvest of both).
+
+    Both views read the store in the same seeded order (its shuffle depends only on the
+    manifest, the batch size and the seed), so row ``i`` of each batch is one token at both
+    hooks."""
+
+    kind = "store"
+
+    def __init__(self, store_in: Any, store_out: Any, d_in: int, d_out: int, batch_size: int):
+        hooks = (getattr(store_in, "hook", None), getattr(store_out, "hook", None))
+        for store, d, name, hook in ((store_in, d_in, "d_in", hooks[0]), (store_out, d_out, "d_out", hooks[1])):
+            if int(store.d) != d:
+                raise ShapeMismatchError(
+                    f"{getattr(store, 'directory', 'the store')}: hook {hook} has rows of width {int(store.d)} but the "
+                    f"transcoder has {name}={d}; build it with {name}={int(store.d)}, or pick the hook it is for")
+        places = {str(Path(s.directory).resolve()) for s in (store_in, store_out) if getattr(s, "directory", None)}
+        if len(places) > 1 or len(store_in) != len(store_out):
+            raise DataError(
+                f"the input ({hooks[0]}) and target ({hooks[1]}) come from different stores ({', '.join(sorted(places))}); "
+                "a transcoder needs both hooks of one harvest so that row i is the same token in both: harvest them "
+                "together (interp harvest --hook IN --hook OUT) and open both from that store")
+        self.inp = StoreSource(store_in, d_in, batch_size)
+        self.out = StoreSource(store_out, d_out, batch_size)
+        super().__init__(d_in + d_out, self.inp.n_rows)
+
+    def fingerprint(self) -> dict[str, Any]:
+        a, b = self.inp.fingerprint(), self.out.fingerprint()
+        out = {**a, "d": self.d, "hook_out": b.get("hook")}
+        if "identity" in a and "identity" in b:
+            out["identity"] = _digest([a["identity"], b["identity"]])
+        return out
+
+    def iterate(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
+        d_in, d_out = self.inp.d or 0, self.out.d or 0
+        for x, y in zip(self.inp.iterate(batch_size, seed, skip), self.out.iterate(batch_size, seed, skip)):
+            yield pair_rows(x, y, d_in, d_out, "the store")
+
+
+class PairedIterableSource(IterableSource):
+    """A stream of ``(x, y)`` batches, each turned into rows ``[x | y]``."""
+
+    def __init__(self, data: Iterable[Any], d_in: int, d_out: int):
+        super().__init__(data, d_in + d_out)
+        self.d_in, self.d_out = d_in, d_out
+
+    def iterate(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
+        for i, item in enumerate(super().iterate(batch_size, seed, skip)):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise DataError(f"batch {skip + i} of the stream is a {type(item).__name__}, not an (x, y) pair; "
+                                f"{PAIR_FORMS}")
+            yield pair_rows(item[0], item[1], self.d_in, self.d_out, f"batch {skip + i}")
+
+
+def _is_rows(t: Any) -> bool:
+    return isinstance(t, (torch.Tensor, np.ndarray))
+
+
+def make_paired_source(data: Any, d_in: int, d_out: int, batch_size: int, check_finite: bool = True) -> Source:
+    """The :class:`Source` of a transcoder's ``(input, target)`` pairs: two tensors, two store
+    views (of one store), or an iterable of ``(x, y)`` batches."""
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(_is_rows(t) for t in data):
+        return TensorSource(pair_rows(data[0], data[1], d_in, d_out, "the training data"), d_in + d_out, batch_size,
+                            check_finite)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(is_store(s) for s in data):
+        return PairedStoreSource(data[0], data[1], d_in, d_out, batch_size)
+    if _is_rows(data) or is_store(data):
+        raise DataError(f"a transcoder trains on (input, target) pairs, not on one {type(data).__name__}; {PAIR_FORMS}")
+    if isinstance(data, Iterable):
+        return PairedIterableSource(data, d_in, d_out)
+    raise DataError(f"cannot train a transcoder on a {type(data).__name__}; {PAIR_FORMS}")
+
+
+def make_source(data: Any, d_in: int, batch_size: int, check_finite: bool = True, d_out: int | None = None) -> Source:
+    """The :class:`Source` for ``data`` (tensor, numpy array, store or iterable); with ``d_out``
+    (a transcoder), of ``(input, target)`` pairs (:func:`make_paired_source`).
 
     ``check_finite=False`` leaves non-finite rows of a tensor to the training step (which
     drops them when the config says ``on_nonfinite="skip"``).
     """
+    if d_out is not None:
+        return make_paired_source(data, d_in, d_out, batch_size, check_finite)
     if isinstance(data, Source):
         return data
     if isinstance(data, np.ndarray):
@@ -241,12 +354,14 @@ def as_rows(x: Any, d_in: int, batch_index: int) -> torch.Tensor:
 
 
 def check_batch(
-    x: Any, d_in: int, batch_index: int, *, hook: str | None = None, first_token: int | None = None
+    x: Any, d_in: int, batch_index: int, *, hook: str | None = None, first_token: int | None = None,
+    target_from: int | None = None,
 ) -> torch.Tensor:
     """``x`` as a flat ``[batch, d_in]`` tensor, or a clear error saying what is wrong.
 
     ``hook`` and ``first_token`` (tokens of the stream before this batch) only make a
-    non-finite error name the place more precisely.
+    non-finite error name the place more precisely; ``target_from`` (a transcoder's rows
+    ``[x | y]``: where ``y`` starts) makes it say whether the input or the target holds it.
     """
     x = as_rows(x, d_in, batch_index)
     finite = torch.isfinite(x)
@@ -255,7 +370,7 @@ def check_batch(
         row, col = bad
         value = x[row, col].item()
         n_bad_rows = int((~finite).any(-1).sum())
-        raise _nonfinite(batch_index, row, col, value, n_bad_rows, hook, first_token)
+        raise _nonfinite(batch_index, row, col, value, n_bad_rows, hook, first_token, target_from)
     return x
 
 
@@ -268,16 +383,19 @@ def finite_rows(x: Any, d_in: int) -> tuple[torch.Tensor, list[int]]:
 
 def _nonfinite(
     batch_index: int, row: int, col: int, value: float, n_rows: int, hook: str | None = None,
-    first_token: int | None = None,
+    first_token: int | None = None, target_from: int | None = None,
 ) -> DataError:
     from saes.errors import NonFiniteError
 
     kind = "NaN" if value != value else ("inf" if value > 0 else "-inf")
     place = f" at hook {hook}" if hook else ""
     token = f", token {first_token + row} of the training stream" if first_token is not None else ""
+    column = f"column {col}"
+    if target_from is not None:
+        column = f"column {col - target_from} of the target" if col >= target_from else f"column {col} of the input"
     return NonFiniteError(
         f"non-finite activations{place}: {kind} in batch {batch_index} (counting from 0; training step "
-        f"{batch_index + 1}), row {row} of that batch, column {col}{token} ({n_rows} bad "
+        f"{batch_index + 1}), row {row} of that batch, {column}{token} ({n_rows} bad "
         f"row{'s' if n_rows != 1 else ''} in the batch); check the harvest (fp16 overflow is a common cause), "
         "drop those rows before training, or train with on_nonfinite='skip' to drop them as they come"
     )
@@ -339,7 +457,8 @@ def data_identity(desc: Any) -> str | None:
     picked = {k: source[k] for k in _SOURCE_KEYS if source.get(k) is not None}
     if source.get("fingerprint") is None and source.get("path") is not None:
         picked["path"] = source["path"]
-    return _digest({"model": desc.get("model"), "hook": desc.get("hook"), "source": picked})
+    pair = {"hook_out": desc["hook_out"]} if desc.get("hook_out") else {}  # a transcoder's target hook
+    return _digest({"model": desc.get("model"), "hook": desc.get("hook"), **pair, "source": picked})
 
 
 def describe_data(desc: dict[str, Any]) -> str:

@@ -154,9 +154,10 @@ def initial_sample(
         for key, t in parts.items():
             raw = item if key is None else item[key]
             if t.cfg.on_nonfinite == "skip":
-                x, _ = finite_rows(raw, t.d_in)
+                x, _ = finite_rows(raw, t.width)
             else:
-                x = check_batch(raw, t.d_in, len(pending), hook=t.hook, first_token=counts[key])
+                x = check_batch(raw, t.width, len(pending), hook=t.hook, first_token=counts[key],
+                                target_from=t.d_in if t.d_out is not None else None)
             kept[key].append(x)
             counts[key] += x.shape[0]
         pending.append(item)
@@ -339,7 +340,11 @@ def train(
 
     Args:
         sae: an SAE, or a list of SAEs with the same ``d_in`` (a sweep; returns a list).
-        data: a tensor ``[N, d_in]``, an ``ActivationStore``, or an iterable of batches.
+        data: a tensor ``[N, d_in]``, an ``ActivationStore``, or an iterable of batches. A
+            transcoder (an SAE built with ``d_out``) trains on ``(input, target)`` pairs:
+            ``(x [N, d_in], y [N, d_out])`` of the same tokens, two hooks of one store
+            ``(store.select(hook_in), store.select(hook_out))``, or an iterable of ``(x, y)``
+            batches.
         config: training settings (:class:`TrainConfig`).
         checkpoint_dir: where ``checkpoint.safetensors`` goes (every
             ``config.checkpoint_every`` steps, at the end, and on Ctrl-C). The run holds
@@ -373,10 +378,15 @@ def train(
     cfg = config or TrainConfig()
     models = [sae] if isinstance(sae, SAE) else list(sae)
     check_models(models)
-    source = make_source(data, models[0].d_in, cfg.batch_size, check_finite=cfg.on_nonfinite != "skip")
+    d_out = models[0].d_out if models[0].is_transcoder else None
+    source = make_source(data, models[0].d_in, cfg.batch_size, check_finite=cfg.on_nonfinite != "skip", d_out=d_out)
     # Trained on an activation store, an SAE remembers its hook and model (read by duck
-    # typing: saes does not import the store's package); what the user set is kept.
-    found = {"hook_name": getattr(data, "hook", None), "model_name": getattr(data, "model_name", None)}
+    # typing: saes does not import the store's package); what the user set is kept. A
+    # transcoder trained on two views of a store remembers both hooks.
+    inp, out = (data[0], data[1]) if d_out is not None and isinstance(data, (tuple, list)) and len(data) == 2 \
+        else (data, None)
+    found = {"hook_name": getattr(inp, "hook", None), "model_name": getattr(inp, "model_name", None),
+             "hook_name_out": getattr(out, "hook", None)}
     lane = Lane("", sae if isinstance(sae, SAE) else models, cfg, source.fingerprint(), checkpoint_dir, log_path,
                 origin={k: v for k, v in found.items() if isinstance(v, str)}, keep_metadata=True)
     # The sample takes at most one pass over finite data: repeated rows add nothing to the estimates.

@@ -18,7 +18,6 @@ with exactly the weights it would get trained alone.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -280,6 +279,11 @@ def _initialise(sae: SAE, sample: torch.Tensor, cfg: TrainConfig, target: torch.
     if cfg.init_weights:
         sae.reset_parameters(torch.Generator().manual_seed(init_seed(cfg.seed)))
     out = sample if target is None else target  # b_dec lives where the reconstruction does
+    if target is not None and cfg.init_weights and isinstance(sae._parameters.get("W_enc"), torch.nn.Parameter):
+        # Unit decoder rows turn codes into output one for one: encoder columns scaled to the
+        # ratio of the target's spread to the input's start the output at the target's scale
+        # (as the tied initialisation of an SAE does), not at the input's.
+        sae.W_enc.mul_(_spread(target) / _spread(sample))
     if cfg.b_dec_init == "geometric_median":
         sae.b_dec.copy_(geometric_median(out).to(sae.b_dec.dtype))
     elif cfg.b_dec_init == "mean":
@@ -288,6 +292,11 @@ def _initialise(sae: SAE, sample: torch.Tensor, cfg: TrainConfig, target: torch.
         sae.b_dec.zero_()
     if sae.unit_norm_decoder:
         unit_rows_(sae.W_dec)
+
+
+def _spread(rows: torch.Tensor) -> float:
+    """RMS distance of ``rows [n, d]`` from their mean (a positive floor where they are all equal)."""
+    return max(float((rows - rows.mean(0)).pow(2).sum(-1).mean().sqrt()), 1e-12)
 
 
 def check_device(name: str | None) -> str | None:
@@ -319,7 +328,7 @@ def check_models(models: list[SAE]) -> None:
         raise ConfigError("a sweep trains on one stream, so its members are all SAEs or all transcoders with one "
                           f"d_out; got d_out {sorted(outs, key=str)} (None: an SAE)")
     for m in models:
-        if m.is_transcoder and "target" not in inspect.signature(m.training_forward).parameters:
+        if m.is_transcoder and not m.trains_as_transcoder():
             raise ConfigError(f"{type(m).__name__} cannot train as a transcoder: its training step takes no "
                               "reconstruction target; train a TopK, BatchTopK or Matryoshka transcoder instead")
     if len({id(m) for m in models}) != len(models):
