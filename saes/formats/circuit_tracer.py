@@ -35,7 +35,12 @@ import torch
 from saes.architectures import registry
 from saes.architectures.base import SAE
 from saes.errors import FormatError
-from saes.formats.durable import atomic_save_tensors, atomic_write_text, ensure_directory, read_tensors
+from saes.formats.durable import (
+    atomic_save_tensors,
+    atomic_write_text,
+    ensure_directory,
+    read_tensors,
+)
 
 CONFIG_FILE = "config.yaml"
 CONFIG_MAX_BYTES = 1 << 16
