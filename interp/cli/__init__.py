@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "interp.cli.quickstart",
     "interp.cli.harvest",
     "interp.cli.train",
+    "interp.cli.transcoders",
     "interp.cli.eval_suite",
     "interp.cli.interventions",
     "interp.cli.dashboard",
