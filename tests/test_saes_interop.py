@@ -187,3 +187,95 @@ class TestSparsify:
         dense = torch.zeros(x.shape[0], 64).scatter_(1, out.top_indices, out.top_acts)
         torch.testing.assert_close(ours.encode(x), dense, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(ours(x), coder.decode(out.top_acts, out.top_indices), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- transcoders
+
+# Every transcoder form this package saves, and the SAELens class it must load as (None:
+# SAELens 6.54 has none, and refuses the file instead of loading it as something else).
+TRANSCODERS_SAVED_HERE = {
+    "topk": (lambda: saes.TopKSAE(16, 64, k=5, d_out=16), "TopKSAE"),
+    "batchtopk": (lambda: saes.BatchTopKSAE(16, 64, k=5, d_out=12), "JumpReLUTranscoder"),
+    "batchtopk_skip": (lambda: saes.BatchTopKSAE(16, 64, k=5, d_out=12, skip=True), "JumpReLUSkipTranscoder"),
+    "matryoshka_skip": (lambda: saes.MatryoshkaSAE(16, [16, 48], k=5, d_out=16, skip=True), "JumpReLUSkipTranscoder"),
+    "relu": (lambda: saes.ReLUSAE(16, 64, d_out=12), "Transcoder"),
+    "relu_skip": (lambda: saes.ReLUSAE(16, 64, d_out=16, skip=True), "SkipTranscoder"),
+    "topk_skip": (lambda: saes.TopKSAE(16, 64, k=5, d_out=16, skip=True), None),
+}
+
+
+def _transcoder_like(tc: saes.SAE) -> saes.SAE:
+    tc = _with_threshold(_trained_like(tc))
+    tc.metadata.update(hook_name="blocks.0.hook_resid_mid", hook_name_out="blocks.0.hook_mlp_out")
+    if tc.W_skip is not None:
+        with torch.no_grad():
+            tc.W_skip.copy_(torch.randn(tc.W_skip.shape, generator=torch.Generator().manual_seed(9)) * 0.2)
+    return tc
+
+
+class TestTranscodersSAELens:
+
+    @pytest.mark.parametrize("name", list(TRANSCODERS_SAVED_HERE))
+    def test_every_transcoder_saved_here_loads_in_saelens_and_outputs_identically(self, tmp_path, x, sae_lens, name):
+        make, their_class = TRANSCODERS_SAVED_HERE[name]
+        ours = _transcoder_like(make())
+        ours.save(tmp_path)
+        if their_class is None:
+            with pytest.raises(Exception, match="topk_skip_transcoder"):
+                sae_lens.SAE.load_from_disk(tmp_path)
+            return
+        theirs = sae_lens.SAE.load_from_disk(tmp_path)
+        assert type(theirs).__name__ == their_class
+        assert theirs.cfg.metadata.hook_name_out == "blocks.0.hook_mlp_out"  # HookedSAETransformer splices there
+        assert not theirs.cfg.apply_b_dec_to_input
+        torch.testing.assert_close(theirs.encode(x), ours.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("kind", ["Transcoder", "SkipTranscoder", "JumpReLUTranscoder", "JumpReLUSkipTranscoder"])
+    def test_saelens_transcoders_load_here(self, tmp_path, x, sae_lens, kind):
+        cls, cfg_cls = getattr(sae_lens, kind), getattr(sae_lens, f"{kind}Config")
+        theirs = cls(cfg_cls(d_in=16, d_sae=64, d_out=12 if "Skip" not in kind else 16, apply_b_dec_to_input=False,
+                             metadata=sae_lens.saes.sae.SAEMetadata(hook_name="blocks.0.hook_resid_mid",
+                                                                    hook_name_out="blocks.0.hook_mlp_out")))
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            if hasattr(theirs, "threshold"):
+                theirs.threshold.copy_(torch.linspace(0.0, 0.4, 64))
+        theirs.save_model(tmp_path)
+        ours = saes.load(tmp_path)
+        assert ours.is_transcoder and ours.skip == ("Skip" in kind)
+        assert ours.metadata["hook_name_out"] == "blocks.0.hook_mlp_out"
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+class TestTranscodersCircuitTracer:
+    """circuit-tracer is no dependency: run by hand with its source on the path (pip download
+    circuit-tracer==0.5.0 --no-deps, unzip, PYTHONPATH=<dir>); its loader reads our set."""
+
+    def test_circuit_tracer_loads_our_transcoder_set_and_computes_the_same(self, tmp_path, x):
+        st = pytest.importorskip("circuit_tracer.transcoder.single_layer_transcoder")
+        yaml = pytest.importorskip("yaml")
+        from saes.formats.circuit_tracer import save_circuit_tracer
+
+        for skip in (False, True):
+            tcs = []
+            for layer in range(2):
+                tc = _transcoder_like(saes.BatchTopKSAE(16, 64, k=5, d_out=16, skip=skip))
+                tc.metadata.update(hook_name=f"blocks.{layer}.hook_resid_mid", hook_name_out=f"blocks.{layer}.hook_mlp_out")
+                tcs.append(tc)
+            where = tmp_path / f"set{int(skip)}"
+            save_circuit_tracer(tcs, where)
+            # As circuit_tracer.utils.caching.load_transcoders_from_cache reads a local set.
+            config = yaml.safe_load((where / "config.yaml").read_text())
+            assert config["model_kind"] == "transcoder_set"
+            paths = {int(f.stem.split("_")[1]): str(f) for f in sorted(where.glob("layer_*.safetensors"))}
+            for lazy in (True, False):
+                theirs = st.load_transcoder_set(paths, scan=config["scan"], feature_input_hook=config["feature_input_hook"],
+                                                feature_output_hook=config["feature_output_hook"], device=torch.device("cpu"),
+                                                lazy_encoder=lazy, lazy_decoder=lazy)
+                assert theirs.skip_connection == skip and theirs.feature_output_hook == "hook_mlp_out"
+                for layer, tc in enumerate(tcs):
+                    torch.testing.assert_close(theirs[layer](x), tc(x), rtol=1e-5, atol=1e-5)
