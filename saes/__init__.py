@@ -10,15 +10,17 @@ activation stores or any stream of ``[batch, d_in]`` batches.
 >>> saes.metrics.mmcs(data.directions, sae.W_dec) > 0.5
 True
 
-Architectures: :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`MatryoshkaSAE`,
-:class:`MPSAE` (trainable) and :class:`ReLUSAE`, :class:`JumpReLUSAE` (read from other
-libraries' files). One trainer (:func:`train`, :class:`TrainConfig`), files in the SAELens
+Architectures (all trainable): :class:`TopKSAE`, :class:`BatchTopKSAE`,
+:class:`MatryoshkaSAE`, :class:`MPSAE`, and the sparsity-penalised :class:`ReLUSAE` (L1,
+SAELens "standard"), :class:`JumpReLUSAE` and :class:`GatedSAE`. One trainer (:func:`train`, :class:`TrainConfig`), files in the SAELens
 layout (:meth:`SAE.save`, :func:`load`), :mod:`saes.metrics` and :mod:`saes.synthetic`.
 """
 from saes import metrics, stats, synthetic
 from saes.architectures.base import SAE
 from saes.architectures.batchtopk import BatchTopKSAE
-from saes.architectures.inference import JumpReLUSAE, ReLUSAE
+from saes.architectures.gated import GatedSAE
+from saes.architectures.jumprelu import JumpReLUSAE
+from saes.architectures.l1 import ReLUSAE
 from saes.architectures.matryoshka import MatryoshkaSAE
 from saes.architectures.mp import MPSAE
 from saes.architectures.topk import TopKSAE
@@ -40,7 +42,7 @@ from saes.training.runner import train
 from saes.training.trainer import TrainResult
 
 __all__ = [
-    "SAE", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "MPSAE", "ReLUSAE", "JumpReLUSAE",
+    "SAE", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "MPSAE", "ReLUSAE", "JumpReLUSAE", "GatedSAE",
     "SNMF", "SNMFResult", "TrainConfig", "TrainResult", "train", "load", "metrics", "stats", "synthetic",
     "SAEError", "ConfigError", "DataError", "ShapeMismatchError", "NonFiniteError", "EmptyDataError",
     "CheckpointError", "FormatError", "WriteError",

@@ -44,7 +44,10 @@ def sweep() -> list[saes.SAE]:
     topk = saes.TopKSAE(16, 64, k=4)
     with torch.no_grad():
         topk.W_enc[:, :8] *= 1e-3  # dead from the start: AuxK has work on every rank
-    return [topk, saes.BatchTopKSAE(16, 64, k=4), saes.MatryoshkaSAE(16, [16, 48], k=4), saes.MPSAE(16, 64, k=4)]
+    return [topk, saes.BatchTopKSAE(16, 64, k=4), saes.MatryoshkaSAE(16, [16, 48], k=4), saes.MPSAE(16, 64, k=4),
+            # the penalised families: a warm-up, free decoder rows, learnt thresholds, the gate's losses
+            saes.ReLUSAE(16, 64, l1_coefficient=1.0, coefficient_warmup_frac=0.5), saes.JumpReLUSAE(16, 64),
+            saes.GatedSAE(16, 64)]
 
 
 def config(**kw) -> saes.TrainConfig:
@@ -107,8 +110,8 @@ def test_two_processes_equal_one_for_every_architecture(tmp_path: Path) -> None:
     # Rank 0 alone wrote the checkpoint and the log; AuxK was in play.
     assert (tmp_path / "ckpt" / "checkpoint.safetensors").is_file()
     assert max(h["auxk"] for h in results[0].history) > 0
-    record("Two processes (DDP, gloo) equal one process on the same global batch: TopK, BatchTopK, Matryoshka "
-           "and MP in one sweep; ranks agree exactly",
+    record("Two processes (DDP, gloo) equal one process on the same global batch: TopK, BatchTopK, Matryoshka, "
+           "MP, L1, JumpReLU and Gated in one sweep; ranks agree exactly",
            "test_distributed.py::test_two_processes_equal_one_for_every_architecture", processes=2 + 1,
            tokens=96 * STEPS, max_weight_difference=f"{diff:.1e}", tolerance=TOLERANCE, ranks_differ_by=0.0)
 

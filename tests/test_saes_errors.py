@@ -117,7 +117,8 @@ def test_checkpoint_from_another_configuration(tmp_path):
 
 def test_other_bad_settings():
     with pytest.raises(saes.ConfigError, match="inference-only"):
-        saes.train(saes.ReLUSAE(16, 32), torch.randn(64, 16), CFG, progress=False)
+        frozen = type("InferenceOnly", (saes.ReLUSAE,), {"trainable": False})
+        saes.train(frozen(16, 32), torch.randn(64, 16), CFG, progress=False)
     with pytest.raises(saes.ConfigError, match="same d_in"):
         saes.train([saes.TopKSAE(16, 32, k=4), saes.TopKSAE(8, 32, k=4)], torch.randn(64, 16), CFG, progress=False)
     with pytest.raises(saes.ConfigError, match="overlap"):

@@ -56,7 +56,9 @@ SAVED_HERE = {
     "matryoshka_topk": (lambda: saes.MatryoshkaSAE(16, [16, 48], k=5, batch_topk=False), "TopKSAE"),
     "mp": (lambda: saes.MPSAE(16, 64, k=6), "MatchingPursuitSAE"),
     "relu": (lambda: saes.ReLUSAE(16, 64), "StandardSAE"),
+    "relu_unit_norm": (lambda: saes.ReLUSAE(16, 64, unit_norm_decoder=True), "StandardSAE"),
     "jumprelu": (lambda: saes.JumpReLUSAE(16, 64), "JumpReLUSAE"),
+    "gated": (lambda: saes.GatedSAE(16, 64), "GatedSAE"),
 }
 
 
@@ -169,6 +171,97 @@ class TestSAELens:
         assert isinstance(ours, saes.JumpReLUSAE)
         reference = sl.SAE.load_from_disk(tmp_path)
         assert torch.equal(ours.encode(x), reference.encode(x))
+
+
+def _saelens_training_sae(sae_lens, ours: saes.SAE):
+    """SAELens's training SAE of the same family and settings, holding ``ours``'s weights."""
+    sl = sae_lens
+    if isinstance(ours, saes.ReLUSAE):
+        theirs = sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(d_in=16, d_sae=64, l1_coefficient=ours.l1_coefficient))
+    elif isinstance(ours, saes.JumpReLUSAE):
+        theirs = sl.JumpReLUTrainingSAE(sl.JumpReLUTrainingSAEConfig(
+            d_in=16, d_sae=64, l0_coefficient=ours.l0_coefficient, jumprelu_bandwidth=ours.bandwidth,
+            jumprelu_sparsity_loss_mode=ours.sparsity_loss, jumprelu_tanh_scale=ours.tanh_scale))
+    else:
+        theirs = sl.GatedTrainingSAE(sl.GatedTrainingSAEConfig(d_in=16, d_sae=64, l1_coefficient=ours.l1_coefficient))
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            getattr(theirs, name).copy_(p)
+    return theirs
+
+
+# Each penalised family in the variants whose loss SAELens computes the same way (SAELens's
+# Gated auxiliary loss trains the decoder, which frozen_aux_decoder=False matches).
+SAME_LOSS = {
+    "l1": lambda: saes.ReLUSAE(16, 64, l1_coefficient=3.0),
+    "jumprelu_step": lambda: saes.JumpReLUSAE(16, 64, l0_coefficient=0.5, bandwidth=0.2),
+    "jumprelu_tanh": lambda: saes.JumpReLUSAE(16, 64, l0_coefficient=0.5, bandwidth=0.2, sparsity_loss="tanh"),
+    "gated": lambda: saes.GatedSAE(16, 64, l1_coefficient=2.0, frozen_aux_decoder=False),
+}
+
+
+class TestSAELensTraining:
+    """The penalised families' losses and gradients against SAELens's own training SAEs."""
+
+    @pytest.mark.parametrize("name", list(SAME_LOSS))
+    def test_losses_and_gradients_are_saelens_divided_by_the_batch_variance(self, x, sae_lens, name):
+        from sae_lens.saes.sae import TrainStepInput
+
+        ours = _trained_like(SAME_LOSS[name]()).train()
+        with torch.no_grad():
+            ours.W_dec.mul_(torch.linspace(0.5, 2.0, 64)[:, None])  # row norms that differ, as free rows do
+            if isinstance(ours, saes.JumpReLUSAE):  # thresholds among the pre-activations, inside the kernel
+                ours.threshold.copy_(ours.pre_acts(x).abs().median(0).values)
+        theirs = _saelens_training_sae(sae_lens, ours)
+        variance = saes.architectures.base.batch_variance(x)
+        out = ours.training_forward(x, variance)
+        loss = sum(out.losses.values())
+        loss.backward()
+        coefficient = {"l1": getattr(ours, "l1_coefficient", None), "l0": getattr(ours, "l0_coefficient", None)}
+        step = theirs.training_forward_pass(TrainStepInput(
+            sae_in=x, coefficients={k: v for k, v in coefficient.items() if v is not None}, dead_neuron_mask=None,
+            n_training_steps=0, is_logging_step=False))
+        step.loss.backward()
+        torch.testing.assert_close(out.x_hat, step.sae_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loss * variance, step.loss, rtol=1e-5, atol=1e-5)
+        assert sorted(float(v.detach()) * float(variance) for v in out.losses.values()) == pytest.approx(
+            sorted(float(v) for v in step.losses.values()), rel=1e-5)
+        checked = 0
+        for pname, p in ours.named_parameters():
+            theirs_grad = getattr(theirs, pname).grad
+            torch.testing.assert_close(p.grad * variance, theirs_grad, rtol=1e-4, atol=1e-6, msg=pname)
+            checked += int(theirs_grad.abs().max() > 0)
+        assert checked == len(list(ours.parameters()))  # every gradient is non-trivial, the threshold's too
+
+    @pytest.mark.parametrize("arch", ["l1", "jumprelu", "gated"])
+    def test_a_trained_sae_loads_in_saelens_and_encodes_identically(self, tmp_path, x, sae_lens, arch):
+        from saes.architectures import registry
+
+        data = saes.synthetic.superposition(n_features=32, d=16, n_samples=2048, seed=2, mean_active=3).x
+        ours = registry.for_cli(arch)(16, 64)
+        saes.train(ours, data, saes.TrainConfig(batch_size=128, total_tokens=128 * 20, lr=3e-3, normalize_input=True),
+                   progress=False)
+        ours.save(tmp_path)
+        theirs = sae_lens.SAE.load_from_disk(tmp_path)
+        assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == theirs.cfg.architecture()
+        codes = ours.encode(data[:256])
+        assert (codes != 0).any() and (codes == 0).any()
+        torch.testing.assert_close(theirs.encode(data[:256]), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs(data[:256]), ours(data[:256]), rtol=1e-5, atol=1e-5)
+        back = saes.load(tmp_path)
+        assert type(back) is type(ours) and back.arch_config() == ours.arch_config()
+
+    def test_saelens_gated_sae_loads_here(self, tmp_path, x, sae_lens):
+        theirs = sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=16, d_sae=64))
+        g = torch.Generator().manual_seed(6)
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        theirs.save_model(tmp_path)
+        ours = saes.load(tmp_path)
+        assert isinstance(ours, saes.GatedSAE)
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
 
 
 class TestSparsify:

@@ -25,8 +25,8 @@ def _randomise(sae: saes.SAE, seed: int = 0) -> saes.SAE:
         for p in sae.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         unit_rows_(sae.W_dec)
-    if hasattr(sae, "threshold") and isinstance(sae.threshold, torch.Tensor):
-        sae.threshold.fill_(0.2)
+        if hasattr(sae, "threshold") and isinstance(sae.threshold, torch.Tensor):  # a parameter in JumpReLU
+            sae.threshold.fill_(0.2)
     sae.metadata.update(model_name="tiny-gpt2", hook_name="blocks.1.hook_resid_post", context_size=32)
     return sae.eval()
 
@@ -199,8 +199,8 @@ def test_unreadable_directories_get_clear_errors(tmp_path):
     with pytest.raises(saes.FormatError, match="subdirectories hold SAEs: blocks.0.hook_resid_post"):
         saes.load(tmp_path / "run")
     w = _weights()
-    with pytest.raises(saes.FormatError, match="'gated' is not supported"):
-        saes.load(_write(tmp_path / "gated", {"architecture": "gated", "d_in": 16, "d_sae": 48}, w))
+    with pytest.raises(saes.FormatError, match="'temporal' is not supported"):
+        saes.load(_write(tmp_path / "temporal", {"architecture": "temporal", "d_in": 16, "d_sae": 48}, w))
     with pytest.raises(saes.FormatError, match="expect transformed inputs"):
         saes.load(_write(tmp_path / "ln", {"architecture": "standard", "d_in": 16, "d_sae": 48,
                                            "normalize_activations": "layer_norm"}, w))

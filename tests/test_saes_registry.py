@@ -15,11 +15,10 @@ def scratch_registry(monkeypatch):
 
 
 def test_every_family_is_registered_once_under_its_file_name():
-    assert registry.names() == ("topk", "batchtopk", "matryoshka", "mp", "relu", "jumprelu")
-    assert registry.cli_names() == ("topk", "batchtopk", "matryoshka", "mp")
+    assert registry.names() == ("topk", "batchtopk", "matryoshka", "mp", "relu", "jumprelu", "gated")
+    assert registry.cli_names() == ("topk", "batchtopk", "matryoshka", "mp", "l1", "jumprelu", "gated")
     for name in registry.names():
-        assert registry.get(name).architecture == name
-    assert not registry.get("jumprelu").trainable and "jumprelu" not in registry.cli_names()
+        assert registry.get(name).architecture == name and registry.get(name).trainable
 
 
 def test_the_command_line_offers_the_registered_architectures():
@@ -47,6 +46,6 @@ def test_registering_twice_or_a_cli_name_for_inference_only_is_refused(scratch_r
     with pytest.raises(ValueError, match="registered twice"):
         registry.register(cli_name="topk2")(type("Again", (saes.TopKSAE,), {"architecture": "topk"}))
     with pytest.raises(ValueError, match="inference-only"):
-        registry.register(cli_name="jr")(type("JR", (saes.JumpReLUSAE,), {"architecture": "jr"}))
+        registry.register(cli_name="jr")(type("JR", (saes.JumpReLUSAE,), {"architecture": "jr", "trainable": False}))
     with pytest.raises(KeyError, match="known"):
         registry.for_cli("nope")

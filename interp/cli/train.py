@@ -25,7 +25,8 @@ from interp.activations.live import LiveConfig
 from interp.cli.options import (
     DATA_FLAGS, DATA_RANGES, MAX_BATCH, MAX_CONTEXT, MAX_LATENTS, MAX_TOKENS, MAX_WINDOWS, TABLE_DEST,
     add_config_options,
-    add_device_option, add_model_option, also_names, check_context, check_device, config_values, positive, to_flags,
+    add_device_option, add_model_option, also_names, bounded, check_context, check_device, config_values, flag_name,
+    positive, to_flags,
 )
 from interp.errors import InterpError
 from saes.architectures import registry
@@ -34,12 +35,36 @@ from saes.training.config import TrainConfig
 # Every architecture registered as trainable from the command line (saes.architectures.registry).
 ARCHS = registry.cli_names()
 
+# Settings of the sparsity-penalised families (l1, jumprelu, gated): one flag each, the help
+# and range here, the default each family's own (read from its signature, shown per family).
+# A flag is passed on only when given, and only to a family that has the setting.
+FAMILY_FLAGS: dict[str, tuple[str, Any]] = {
+    "l1_coefficient": ("weight of the L1 penalty (same meaning as SAELens's)", bounded(float, minimum=0)),
+    "l0_coefficient": ("weight of the L0 penalty, or of the tanh one (same meaning as SAELens's)",
+                       bounded(float, minimum=0)),
+    "coefficient_warmup_frac": ("fraction of --tokens over which the sparsity coefficient rises linearly from 0",
+                                bounded(float, minimum=0, maximum=1)),
+    "init_threshold": ("every threshold at the start, in pre-activation units", bounded(float, minimum=0)),
+    "bandwidth": ("width of the straight-through kernel that trains the thresholds, in pre-activation units",
+                  positive(float)),
+    "sparsity_loss": ("step (L0, the paper's) or tanh (SAELens's option)", str),
+    "tanh_scale": ("scale inside the tanh penalty", positive(float)),
+    "unit_norm_decoder": ("keep decoder rows at unit norm (--no-unit-norm-decoder frees them)", bool),
+    "decoder_init_norm": ("norm at which free decoder rows start", positive(float)),
+    "frozen_aux_decoder": (("the gate's auxiliary reconstruction does not train the decoder (the paper); "
+                            "--no-frozen-aux-decoder lets it, as SAELens does"), bool),
+}
+
 TRAIN_EPILOG = """examples:
   # from an activation store written by `interp harvest` (here the quickstart's)
   interp train --store runs/quickstart/store --hook blocks.2.hook_resid_post --arch topk \\
       --d-sae 512 --k 16 --tokens 20000 --out saes/world-l2-topk
   interp train --store runs/gpt2-l6 --arch topk --d-sae 16384 --k 32 --tokens 50000000 \\
       --out saes/gpt2-l6-topk
+
+  # sparsity from a penalty instead of k: L1 (SAELens "standard"), JumpReLU, Gated
+  interp train --store runs/quickstart/store --hook blocks.2.hook_resid_post --arch jumprelu \\
+      --d-sae 512 --l0-coefficient 1 --normalize-input --tokens 20000 --out saes/world-l2-jumprelu
 
   # live, straight from the model (no store on disk); several --hook train at once
   interp train --model gpt2 --hook blocks.6.hook_resid_post --data corpus.txt \\
@@ -66,7 +91,7 @@ def register(subparsers: Any) -> None:
     """Add the ``train`` and ``eval-sae`` subcommands to ``subparsers``."""
     t = subparsers.add_parser(
         "train",
-        help="train an SAE (TopK, BatchTopK, Matryoshka, MP) from a store or live from a model",
+        help="train an SAE (TopK, BatchTopK, Matryoshka, MP, L1, JumpReLU, Gated) from a store or live from a model",
         description="Train a sparse autoencoder on hook activations, read from an activation store "
         "(--store) or produced live by a model (--model, --hook, --data).",
         epilog=TRAIN_EPILOG,
@@ -79,12 +104,14 @@ def register(subparsers: Any) -> None:
                    help="hook to train on; repeat it to train several hooks at once (each in DIR/<hook>/)")
     t.add_argument("--arch", choices=ARCHS, default="topk", help="architecture (default topk)")
     t.add_argument("--d-sae", type=positive(int, MAX_LATENTS), required=True, help="number of latents")
-    t.add_argument("--k", type=positive(int, MAX_LATENTS), required=True,
-                   help="active latents per token (MP: pursuit steps)")
+    t.add_argument("--k", type=positive(int, MAX_LATENTS), default=None,
+                   help="active latents per token (MP: pursuit steps); needed by topk, batchtopk, matryoshka and "
+                        "mp, not taken by the penalised families (l1, jumprelu, gated)")
     t.add_argument("--groups", default=None,
                    help="matryoshka group sizes, comma-separated, summing to --d-sae (default: doubling prefixes)")
     t.add_argument("--per-token-topk", action="store_true",
                    help="matryoshka: per-token TopK codes instead of BatchTopK")
+    _add_family_options(t)
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     add_config_options(t, TrainConfig, required=["total_tokens"], overrides={
@@ -93,7 +120,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--hook-device", action="append", dest="hook_devices", default=None, metavar="HOOK=DEVICE",
                    help="train HOOK's SAE on DEVICE (e.g. blocks.6.hook_resid_post=cuda:1); repeatable")
     also_names(t, {"d_sae": "--d-sae", "k": "--k", "hook": "--hook", "hooks": "--hook", "resume": "--resume",
-                   "group_sizes": "--groups", "checkpoint_dir": "--out"})
+                   "group_sizes": "--groups", "checkpoint_dir": "--out", **{n: flag_name(n) for n in FAMILY_FLAGS}})
     add_config_options(t, LiveConfig, ["model_batch_size", "buffer_tokens"], overrides={
         "model_batch_size": {"help": "live: windows per forward pass", "positive": True, "maximum": MAX_WINDOWS},
         "buffer_tokens": {"help": "live: shuffle buffer rows", "positive": True}})
@@ -136,12 +163,47 @@ def register(subparsers: Any) -> None:
 # --------------------------------------------------------------------------- train
 
 
-def build_sae(arch: str, d_in: int, d_sae: int, k: int, groups: str | None = None, batch_topk: bool = True) -> Any:
+def _add_family_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of :data:`FAMILY_FLAGS`, each help naming the families that take it and their defaults."""
+    for name, (text, kind) in FAMILY_FLAGS.items():
+        defaults = {a: p.default for a in ARCHS if (p := registry.settings_of(registry.for_cli(a)).get(name))}
+        shown = "; ".join(f"{a}: {v}" for a, v in defaults.items())
+        options: dict[str, Any] = {"default": None, "help": f"{'/'.join(defaults)}: {text} (default {shown})",
+                                   "metavar": None if kind is bool or name == "sparsity_loss" else "X"}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif name == "sparsity_loss":
+            options["choices"] = ("step", "tanh")
+        else:
+            options["type"] = kind
+        parser.add_argument(flag_name(name), **options)
+
+
+def family_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The given family flags as settings for ``--arch``'s class; --k where it needs one. A
+    flag that the family does not take is an error, not silently dropped."""
+    takes = registry.settings_of(registry.for_cli(args.arch))
+    if "k" in takes and args.k is None:
+        raise InterpError(f"--arch {args.arch} needs --k (active latents per token)")
+    if "k" not in takes and args.k is not None:
+        raise InterpError(f"--arch {args.arch} takes no --k: its sparsity comes from a penalty; set "
+                          f"--{'l0' if 'l0_coefficient' in takes else 'l1'}-coefficient instead")
+    given = {n: getattr(args, n) for n in FAMILY_FLAGS if getattr(args, n, None) is not None}
+    for name in given:
+        if name not in takes:
+            users = [a for a in ARCHS if name in registry.settings_of(registry.for_cli(a))]
+            raise InterpError(f"{flag_name(name)} is a setting of --arch {' / '.join(users)}, not of --arch {args.arch}")
+    return given
+
+
+def build_sae(arch: str, d_in: int, d_sae: int, k: int | None, groups: str | None = None, batch_topk: bool = True,
+              settings: dict[str, Any] | None = None) -> Any:
     """The SAE the command-line options describe: the registry's class for ``--arch``, given
     the options it takes (``--groups`` and ``--per-token-topk`` only mean something to
-    families with ``group_sizes`` / ``batch_topk`` settings; others ignore them)."""
+    families with ``group_sizes`` / ``batch_topk`` settings; others ignore them) and
+    ``settings`` (:func:`family_settings`)."""
     cls = registry.for_cli(arch)
-    settings: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "k": k, "batch_topk": batch_topk}
+    settings = {"d_in": d_in, "d_sae": d_sae, "k": k, "batch_topk": batch_topk, **(settings or {})}
     if groups and "group_sizes" in registry.settings_of(cls):
         try:
             settings["group_sizes"] = [int(g) for g in groups.split(",") if g.strip()]
@@ -192,7 +254,7 @@ def _train_from_store(args: argparse.Namespace) -> int:
     if args.hook_devices:
         raise InterpError("--hook-device places the SAEs of several --hook values; with one hook use --device")
     store = ActivationStore.open(args.store, hook=args.hooks[0] if args.hooks else None)
-    sae = build_sae(args.arch, store.d, args.d_sae, args.k, args.groups, not args.per_token_topk)
+    sae = build_sae(args.arch, store.d, args.d_sae, args.k, args.groups, not args.per_token_topk, family_settings(args))
     record_origin([sae], store_origin(store))
     out = Path(args.out)
     result = saes.train(sae, store, _train_config(args), checkpoint_dir=out / "checkpoint", resume=args.resume,
@@ -213,7 +275,7 @@ def _train_store_hooks(args: argparse.Namespace) -> int:
     for hook in args.hooks[1:]:
         store.select(hook)  # every hook must be in the store: fail before any training
     saes_by_hook = {h: build_sae(args.arch, store.select(h).d, args.d_sae, args.k, args.groups,
-                                 not args.per_token_topk) for h in args.hooks}
+                                 not args.per_token_topk, family_settings(args)) for h in args.hooks}
     out = Path(args.out)
     dirs = {h: out / hook_dir_name(h) for h in args.hooks}
     results = train_store(store, saes_by_hook, _train_config(args), resume=args.resume,
@@ -248,7 +310,8 @@ def _train_live(args: argparse.Namespace) -> int:
     saes_by_hook = {}
     for hook in args.hooks:
         d_in = math.prod(model.hook_shape(hook))
-        saes_by_hook[hook] = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk)
+        saes_by_hook[hook] = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk,
+                                       family_settings(args))
     live = LiveConfig(**config_values(LiveConfig, args))
     source = TokenSource(**config_values(TokenSource, args))
     check_context(model, source.context_length)

@@ -57,6 +57,9 @@ class StepOutput:
             of the top-k pre-activations among the dead latents only, differentiable with
             a sparse backward. Cheaper than masking dense ``pre_acts`` (the products run
             over the dead latents alone); AuxK may use it instead.
+        fired: optional ``[d_sae]`` bool, the latents with a non-zero code in the batch,
+            where the architecture knows it more cheaply than the trainer's scan of
+            ``indices`` (dense codes: one reduction instead of listing every entry).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class StepOutput:
         losses: dict[str, torch.Tensor],
         metrics: dict[str, Any] | None = None,
         aux_codes: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        fired: torch.Tensor | None = None,
     ):
         self.x_hat = x_hat
         self.values = values
@@ -76,6 +80,7 @@ class StepOutput:
         self.losses = losses
         self.metrics: dict[str, Any] = dict(metrics or {})
         self.aux_codes = aux_codes
+        self.fired = fired
 
     @property
     def pre_acts(self) -> torch.Tensor | None:

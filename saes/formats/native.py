@@ -4,7 +4,8 @@ Layout written by :func:`save` (a directory)::
 
     cfg.json                  SAELens fields + this package's own "saes" block
     sae_weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
-                              b_dec [d_in] (+ threshold [d_sae] for JumpReLU inference)
+                              b_dec [d_in] (+ threshold [d_sae] for JumpReLU inference;
+                              Gated: b_gate, r_mag, b_mag [d_sae] instead of b_enc)
 
 ``cfg.json`` carries the fields SAELens reads (``architecture``, ``d_in``, ``d_sae``,
 ``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``,
@@ -18,6 +19,8 @@ SAELens can run (each class's ``saelens_architecture``):
 * topk -> ``topk`` with ``k``;
 * batchtopk -> ``jumprelu`` with ``threshold [d_sae]`` = θ repeated (as SAELens saves
   BatchTopK);
+* relu (L1) -> ``standard``; jumprelu -> ``jumprelu`` with its learnt ``threshold``;
+  gated -> ``gated`` with ``b_gate``, ``r_mag``, ``b_mag`` (no ``b_enc``);
 * matryoshka -> ``jumprelu`` (BatchTopK codes) or ``topk`` (per-token TopK codes);
 * mp -> ``matching_pursuit`` with ``max_iterations = k``, ``residual_threshold = 0`` and
   ``stop_on_duplicate_support = false`` (fixed k steps, as trained); the untied, signed and

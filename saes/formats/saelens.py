@@ -6,6 +6,7 @@ Supported architectures and the class each loads as (for inference):
 * ``jumprelu`` -> :class:`~saes.JumpReLUSAE` (SAELens saves BatchTopK this way);
 * ``topk`` -> :class:`~saes.TopKSAE` (``rescale_acts_by_decoder_norm`` folded into the weights);
 * ``matching_pursuit`` -> :class:`~saes.MPSAE`;
+* ``gated`` -> :class:`~saes.GatedSAE`;
 * transcoders (``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
   ``jumprelu_skip_transcoder``, and ``topk`` files naming ``metadata.hook_name_out``) ->
   the same classes built with ``d_out`` (and ``skip``), ``W_skip`` read as stored.
@@ -29,7 +30,7 @@ TRANSCODERS = {
     "jumprelu_transcoder": ("jumprelu", False), "jumprelu_skip_transcoder": ("jumprelu", True),
     "topk_transcoder": ("topk", False), "topk_skip_transcoder": ("topk", True),
 }
-SUPPORTED = ("standard", "topk", "jumprelu", "matching_pursuit", *TRANSCODERS)
+SUPPORTED = ("standard", "topk", "jumprelu", "matching_pursuit", "gated", *TRANSCODERS)
 
 
 def transcoder_settings(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +56,8 @@ def _build(arch: str, cfg: dict[str, Any], where: Path, dtype: Any, **extra: Any
     meta = metadata_from(cfg)
     if arch == "standard":
         return registry.get("relu")(d_in, d_sae, dtype=dtype, metadata=meta, **extra)
-    if arch == "jumprelu":
-        return registry.get("jumprelu")(d_in, d_sae, dtype=dtype, metadata=meta, **extra)
+    if arch in ("jumprelu", "gated"):
+        return registry.get(arch)(d_in, d_sae, dtype=dtype, metadata=meta, **extra)
     if arch == "topk":
         k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
         if k is None:

@@ -142,9 +142,12 @@ class _Slot:
         with torch.no_grad():
             if sae.unit_norm_decoder:
                 unit_rows_(sae.W_dec)
-            active = out.values.detach() != 0  # signed MP codes fire too
-            fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
-            fired[out.indices[active]] = True
+            if out.fired is not None:  # told by the architecture (dense codes)
+                fired = out.fired
+            else:
+                active = out.values.detach() != 0  # signed MP codes fire too
+                fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
+                fired[out.indices[active]] = True
             if dp is not None:
                 fired = dp.any_(fired)
                 threshold = getattr(sae, "threshold", None)
