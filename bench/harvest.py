@@ -8,7 +8,12 @@ Figures:
     with the total);
   * TransformerLens: HookedTransformer.run_with_cache (stop_at_layer, names_filter, copied
     to CPU) over a bare TL forward with the same stop_at_layer, as a point of reference;
-  * SAELens's ActivationsStore, run in a separate venv given by --saelens-python.
+  * SAELens's ActivationsStore, run in a separate venv given by --saelens-python;
+  * with --write-floor, the store's write rate against writing the same bytes to a plain
+    file in the same folder (fsync'd), the floor for any store on that disk.
+
+On CUDA (--device cuda) the model is built on the GPU (in --model-dtype) and every timed
+block waits for the GPU before the clock stops.
 
 Run:  python bench/harvest.py                      (defaults: small random GPT-2 on CPU)
       python bench/harvest.py --d-model 512 --n-layers 8 --layer 5 --tokens 32768 262144 --threads 1
@@ -54,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-tl", action="store_true")
     p.add_argument("--saelens-python", default=None, help="python of a venv with sae-lens, for its ActivationsStore")
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
+    p.add_argument("--model-dtype", default="float32", help="the model's weights (the store has --dtype)")
+    p.add_argument("--skip-decomposition", action="store_true",
+                   help="only the direct timings (the decomposition guards against CPU load from other jobs)")
+    p.add_argument("--write-floor", action="store_true", help="also time plain fsync'd file writes of the same bytes")
     p.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)  # internal: one RSS run
     return p.parse_args(argv)
 
@@ -83,7 +93,11 @@ def build_model(args: argparse.Namespace):
                      n_positions=max(1024, args.context_length), bos_token_id=tok.bos_token_id,
                      eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(cfg).eval()
+    # Built where it runs: initialising a GPT-2-medium-sized model on the CPU takes longer
+    # than the whole GPU measurement.
+    with torch.device(getattr(args, "device", "cpu")):
+        hf = GPT2LMHeadModel(cfg).eval()
+    hf.to(getattr(torch, getattr(args, "model_dtype", "float32")))
     return wrap_hf(hf, tok, name="bench-gpt2")
 
 
@@ -110,21 +124,29 @@ def windows(model, docs: list[str], args: argparse.Namespace) -> torch.Tensor:
 
     cfg = PackingConfig(args.context_length, True, model.bos_token_id, model.eos_token_id, model.pad_token_id or 0)
     rows = [ids for ids, n, _ in iter_windows(docs, model.tokenizer, cfg) if n == args.context_length]
-    return torch.tensor(rows)
+    return torch.tensor(rows, device=getattr(args, "device", "cpu"))
 
 
 # ------------------------------------------------------------------------------ timing
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 class Timer:
-    """Wall and CPU time of a block. CPU time (this process, all threads) is much less
-    disturbed than wall time when other jobs share the machine."""
+    """Wall and CPU time of a block (GPU work included: the clock stops when it is done).
+    CPU time (this process, all threads) is much less disturbed than wall time when other
+    jobs share the machine."""
 
     def __enter__(self) -> Timer:
+        _sync()
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc) -> None:
+        _sync()
         self.wall = time.perf_counter() - self.wall0
         self.cpu = time.process_time() - self.cpu0
 
@@ -216,11 +238,8 @@ def bench_speed(args: argparse.Namespace) -> dict:
     # The least disturbed run of each kind is the best estimate of its cost on a shared machine.
     bare_wall, harv_wall = min(t.wall for t in bare), min(t.wall for t in harv)
     bare_cpu, harv_cpu = min(t.cpu for t in bare), min(t.cpu for t in harv)
-    # A load-robust decomposition: (bare / hooked forward, alternated per batch) times the
-    # share of the harvest's own wall time that is forward pass.
-    fwd_ratio = _forward_cost_ratio(model, tokens, args)
-    shares = _forward_share_in_harvest(model, docs, args, max_tokens)
-    return {
+    stored_mib = max_tokens * len(hooks_for(args)) * args.d_model * _itemsize(args.dtype) / 2**20
+    out = {
         "tokens_per_run": n_tok,
         "rows_stored_per_run": max_tokens,
         "direct": {
@@ -233,12 +252,60 @@ def bench_speed(args: argparse.Namespace) -> dict:
             "bare_cpu_s": _summary([t.cpu for t in bare]),
             "harvest_cpu_s": _summary([t.cpu for t in harv]),
         },
+        "store": {"mib_per_run": round(stored_mib, 2), "write_mib_per_s": round(stored_mib / harv_wall, 1)},
+    }
+    if getattr(args, "write_floor", False):
+        floor = write_floor(tempfile.gettempdir(), int(stored_mib * 2**20))
+        out["store"].update(floor)
+        out["store"]["of_write_floor"] = round(out["store"]["write_mib_per_s"] / floor["write_floor_mib_per_s"], 3)
+    if getattr(args, "skip_decomposition", False):
+        return out
+    # A load-robust decomposition: (bare / hooked forward, alternated per batch) times the
+    # share of the harvest's own wall time that is forward pass.
+    fwd_ratio = _forward_cost_ratio(model, tokens, args)
+    shares = _forward_share_in_harvest(model, docs, args, max_tokens)
+    return {
+        **out,
         "decomposed": {
             "bare_over_hooked_forward": round(fwd_ratio, 3),
             "forward_share_of_harvest_wall": [round(x, 3) for x in shares],
             "harvest_over_bare_estimate": round(fwd_ratio * statistics.median(shares), 3),
         },
     }
+
+
+def filesystem(path: str) -> str:
+    """The type of the filesystem ``path`` is on (``/proc/mounts``), e.g. ext4 or tmpfs."""
+    real, best, kind = os.path.realpath(path), "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                mount = parts[1] if len(parts) > 2 else ""
+                inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+                if mount and inside and len(mount) > len(best):
+                    best, kind = mount, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def write_floor(folder: str, n_bytes: int, chunk: int = 16 << 20) -> dict:
+    """Plain writes of ``n_bytes`` to one new file in ``folder`` in 16 MiB chunks, fsync'd:
+    what that disk gives any writer (the store writes its shards the same way)."""
+    buf = os.urandom(min(chunk, max(n_bytes, 1)))
+    fd, path = tempfile.mkstemp(dir=folder)
+    try:
+        t0 = time.perf_counter()
+        done = 0
+        while done < n_bytes:
+            done += os.write(fd, buf[: min(len(buf), n_bytes - done)])
+        os.fsync(fd)
+        wall = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return {"write_floor_mib_per_s": round(n_bytes / 2**20 / wall, 1), "filesystem": filesystem(folder)}
 
 
 def bench_tl(args: argparse.Namespace) -> dict:
@@ -413,7 +480,8 @@ def main(argv: list[str] | None = None) -> None:
             "dtype": args.dtype,
             "shard_tokens": args.shard_tokens,
             "shard_mib": round(args.shard_tokens * row_bytes / 2**20, 1),
-            "device": "cpu",
+            "device": args.device,
+            "model_dtype": args.model_dtype,
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,

@@ -3,22 +3,30 @@
 A step is forward, backward and optimiser update (Adam for everyone) on one batch, with
 each library's own per-step bookkeeping:
 
-* ``saes``: :class:`saes.training.trainer.Trainer` with default settings (the loop ``saes.train``
-  runs: batch checks, schedule, decoder-gradient projection, gradient clipping, Adam,
-  decoder re-normalisation, dead-latent counters, periodic metrics);
+* ``saes``: :func:`saes.train` with default settings on a TopK SAE (batch checks, data
+  order, schedule, decoder-gradient projection, gradient clipping, Adam, decoder
+  re-normalisation, dead-latent counters, periodic metrics), timed between its per-step
+  callbacks; ``saes_batchtopk``, ``saes_matryoshka`` and ``saes_mp`` the same for those
+  architectures. On CUDA the trainer's default bfloat16 autocast is on;
 * ``sparsify``: EleutherAI sparsify's ``SparseCoder`` stepped the way its trainer does
-  (unit-norm decoder, forward with the dead mask, parallel-gradient removal, Adam);
+  (unit-norm decoder, forward with the dead mask, parallel-gradient removal, Adam); on
+  CUDA its forward runs under its own bfloat16 autocast and decodes with its Triton
+  kernel (the result names the decoder it used);
 * ``saelens``: SAELens's ``TopKTrainingSAE.training_forward_pass`` stepped the way its
   ``SAETrainer`` does (firing statistics, gradient clipping, Adam), both with dense and
-  with sparse activations; the faster of the two is the reference;
+  with sparse activations; the faster of the two is the reference. On CUDA its forward
+  runs under bfloat16 autocast, as its trainer's ``autocast`` option does;
 * ``gemm``: the encoder product ``[batch, d] @ [d, n]`` alone, into a preallocated
-  output: the floor, since only that product is inherently dense.
+  output: the floor, since only that product is inherently dense; ``gemm_bf16`` the
+  same in bfloat16 (the floor for a bfloat16-autocast step).
 
 Peers run in their own virtual environment (``--peers-python``, default
-``/tmp/peers-venv/bin/python``), ours with ``PYTHONPATH`` pointing at this checkout. Every
+``/tmp/peers-venv/bin/python``; ``--peers-path`` adds a folder of peer packages to their
+``PYTHONPATH``), ours with ``PYTHONPATH`` pointing at this checkout. Every
 measurement is a separate process with the same threads, data file and shapes; rounds
 interleave the runners so that machine load hits all of them alike, and each runner's
-best round counts (the least disturbed one). Prints one JSON document.
+best round counts (the least disturbed one). Prints one JSON document. On CUDA each runner also reports its peak GPU memory
+(``torch.cuda.max_memory_allocated``), and the step is timed without the CPU-load yardstick.
 
 Usage::
 
@@ -41,9 +49,10 @@ from pathlib import Path
 
 PEERS_PYTHON = "/tmp/peers-venv/bin/python"
 
-from workers import worker_python_and_env  # noqa: E402  (bench/ is the script's own directory)
+from workers import worker_python_and_env
+
 CPU_SHAPES = ["512,8192,32,2048", "768,16384,32,2048"]
-GPU_SHAPE = "2304,65536,64,8192"
+GPU_SHAPE = "2304,65536,64,4096"  # a Gemma-2-2B residual width, 64k latents
 LR = 2e-4
 
 
@@ -78,13 +87,31 @@ def _yardstick(d: int, n: int, batch: int, device: str):
     return lambda: torch.mm(x, W, out=out)
 
 
-def _time_steps(step, batches, warmup: int, device: str) -> list[tuple[float, float, float]]:
-    """``(wall s, process CPU s, yardstick GEMM wall s)`` of each timed step."""
+def _gemm_after_step(batch: int, device: str):
+    """The yardstick to time after each step, or None on CUDA: a GPU is not shared with
+    other jobs the way the CPU is, and the yardstick's buffers would count in every
+    runner's peak memory."""
+    if device == "cuda":
+        return None
     d, n = _SHAPE
-    gemm = _yardstick(d, n, batches[0].shape[0], device)
+    return _yardstick(d, n, batch, device)
+
+
+def _timed_gemm(gemm, device: str) -> float | None:
+    if gemm is None:
+        return None
+    t0 = time.perf_counter()
+    gemm()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _time_steps(step, batches, warmup: int, device: str) -> list[tuple[float, float, float | None]]:
+    """``(wall s, process CPU s, yardstick GEMM wall s or None)`` of each timed step."""
+    gemm = _gemm_after_step(batches[0].shape[0], device)
     for x in batches[:warmup]:
         step(x)
-    gemm()
+    _timed_gemm(gemm, device)
     _sync(device)
     times = []
     for x in batches[warmup:]:
@@ -92,9 +119,7 @@ def _time_steps(step, batches, warmup: int, device: str) -> list[tuple[float, fl
         step(x)
         _sync(device)
         t1 = time.perf_counter()
-        gemm()
-        _sync(device)
-        times.append((t1 - t0, time.process_time() - c0, time.perf_counter() - t1))
+        times.append((t1 - t0, time.process_time() - c0, _timed_gemm(gemm, device)))
     return times
 
 
@@ -118,10 +143,50 @@ def _saes_trainer(d, n, k, batch, batches, device, fused_adam=False):
     return t
 
 
-def worker_saes(d, n, k, batch, data, steps, warmup, device, fused_adam=False):
-    batches = _batches(data, batch, warmup + steps, device)
-    t = _saes_trainer(d, n, k, batch, batches, device, fused_adam)
-    return _time_steps(t.step, batches, warmup, device)
+def _make_sae(arch: str, d: int, n: int, k: int, device: str):
+    import saes
+
+    if arch == "topk":
+        return saes.TopKSAE(d, n, k, device=device)
+    if arch == "batchtopk":
+        return saes.BatchTopKSAE(d, n, k, device=device)
+    if arch == "matryoshka":
+        return saes.MatryoshkaSAE(d, d_sae=n, k=k, device=device)  # the default doubling groups
+    if arch == "mp":
+        return saes.MPSAE(d, n, k, device=device)
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+def worker_saes(d, n, k, batch, data, steps, warmup, device, arch="topk", fused_adam=False):
+    """``saes.train`` over ``warmup + steps + 1`` batches, each step timed between two of its
+    callbacks (the first step, which also compiles kernels, is never timed)."""
+    import torch
+
+    if fused_adam:  # what-if: the trainer's Adam with fused=True (one kernel per tensor)
+        import functools
+
+        torch.optim.Adam = functools.partial(torch.optim.Adam, fused=True)
+    from safetensors.torch import load_file
+
+    import saes
+
+    rows = batch * (warmup + steps + 1)
+    x = load_file(data)["x"][:rows].to(device)
+    sae = _make_sae(arch, d, n, k, device)
+    cfg = saes.TrainConfig(batch_size=batch, total_tokens=rows, init_rows=batch, device=device, seed=0)
+    gemm = _gemm_after_step(batch, device)
+    times: list[tuple[float, float, float | None]] = []
+    last: list[tuple[float, float]] = []
+
+    def tick(_info) -> None:
+        _sync(device)
+        now, cpu = time.perf_counter(), time.process_time()
+        if last:
+            times.append((now - last[0][0], cpu - last[0][1], _timed_gemm(gemm, device)))
+        last[:] = [(time.perf_counter(), time.process_time())]
+
+    saes.train(sae, x, cfg, progress=False, callback=tick)
+    return times[warmup:]
 
 
 def profile_saes(shape: str, threads: int, steps: int = 3, fused_adam: bool = False) -> list[dict]:
@@ -178,7 +243,11 @@ def worker_sparsify(d, n, k, batch, data, steps, warmup, device):
             since.add_(x.shape[0])
             since[fired] = 0
 
-    return _time_steps(step, batches, warmup, device)
+    times = _time_steps(step, batches, warmup, device)
+    import sparsify.utils
+
+    _NOTES["sparsify_decoder"] = sparsify.utils.decoder_impl.__name__  # triton_decode or eager_decode
+    return times
 
 
 def worker_saelens(d, n, k, batch, data, steps, warmup, device, sparse=False):
@@ -193,10 +262,14 @@ def worker_saelens(d, n, k, batch, data, steps, warmup, device, sparse=False):
     freq = torch.zeros(n, device=device)
     counter = [0]
 
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")  # its trainer's `autocast`
+
     def step(x):
-        out = sae.training_forward_pass(TrainStepInput(
-            sae_in=x, coefficients={}, dead_neuron_mask=since > 1000, n_training_steps=counter[0], is_logging_step=False,
-        ))
+        with autocast:
+            out = sae.training_forward_pass(TrainStepInput(
+                sae_in=x, coefficients={}, dead_neuron_mask=since > 1000, n_training_steps=counter[0],
+                is_logging_step=False,
+            ))
         with torch.no_grad():  # SAETrainer._train_step's firing statistics
             firing = out.feature_acts.bool().float()
             did_fire = firing.sum(-2).bool()
@@ -227,6 +300,9 @@ def worker_gemm(d, n, k, batch, data, steps, warmup, device, dtype="float32"):
 
 WORKERS = {
     "saes": (worker_saes, {}, "ours"),
+    "saes_batchtopk": (worker_saes, {"arch": "batchtopk"}, "ours"),
+    "saes_matryoshka": (worker_saes, {"arch": "matryoshka"}, "ours"),
+    "saes_mp": (worker_saes, {"arch": "mp"}, "ours"),
     "saes_fused_adam": (worker_saes, {"fused_adam": True}, "ours"),
     "sparsify": (worker_sparsify, {}, "peers"),
     "saelens": (worker_saelens, {}, "peers"),
@@ -236,30 +312,46 @@ WORKERS = {
 }
 
 
-def run_worker(args: argparse.Namespace) -> None:
+# What a worker learnt about the run besides its timings (e.g. which decoder a peer used).
+_NOTES: dict[str, str] = {}
+
+
+def measure_worker(worker: str, shape: str, data: str, steps: int, warmup: int, device: str) -> dict:
+    """One runner's record at ``shape`` (step times, CPU time, yardstick, peak memory)."""
     import torch
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    fn, kwargs, _ = WORKERS[args.worker]
-    d, n, k, batch = (int(v) for v in args.shape.split(","))
+    fn, kwargs, _ = WORKERS[worker]
+    d, n, k, batch = (int(v) for v in shape.split(","))
     global _SHAPE
     _SHAPE = (d, n)
-    if args.device == "cuda":
+    _NOTES.clear()
+    if device == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    triples = fn(d, n, k, batch, args.data, args.steps, args.warmup, args.device, **kwargs)
+    triples = fn(d, n, k, batch, data, steps, warmup, device, **kwargs)
     times = [w for w, _, _ in triples]
+    gemms = [g for _, _, g in triples if g is not None]
     rec = {
         "step_s_median": statistics.median(times),
         "step_s_min": min(times),
         "step_s": times,
         "cpu_s_median": statistics.median(c for _, c, _ in triples),
-        "gemm_s_median": statistics.median(g for _, _, g in triples),
-        "step_over_gemm": statistics.median(w / g for w, _, g in triples),
+        "gemm_s_median": statistics.median(gemms) if gemms else None,
+        "step_over_gemm": statistics.median(w / g for w, _, g in triples) if gemms else None,
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **({"notes": dict(_NOTES)} if _NOTES else {}),
     }
-    if args.device == "cuda":
+    if device == "cuda":
         rec["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return rec
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rec = measure_worker(args.worker, args.shape, args.data, args.steps, args.warmup, args.device)
     print("RESULT " + json.dumps(rec))
 
 
@@ -268,18 +360,86 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def _spawn(worker: str, shape: str, data: str, ns: argparse.Namespace) -> dict:
     side = WORKERS[worker][2]
-    python, env = worker_python_and_env(side, ns.threads, ns.omp_wait_policy, ns.peers_python)
+    python, env = worker_python_and_env(side, ns.threads, ns.omp_wait_policy, ns.peers_python,
+                                        getattr(ns, "peers_path", None))
     if ns.device == "cpu":
         # sparsify's own switch for its eager decoder: it would otherwise launch its Triton
         # kernel whenever triton is importable, which fails on CPU tensors.
         env["SPARSIFY_DISABLE_TRITON"] = "1"
     cmd = [python, str(Path(__file__).resolve()), "--worker", worker, "--shape", shape, "--data", data,
            "--steps", str(ns.steps), "--warmup", str(ns.warmup), "--threads", str(ns.threads), "--device", ns.device]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    timeout = getattr(ns, "runner_timeout", None)
+    try:
+        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir(),
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": [f"{worker} did not finish within {timeout} s"]}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
+
+
+def _in_process(worker: str, shape: str, data: str, ns: argparse.Namespace) -> dict:
+    """The same record as :func:`_spawn`, measured in this process (tiny checks only: no
+    separate memory peak, and this process's packages)."""
+    try:
+        return measure_worker(worker, shape, data, ns.steps, ns.warmup, ns.device)
+    except Exception as err:  # noqa: BLE001  (reported like a failed child: one runner cannot stop the rest)
+        return {"error": [f"{type(err).__name__}: {err}"]}
+
+
+def _summary(recs: list[dict], batch: int) -> dict:
+    """The best round of one runner (the least disturbed), or its last error."""
+    ok = [x for x in recs if "error" not in x]
+    if not ok:
+        return {"error": recs[-1].get("error")}
+    best = min(ok, key=lambda x: x["step_s_median"])
+    gemm_units = [x["step_over_gemm"] for x in ok if x.get("step_over_gemm") is not None]
+    out = {
+        "tokens_per_s": batch / best["step_s_median"],
+        "step_ms": 1e3 * best["step_s_median"],
+        "step_ms_rounds": [round(1e3 * x["step_s_median"], 1) for x in ok],
+        "cpu_ms_per_step": round(1e3 * best["cpu_s_median"], 1),
+        "max_rss_mib": round(best["max_rss_mib"]),
+    }
+    if gemm_units:
+        # Least disturbed round of the load-robust measure: step time in units of the
+        # encoder GEMM timed next to it in the same process.
+        out["step_over_gemm"] = round(min(gemm_units), 3)
+        out["step_over_gemm_rounds"] = [round(v, 3) for v in gemm_units]
+    if "peak_gpu_mib" in best:
+        out["peak_gpu_mib"] = round(best["peak_gpu_mib"])
+    if "notes" in best:
+        out["notes"] = best["notes"]
+    return out
+
+
+def measure_shape(
+    shape: str, runners: list[str], ns: argparse.Namespace, tmp: str, *, in_process: bool = False,
+    on_runner=None,
+) -> dict:
+    """Every runner at ``shape`` (``d,n,k,batch``), ``ns.rounds`` interleaved rounds, each
+    runner in its own process (``in_process``: ours in this one, for tiny checks).
+    ``on_runner(partial_result)`` is called after each runner, so a caller can keep what
+    was measured if a later runner hangs."""
+    d, n, k, batch = (int(v) for v in shape.split(","))
+    unknown = sorted(set(runners) - set(WORKERS))
+    if unknown:
+        raise ValueError(f"unknown runners {unknown}; known: {sorted(WORKERS)}")
+    data = os.path.join(tmp, f"x_{d}.safetensors")
+    _write_data(shape, batch * (ns.steps + ns.warmup + 1), data)
+    rounds: dict[str, list[dict]] = {r: [] for r in runners}
+    result = {"d": d, "n": n, "k": k, "batch": batch, "runners": {}, "ratios": {}}
+    for _ in range(ns.rounds):
+        for r in runners:
+            ours = WORKERS[r][2] == "ours"
+            rounds[r].append(_in_process(r, shape, data, ns) if in_process and ours else _spawn(r, shape, data, ns))
+            result["runners"] = {name: _summary(recs, batch) for name, recs in rounds.items() if recs}
+            result["ratios"] = _ratios(result["runners"])
+            if on_runner is not None:
+                on_runner(result)
+    return result
 
 
 def _write_data(shape: str, rows: int, path: str) -> None:
@@ -311,6 +471,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default=None)
     p.add_argument("--peers-python", default=PEERS_PYTHON)
+    p.add_argument("--peers-path", default=None, help="a folder of peer packages for the peers' PYTHONPATH")
+    p.add_argument("--runner-timeout", type=float, default=None, help="seconds before a runner is given up")
     # On a shared, oversubscribed machine OpenMP's default spin-waiting makes every
     # parallel region wait for a preempted partner thread (a 2-thread run became 4-20x
     # slower than a 1-thread one here); PASSIVE waiting removes that for every runner
@@ -346,33 +508,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for shape in shapes:
-            d, n, k, batch = (int(v) for v in shape.split(","))
-            data = os.path.join(tmp, f"x_{d}.safetensors")
-            _write_data(shape, batch * (ns.steps + ns.warmup), data)
-            rounds: dict[str, list[dict]] = {r: [] for r in ns.runners}
-            for _ in range(ns.rounds):
-                for r in ns.runners:
-                    rounds[r].append(_spawn(r, shape, data, ns))
-            res = {}
-            for r, recs in rounds.items():
-                ok = [x for x in recs if "error" not in x]
-                if not ok:
-                    res[r] = {"error": recs[-1].get("error")}
-                    continue
-                best = min(ok, key=lambda x: x["step_s_median"])
-                res[r] = {
-                    "tokens_per_s": batch / best["step_s_median"],
-                    "step_ms": 1e3 * best["step_s_median"],
-                    "step_ms_rounds": [round(1e3 * x["step_s_median"], 1) for x in ok],
-                    "cpu_ms_per_step": round(1e3 * best["cpu_s_median"], 1),
-                    # Least disturbed round of the load-robust measure: step time in units
-                    # of the encoder GEMM timed next to it in the same process.
-                    "step_over_gemm": round(min(x["step_over_gemm"] for x in ok), 3),
-                    "step_over_gemm_rounds": [round(x["step_over_gemm"], 3) for x in ok],
-                    "max_rss_mib": round(best["max_rss_mib"]),
-                    **({"peak_gpu_mib": round(best["peak_gpu_mib"])} if "peak_gpu_mib" in best else {}),
-                }
-            report["shapes"][shape] = {"d": d, "n": n, "k": k, "batch": batch, "runners": res, "ratios": _ratios(res)}
+            report["shapes"][shape] = measure_shape(shape, ns.runners, ns, tmp)
     report["load_after"] = _load()
     print(json.dumps(report, indent=2))
 
@@ -393,6 +529,18 @@ def _ratios(res: dict) -> dict:
         for key, other in pairs.items():
             if other:
                 out[f"fused_adam_{key}"] = round(fused / other, 3)
+    for arch in ("batchtopk", "matryoshka", "mp"):
+        mine = tps(f"saes_{arch}")
+        for key in ("of_gemm", "of_gemm_bf16"):
+            if mine and pairs[key]:
+                out[f"{arch}_{key}"] = round(mine / pairs[key], 3)
+    # Peak GPU memory against each peer's (below 1: ours is lower).
+    def peak(name):
+        return res.get(name, {}).get("peak_gpu_mib")
+
+    for peer in ("sparsify", "saelens"):
+        if peak("saes") and peak(peer):
+            out[f"peak_gpu_vs_{peer}"] = round(peak("saes") / peak(peer), 3)
     # The same comparisons in GEMM units (load-robust): other.step/gemm over ours.step/gemm.
     def rel(name):
         return res.get(name, {}).get("step_over_gemm")
