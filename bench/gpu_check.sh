@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The GPU check: one unattended run on a CUDA machine that writes OUT/gpu_check.json,
+# OUT/gpu_check.md (the tables for bench/RESULTS.md) and OUT/gpu_check.log.
+#
+#   bash bench/gpu_check.sh [OUT] [--tiny]
+#
+# OUT defaults to $OUT. Without a CUDA GPU it prints one line and exits 0 (CI, laptops).
+# --tiny runs every step on the CPU at tiny sizes (the dry run tests/test_gpu_check.py does).
+#
+# Needs only what the GPU machine has (python3 with torch, triton, pytest): this checkout
+# runs from PYTHONPATH, nothing is installed into that python. SAELens and sparsify come as
+# wheels in bench/gpu_wheels/ (made by `bash bench/gpu_wheels.sh` where a package registry
+# is reachable) and are unpacked into a folder of their own; without them the peer runners
+# are recorded as skipped, with the reason. GPU_CHECK_PYTHON picks the interpreter (default
+# python3); GPU_CHECK_PEERS_PYTHON an interpreter that already has the peers (no wheels then).
+#
+# Every step runs in its own process under `timeout`, so a failure or a hang costs at most
+# its cap and the steps after it still run. Time budget on one H200, in seconds (expected:
+# an estimate from the sizes in bench/gpu_check.py; cap: the timeout):
+#
+#   step      expected  cap  what
+#   peers          15    30  unpack the peer wheels (pip --target, no index, no deps)
+#   info           10    40  GPU, driver, versions; SAELens and sparsify import check
+#   kernels        60   100  pytest -m gpu: Triton kernels vs torch at d 768/2304, n 16k/64k, k 32/64, fp32/bf16
+#   train          90   120  saes.train TopK/BatchTopK/Matryoshka/MP, bf16 GEMM floor, sparsify, SAELens
+#                            (d 2304, n 65536, k 64, batch 4096; 7 processes of about 10 s each)
+#   mp             40    60  MP encode vs SAELens at d 2304, n 65536, k 64, 4096 rows (4 processes)
+#   harvest        25    50  GPT-2-medium-shaped model, 131k tokens x 3, store writes vs plain writes
+#   steer          15    35  batch 32, 64 new tokens, with and without a steering vector
+#   dp             15    35  torchrun --nproc-per-node 1 with NCCL: data-parallel steps vs plain ones
+#   report          2    10  merge into gpu_check.json and gpu_check.md
+#   total        ~270   480  (run it with the device tool's timeout_s at 560 or more)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${GPU_CHECK_PYTHON:-python3}
+
+out=${OUT:-}
+tiny=""
+for arg in "$@"; do
+    case "$arg" in
+        --tiny) tiny="--tiny" ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        -*) echo "gpu_check: unknown option $arg (use: bash bench/gpu_check.sh [OUT] [--tiny])" >&2; exit 2 ;;
+        *) out=$arg ;;
+    esac
+done
+
+if [ -z "$tiny" ]; then
+    # No GPU: one line, exit 0. nvidia-smi first: it answers without starting Python.
+    if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+        echo "gpu_check: no NVIDIA GPU on this machine (nvidia-smi finds none); nothing to measure"
+        exit 0
+    fi
+    if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+        echo "gpu_check: $PY's torch sees no CUDA device; nothing to measure"
+        exit 0
+    fi
+fi
+if [ -z "$out" ]; then
+    echo "gpu_check: no output folder; pass one (bash bench/gpu_check.sh OUT) or set OUT" >&2
+    exit 2
+fi
+mkdir -p "$out" || { echo "gpu_check: cannot create the output folder $out" >&2; exit 2; }
+out=$(cd "$out" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+export PYTHONPATH="$ROOT" PYTHONUNBUFFERED=1
+log="$out/gpu_check.log"
+: >"$log"
+started=$(date +%s)
+
+# run NAME CAP COMMAND...: the command under `timeout`, its output in WORK/NAME.log and
+# the log, "exit-code seconds cap" in WORK/NAME.status for the report.
+run() {
+    local name=$1 cap=$2 t0 rc
+    shift 2
+    t0=$(date +%s)
+    echo "== $name (cap ${cap}s) $(date -u +%H:%M:%S)" | tee -a "$log"
+    timeout -k 5 "$cap" "$@" >"$work/$name.log" 2>&1
+    rc=$?
+    echo "$rc $(( $(date +%s) - t0 )) $cap" >"$work/$name.status"
+    cat "$work/$name.log" >>"$log"
+    echo "== $name: exit $rc after $(( $(date +%s) - t0 ))s" | tee -a "$log"
+    return 0
+}
+
+peers=()
+wheels=("$ROOT"/bench/gpu_wheels/*.whl)
+if [ -n "${GPU_CHECK_PEERS_PYTHON:-}" ]; then
+    peers=(--peers-python "$GPU_CHECK_PEERS_PYTHON")
+elif [ -e "${wheels[0]}" ]; then
+    run peers 30 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --disable-pip-version-check --target "$work/peers" "${wheels[@]}"
+    if [ "$(cut -d' ' -f1 "$work/peers.status")" = 0 ]; then
+        peers=(--peers-python "$PY" --peers-path "$work/peers")
+    else
+        peers=(--peers-skip "the peer wheels did not install: $(tail -n 1 "$work/peers.log")")
+    fi
+fi
+
+run info 40 "$PY" bench/gpu_check.py info --work "$work" $tiny ${peers[@]+"${peers[@]}"}
+for step in kernels:100 train:120 mp:60 harvest:50 steer:35 dp:35; do
+    run "${step%%:*}" "${step##*:}" "$PY" bench/gpu_check.py step "${step%%:*}" --work "$work" $tiny
+done
+timeout -k 5 10 "$PY" bench/gpu_check.py report --work "$work" --out "$out" | tee -a "$log"
+echo "gpu_check: $(( $(date +%s) - started ))s; results in $out/gpu_check.json and $out/gpu_check.md" | tee -a "$log"
+rm -rf "$work"
