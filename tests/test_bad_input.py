@@ -553,3 +553,19 @@ def test_windows_longer_than_the_learnt_positions_are_refused_before_the_model_r
     store = harvest(gpt2, ["the cat sat on the mat"] * 40, "blocks.0.hook_resid_post", tmp_path / "t",
                     context_length=128, progress=False)
     assert len(store) > 0
+
+
+@pytest.mark.parametrize("key, bad", [("hook_name", 7), ("hook_name_out", ["a"]), ("context_size", "16"),
+                                      ("context_size", 0), ("prepend_bos", "yes"), ("hook_head_index", True),
+                                      ("model_name", {"n": 1})])
+def test_a_cfg_json_whose_description_has_the_wrong_type_is_refused_by_name(tmp_path, key, bad) -> None:
+    import json
+
+    where = tmp_path / "sae"
+    saes.TopKSAE(8, 16, k=2, metadata={"hook_name": "blocks.0.hook_resid_post", "context_size": 16}).save(where)
+    cfg = json.loads((where / "cfg.json").read_text())
+    assert saes.load(where).metadata["context_size"] == 16  # as saved, it loads
+    cfg["metadata"][key] = bad
+    (where / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(saes.FormatError, match=f"cfg.json: metadata {key} is .* but must be .* or null"):
+        saes.load(where)

@@ -229,6 +229,34 @@ def metadata_from(cfg: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+# The description keys whose type code downstream relies on (a hook name that is a number,
+# a context size that is text), each with what it must be.
+_METADATA_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "model_name": ((str,), "a model name (text)"),
+    "hook_name": ((str,), "a hook name (text)"),
+    "hook_name_out": ((str,), "a hook name (text)"),
+    "dataset_path": ((str,), "text"),
+    "hook_head_index": ((int,), "a head index (an integer)"),
+    "context_size": ((int,), "a window length (a positive integer)"),
+    "prepend_bos": ((bool,), "true or false"),
+}
+
+
+def check_metadata(meta: dict[str, Any], where: Path | str) -> dict[str, Any]:
+    """``meta`` if each known key is null or of its type, else a FormatError naming the key."""
+    for key, (types, what) in _METADATA_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        wrong = not isinstance(value, types) or (bool not in types and isinstance(value, bool))
+        if not wrong and key == "context_size" and value < 1:
+            wrong = True
+        if wrong:
+            raise FormatError(f"{where}: metadata {key} is {json.dumps(value)[:60]}, but must be {what} or null; "
+                              "fix it in the file (or set it to null)")
+    return meta
+
+
 def check_weight_tensor(name: str, t: torch.Tensor, where: Path) -> None:
     """A weight must be floating point and finite (an integer or boolean tensor cast to float
     would load as a different SAE without a word)."""
@@ -365,8 +393,9 @@ def load_ours(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path
                                           (cfg.get("d_in"), cfg.get("d_sae"), str(cfg_path))):
         if isinstance(d_in_said, int) and isinstance(d_sae_said, int):
             check_sizes(d_in_said, d_sae_said, tensors, where, said_by, d_out=d_out if isinstance(d_out, int) else None)
+    metadata = check_metadata(metadata_from(cfg), cfg_path)
     try:
-        sae = cls(**settings, dtype=dtype, metadata=metadata_from(cfg))
+        sae = cls(**settings, dtype=dtype, metadata=metadata)
     except (SAEError, TypeError, ValueError) as err:
         raise FormatError(f"{where.parent / CFG_FILE} describes an SAE that cannot be built: {err}") from None
     sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", not sae.is_transcoder))

@@ -21,7 +21,7 @@ import torch
 from saes.architectures import registry
 from saes.architectures.base import SAE
 from saes.errors import FormatError
-from saes.formats.native import CFG_FILE, assign_tensors, check_sizes, metadata_from
+from saes.formats.native import CFG_FILE, assign_tensors, check_metadata, check_sizes, metadata_from
 
 # Transcoders: SAELens's classes (and this package's TopK names, see saes.formats.native)
 # -> (the inference form, skip path).
@@ -53,7 +53,7 @@ def _build(arch: str, cfg: dict[str, Any], where: Path, dtype: Any, **extra: Any
     """The empty SAE a SAELens cfg.json of architecture ``arch`` describes (``extra``: a
     transcoder's ``d_out`` and ``skip``)."""
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
-    meta = metadata_from(cfg)
+    meta = check_metadata(metadata_from(cfg), where.parent / CFG_FILE)
     if arch == "standard":
         return registry.get("relu")(d_in, d_sae, dtype=dtype, metadata=meta, **extra)
     if arch in ("jumprelu", "gated"):
