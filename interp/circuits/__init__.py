@@ -1,0 +1,15 @@
+"""Attribution graphs over transcoder features (Ameisen et al. 2025, "Circuit Tracing").
+
+* :mod:`.freeze`: attention patterns and norm denominators held at their values on a prompt;
+* :mod:`.replacement`: the local replacement model (transcoders in place of MLPs, error nodes
+  holding the exact difference) and its frozen linear system;
+* :mod:`.attribution`: the direct effects by batched backward passes (:func:`attribute`);
+* :mod:`.graph`: the graph, pruning by influence on the logits, replacement and completeness
+  scores.
+"""
+from interp.circuits.attribution import attribute, logit_targets
+from interp.circuits.graph import AttributionGraph, GraphScores, PruneResult
+from interp.circuits.replacement import ReplacementModel, load_transcoders
+
+__all__ = ["AttributionGraph", "GraphScores", "PruneResult", "ReplacementModel", "attribute", "load_transcoders",
+           "logit_targets"]

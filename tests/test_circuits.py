@@ -1,0 +1,199 @@
+"""Attribution graphs (interp.circuits): the replacement model, exactness, the brute-force
+reference, pruning and scores, on tiny random models with random transcoders."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saes
+from interp.circuits import AttributionGraph, ReplacementModel, attribute
+from interp.circuits.attribution import reference_adjacency
+from interp.circuits.graph import compute_influence, find_threshold, normalize_matrix
+from interp.errors import InterpError
+from interp.model.tiny import tiny_model
+from saes.architectures import registry
+
+PROMPT = "the cat sat on the mat and the dog ran"
+
+
+def _scaled_model(family: str, n_layers: int = 3):
+    """A tiny model with weights scaled up, so attention patterns and norms vary with the input
+    (a freshly initialised model is nearly linear already, which would hide a bad freeze)."""
+    model = tiny_model(family, n_layers=n_layers)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            if p.ndim >= 2:
+                p.mul_(15)
+            else:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def _randomise(tc: saes.SAE, seed: int) -> saes.SAE:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tc.b_enc.copy_(torch.randn(tc.d_sae, generator=gen).abs() * 0.5) if hasattr(tc, "b_enc") else None
+        tc.b_dec.copy_(torch.randn(tc.d_out, generator=gen))
+        if tc.W_skip is not None:
+            tc.W_skip.copy_(0.2 * torch.randn(tc.W_skip.shape, generator=gen))
+    return tc.eval()
+
+
+def _meta(layer: int) -> dict[str, str]:
+    return {"hook_name": f"blocks.{layer}.hook_resid_mid", "hook_name_out": f"blocks.{layer}.hook_mlp_out"}
+
+
+def _transcoders(model, kinds: tuple[str, ...]) -> dict[int, saes.SAE]:
+    """One transcoder per layer of the given kinds ("none": that layer keeps no transcoder)."""
+    d = model.d_model
+    out = {}
+    for layer, kind in enumerate(kinds):
+        if kind == "none":
+            continue
+        if kind == "topk_skip":
+            tc = saes.TopKSAE(d, 96, k=5, d_out=d, skip=True, metadata=_meta(layer))
+        elif kind == "jumprelu":
+            tc = registry.get("jumprelu")(d, 96, d_out=d, init_threshold=0.3, metadata=_meta(layer))
+        elif kind == "gated":
+            tc = registry.get("gated")(d, 96, d_out=d, metadata=_meta(layer))
+        else:
+            tc = registry.get(kind)(d, 96, k=5, d_out=d, metadata=_meta(layer))
+        out[layer] = _randomise(tc, seed=layer)
+    return out
+
+
+@pytest.fixture(scope="module", params=[("gpt2", ("topk_skip", "jumprelu", "none")),
+                                        ("llama", ("batchtopk", "gated", "topk_skip"))],
+                ids=["gpt2", "llama"])
+def case(request):
+    family, kinds = request.param
+    model = _scaled_model(family)
+    tcs = _transcoders(model, kinds)
+    if "batchtopk" in kinds:  # an inference threshold from the prompt's own inputs
+        _, cache = model.run_with_cache(PROMPT, names=["blocks.0.hook_resid_mid"])
+        tcs[0].calibrate_threshold(cache["blocks.0.hook_resid_mid"][0])
+    rm = ReplacementModel(model, tcs, PROMPT)
+    graph = attribute(model, rm, batch_size=16)
+    return model, tcs, rm, graph
+
+
+def test_replacement_model_reproduces_the_logits_and_is_affine_in_its_sources(case):
+    model, _, rm, _ = case
+    assert torch.allclose(rm.logits, model(PROMPT)[0], atol=1e-5)
+    run = rm.run()
+    assert torch.allclose(run.logits[0], rm.logits, atol=1e-4 * rm.logits.abs().max())
+    assert rm.n_features > 10 and rm.errors.abs().sum() > 0
+    # Frozen: inputs are affine in the sources, so doubling every source doubles the
+    # difference from the all-zero run. Not frozen, the norms undo the doubling.
+    zero = [torch.zeros_like(rm.activations), torch.zeros_like(rm.errors), torch.zeros_like(rm.embed)]
+    two = [2 * rm.activations, 2 * rm.errors, 2 * rm.embed]
+    for freeze, affine in ((True, True), (False, False)):
+        f0, f1, f2 = (rm.run(*s, stop=True, freeze=freeze).final[0] if s else rm.run(stop=True, freeze=freeze).final[0]
+                      for s in (zero, None, two))
+        gap = float(((f2 - f0) - 2 * (f1 - f0)).abs().max() / (f1 - f0).abs().max())
+        assert (gap < 1e-4) == affine, (freeze, gap)
+
+
+def test_edges_into_each_node_sum_to_its_input(case):
+    """With every error node included, a node's input is the sum of its incoming direct
+    effects plus the constant part (biases, position embeddings, the BOS position)."""
+    _, _, rm, graph = case
+    assert graph.input_residual() < 1e-5
+    # The constant part is not the whole story: the edges carry most of each input.
+    rows = torch.arange(graph.n_features)
+    assert graph.adjacency[rows].abs().sum() > graph.constants[rows].abs().sum()
+    assert graph.n_nodes == rm.n_features + (rm.n_layers + 1) * rm.n_pos + graph.n_logits
+
+
+def test_attribution_equals_the_brute_force_frozen_system(case):
+    _, _, rm, graph = case
+    ref = reference_adjacency(rm, torch.tensor(graph.logit_tokens))
+    scale = ref.abs().max()
+    assert float((ref - graph.adjacency).abs().max() / scale) < 1e-5
+    # Causality: nothing feeds a feature from a later layer's node or a later position.
+    feats = graph.active_features
+    later = (feats[None, :, 0] >= feats[:, None, 0]) | (feats[None, :, 1] > feats[:, None, 1])
+    assert graph.adjacency[:graph.n_features, :graph.n_features][later].abs().max() == 0
+
+
+def test_left_out_bos_has_no_feature_or_error_edges(case):
+    _, _, rm, graph = case
+    assert rm.excluded[0] and not bool(rm.excluded[1:].any())
+    assert (graph.active_features[:, 1] > 0).all()
+    bos_errors = graph.error_start + torch.arange(graph.n_layers) * graph.n_pos
+    assert graph.adjacency[:, bos_errors].abs().max() == 0
+    # ... but BOS's embedding is a node like any token.
+    assert graph.adjacency[:, graph.token_start].abs().max() > 0
+
+
+def test_pruning_keeps_the_stated_share_of_influence(case):
+    _, _, _, graph = case
+    influence = graph.node_influence()
+    total = float(influence.sum())
+    for node_threshold in (0.5, 0.8, 0.95):
+        cut = find_threshold(influence, node_threshold)
+        kept = influence >= cut
+        assert float(influence[kept].sum()) / total >= node_threshold - 1e-6
+        # The smallest node kept was needed: without it the share falls short.
+        assert float(influence[kept].sum() - cut) / total < node_threshold + 1e-6
+        result = graph.prune(node_threshold=node_threshold, edge_threshold=0.98)
+        body = slice(0, graph.token_start)
+        assert not bool((result.node_mask[body] & ~kept[body]).any())
+        assert result.node_mask[graph.token_start:].all()
+    loose, tight = graph.prune(0.95, 0.99), graph.prune(0.5, 0.9)
+    assert int(tight.node_mask.sum()) <= int(loose.node_mask.sum())
+    assert int(tight.edge_mask.sum()) <= int(loose.edge_mask.sum())
+
+
+def test_influence_and_scores_on_a_hand_built_graph():
+    """Two tokens, one feature, one error, one logit (1 layer, 2 positions)."""
+    g = AttributionGraph(
+        prompt="a b", tokens=[5, 6], token_strings=["a", "b"], n_layers=1,
+        active_features=torch.tensor([[0, 1, 7]]), activations=torch.tensor([1.0]),
+        logit_tokens=[9], logit_strings=["z"], logit_probabilities=torch.tensor([1.0]),
+        adjacency=torch.zeros(6, 6), node_inputs=torch.zeros(6), constants=torch.zeros(6))
+    # nodes: 0 feature, 1-2 errors (pos 0, 1), 3-4 tokens, 5 logit
+    g.adjacency[0, 4] = 3.0      # token b -> feature
+    g.adjacency[0, 1] = 1.0      # error(pos 0) -> feature
+    g.adjacency[5, 0] = 2.0      # feature -> logit
+    g.adjacency[5, 2] = -2.0     # error(pos 1) -> logit
+    influence = g.node_influence()
+    assert torch.allclose(influence, torch.tensor([0.5, 0.125, 0.5, 0.0, 0.375, 0.0]))
+    scores = g.scores()
+    assert scores.replacement == pytest.approx(0.375 / (0.375 + 0.625))
+    # completeness: feature 3/4 non-error (influence 0.5 + 0), logit 1/2 (0 + 1)
+    assert scores.completeness == pytest.approx((0.75 * 0.5 + 0.5 * 1.0 + 1 * 0.125 + 1 * 0.5 + 1 * 0.375)
+                                                / (0.5 + 1 + 0.125 + 0.5 + 0.375))
+    assert torch.equal(normalize_matrix(g.adjacency)[0], torch.tensor([0, 0.25, 0, 0, 0.75, 0]))
+    assert compute_influence(normalize_matrix(g.adjacency), g.logit_weights())[4] == pytest.approx(0.375)
+    result = g.prune(node_threshold=0.6, edge_threshold=1.0)
+    assert result.node_mask.tolist() == [True, False, True, True, True, True]
+
+
+def test_graph_saves_and_loads(case, tmp_path):
+    *_, graph = case
+    graph.save(tmp_path / "g")
+    again = AttributionGraph.load(tmp_path / "g")
+    assert torch.equal(again.adjacency, graph.adjacency) and again.tokens == graph.tokens
+    assert again.logit_strings == graph.logit_strings and again.scores() == graph.scores()
+
+
+def test_bad_transcoders_are_refused_by_name():
+    model = tiny_model("gpt2")
+    d = model.d_model
+    with pytest.raises(InterpError, match="SAE, not a transcoder"):
+        ReplacementModel(model, {0: saes.TopKSAE(d, 32, k=2)}, PROMPT)
+    wrong = saes.TopKSAE(d, 32, k=2, d_out=d, metadata={"hook_name": "blocks.0.hook_resid_mid",
+                                                         "hook_name_out": "blocks.1.hook_mlp_out"})
+    with pytest.raises(InterpError, match="under the layer it replaces"):
+        ReplacementModel(model, {0: wrong}, PROMPT)
+    with pytest.raises(InterpError, match="layers \\[5\\]"):
+        ReplacementModel(model, {5: saes.TopKSAE(d, 32, k=2, d_out=d)}, PROMPT)
+    with pytest.raises(InterpError, match="directory does not exist"):
+        ReplacementModel(model, "/nonexistent-dir-for-test", PROMPT)
+
+
+def test_a_directory_that_is_no_transcoder_set_is_refused(tmp_path):
+    with pytest.raises(InterpError, match="neither a circuit-tracer set"):
+        ReplacementModel(tiny_model("gpt2"), tmp_path, PROMPT)
