@@ -7,7 +7,8 @@ the benchmark scripts beside this file:
 * ``info``: the machine (GPU, driver, CUDA, torch, Triton, NCCL) and whether the peers
   (SAELens, sparsify) import; later steps read that from ``WORK/info.json``;
 * ``kernels``: ``pytest -m gpu`` on every test file holding GPU tests (the Triton kernels
-  against the torch path at real sizes, forward and backward, fp32 and bf16);
+  against the torch path at real sizes, forward and backward, fp32 and bf16), together
+  with the rest of ``tests/test_kernels_triton.py`` (its awkward shapes, on the device);
 * ``train``: ``bench/sae_step.py``'s runners: ``saes.train`` steps for TopK, BatchTopK,
   Matryoshka and MP, the bf16 encoder GEMM, sparsify and SAELens, one process each;
 * ``mp``: ``bench/mp_encode.py``: matching-pursuit encode against SAELens's, codes compared;
@@ -214,13 +215,16 @@ def gpu_test_files() -> list[str]:
 
 
 def parse_junit(path: Path) -> dict:
-    """Counts, failures (test id and the first line of the message) and the slowest tests."""
+    """Counts, failures (test id and the first line of the message), the slowest tests and
+    the properties tests recorded (``record_property``)."""
     root = ET.parse(path).getroot()
     cases = list(root.iter("testcase"))
-    failed, skipped, times = [], 0, []
+    failed, skipped, times, props = [], 0, [], {}
     for c in cases:
         name = f"{c.get('classname', '')}::{c.get('name', '')}"
         times.append((float(c.get("time") or 0), name))
+        for prop in c.iter("property"):
+            props.setdefault(name.split("::")[-1], {})[prop.get("name")] = prop.get("value")
         bad = c.find("failure")
         if bad is None:
             bad = c.find("error")
@@ -233,19 +237,31 @@ def parse_junit(path: Path) -> dict:
     return {
         "tests": len(cases), "passed": len(cases) - len(failed) - skipped, "failed": len(failed), "skipped": skipped,
         "failures": failed[:20], "slowest": [{"test": n, "s": round(t, 2)} for t, n in times[:5]],
+        "properties": props,
     }
+
+
+def kernel_selection(tiny: bool) -> list[str]:
+    """pytest's selection: the GPU tests, and on a GPU every other test of the Triton kernel
+    module too (the CPU dry run only collects the GPU tests, which skip there: the
+    interpreter runs the rest in the ordinary test run)."""
+    if tiny:
+        return ["-m", "gpu"]
+    return ["-m", "not slow", "-k", "test_kernels_triton or gpu"]
 
 
 def step_kernels(ctx: Context) -> dict:
     files = gpu_test_files()
     xml = ctx.work / "kernels.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *files]
+    cmd = [sys.executable, "-m", "pytest", *kernel_selection(ctx.tiny), "-q", "-p", "no:cacheprovider",
+           f"--junitxml={xml}", *files]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
     if not xml.exists():
-        return {"files": files, "exit_code": proc.returncode, "error": tail}
-    return {"files": files, "exit_code": proc.returncode, **parse_junit(xml), "output_tail": tail[-3:]}
+        return {"files": files, "selection": kernel_selection(ctx.tiny), "exit_code": proc.returncode, "error": tail}
+    return {"files": files, "selection": kernel_selection(ctx.tiny), "exit_code": proc.returncode, **parse_junit(xml),
+            "output_tail": tail[-3:]}
 
 
 # ------------------------------------------------------------------ train and mp
@@ -528,7 +544,12 @@ def step_figures(name: str, rec: dict) -> str:
         if "tests" not in r:
             return "no test report"
         fails = "; ".join(f["test"].split("::")[-1] for f in r["failures"][:3])
-        return f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped" + (f" ({fails})" if fails else "")
+        text = f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped" + (f" ({fails})" if fails else "")
+        shares = [float(p["dense_fallback_rows"]) for p in (r.get("properties") or {}).values()
+                  if "dense_fallback_rows" in p]
+        if shares:
+            text += f"; fused encoder recomputed up to {100 * max(shares):.1f}% of rows densely"
+        return text
     if name == "train":
         q = r.get("ratios", {})
         ours = _get(r, "runners", "saes", "tokens_per_s")
