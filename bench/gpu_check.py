@@ -51,10 +51,11 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))  # the benchmark scripts beside this file
 
 STEPS = ("kernels", "train", "mp", "harvest", "steer", "dp")
-TRAIN_OURS = ("saes", "saes_batchtopk", "saes_matryoshka", "saes_mp", "gemm_bf16")
-TRAIN_PEERS = ("sparsify", "saelens")
-MP_OURS = ("saes", "saes_cold", "saes_plain")
-MP_PEERS = ("saelens",)
+# Runners in the order they run: the headline comparison first, so a step stopped at its cap
+# has already measured it.
+TRAIN_RUNNERS = ("saes", "gemm_bf16", "sparsify", "saelens", "saes_batchtopk", "saes_matryoshka", "saes_mp")
+MP_RUNNERS = ("saes", "saelens", "saes_cold", "saes_plain")
+PEERS = ("sparsify", "saelens")
 NO_WHEELS = ("no peer wheels in bench/gpu_wheels (make them with `bash bench/gpu_wheels.sh` on a machine that "
              "reaches the package registry)")
 
@@ -91,9 +92,9 @@ GPU = Sizes(
     train_shape="2304,65536,64,4096", train_steps=8, train_warmup=2,
     mp_shape="2304,65536,64,4096", mp_repeats=2, runner_timeout=45.0,
     gpt2=(1024, 24, 16), harvest_layer=12, harvest_context=1024, harvest_batch=16, harvest_tokens=131072,
-    harvest_shard_tokens=16384, harvest_repeats=3, model_dtype="bfloat16",
+    harvest_shard_tokens=16384, harvest_repeats=2, model_dtype="bfloat16",
     steer_batch=32, steer_new_tokens=64, steer_repeats=3,
-    dp_shape="2304,65536,64,4096", dp_steps=5, dp_timeout=30.0,
+    dp_shape="2304,65536,64,4096", dp_steps=5, dp_timeout=40.0,
 )
 TINY = Sizes(
     device="cpu",
@@ -157,12 +158,13 @@ def load_context(work: Path, tiny: bool) -> Context:
 # ------------------------------------------------------------------ info
 
 
-def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
+def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str, str]:
+    """``(exit code, stdout, stderr)``; exit code -1 when it could not start or ran out of time."""
     try:
         p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
     except (OSError, subprocess.TimeoutExpired) as err:
-        return -1, str(err)
-    return p.returncode, (p.stdout + p.stderr).strip()
+        return -1, "", str(err)
+    return p.returncode, p.stdout.strip(), p.stderr.strip()
 
 
 def check_peers(python: str | None, path: str | None, skipped: str | None, timeout: float = 60.0) -> Peers:
@@ -174,11 +176,13 @@ def check_peers(python: str | None, path: str | None, skipped: str | None, timeo
     if path:
         env["PYTHONPATH"] = path
     code = ("import importlib.metadata as m, json, sae_lens, sparsify; "
-            "print(json.dumps({p: m.version(p) for p in ('sae-lens', 'eai-sparsify')}))")
-    rc, out = _run([python, "-c", code], timeout, env)
-    if rc != 0:
-        return Peers(python, path, skipped=f"the peers do not import: {out.splitlines()[-1] if out else rc}")
-    return Peers(python, path, skipped=None, versions=json.loads(out.splitlines()[-1]))
+            "print('VERSIONS ' + json.dumps({p: m.version(p) for p in ('sae-lens', 'eai-sparsify')}))")
+    rc, out, err = _run([python, "-c", code], timeout, env)
+    found = [line[9:] for line in out.splitlines() if line.startswith("VERSIONS ")]
+    if rc != 0 or not found:
+        why = (err or out).splitlines()[-1] if (err or out) else f"exit {rc}"
+        return Peers(python, path, skipped=f"the peers do not import: {why}")
+    return Peers(python, path, skipped=None, versions=json.loads(found[-1]))
 
 
 def step_info(ctx: Context, peers_python: str | None, peers_path: str | None, peers_skip: str | None) -> dict:
@@ -198,8 +202,12 @@ def step_info(ctx: Context, peers_python: str | None, peers_path: str | None, pe
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
-        rc, out = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], 20)
+        try:
+            v = torch.cuda.nccl.version()
+            info["nccl"] = ".".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+        except Exception as err:  # noqa: BLE001  (a version string is not worth the step)
+            info["nccl"] = f"unknown ({type(err).__name__})"
+        rc, out, _ = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], 20)
         info["driver"] = out.splitlines()[0] if rc == 0 and out else None
     info["peers"] = asdict(check_peers(peers_python, peers_path, peers_skip))
     return info
@@ -275,10 +283,11 @@ def _bench_ns(ctx: Context, **extra: Any) -> argparse.Namespace:
                               runner_timeout=s.runner_timeout, **extra)
 
 
-def _with_peers(ctx: Context, ours: tuple[str, ...], peers: tuple[str, ...]) -> tuple[list[str], dict]:
-    runners = list(ours) + (list(peers) if ctx.peers.available else [])
-    skipped = {} if ctx.peers.available else {p: {"skipped": ctx.peers.skipped} for p in peers}
-    return runners, skipped
+def _with_peers(ctx: Context, order: tuple[str, ...]) -> tuple[list[str], dict]:
+    """The runners to start, and the peers' records when they cannot run."""
+    if ctx.peers.available:
+        return list(order), {}
+    return [r for r in order if r not in PEERS], {p: {"skipped": ctx.peers.skipped} for p in order if p in PEERS}
 
 
 def step_train(ctx: Context) -> dict:
@@ -286,7 +295,7 @@ def step_train(ctx: Context) -> dict:
 
     s = ctx.sizes
     ns = _bench_ns(ctx, steps=s.train_steps, warmup=s.train_warmup)
-    runners, skipped = _with_peers(ctx, TRAIN_OURS, TRAIN_PEERS)
+    runners, skipped = _with_peers(ctx, TRAIN_RUNNERS)
     extra = {"autocast": "bfloat16" if s.device == "cuda" else "none (CPU)", "steps": s.train_steps,
              "warmup": s.train_warmup}
 
@@ -304,7 +313,7 @@ def step_mp(ctx: Context) -> dict:
 
     s = ctx.sizes
     ns = _bench_ns(ctx, repeats=s.mp_repeats)
-    runners, skipped = _with_peers(ctx, MP_OURS, MP_PEERS)
+    runners, skipped = _with_peers(ctx, MP_RUNNERS)
 
     def keep(partial: dict) -> None:
         ctx.save_partial("mp", {**partial, "runners": {**partial["runners"], **skipped}})
@@ -368,10 +377,11 @@ def step_dp(ctx: Context) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
            str(Path(__file__).resolve()), "dp-worker", "--work", str(ctx.work), *(["--tiny"] if ctx.tiny else [])]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1" if ctx.tiny else os.environ.get("OMP_NUM_THREADS", "8"))
-    rc, text = _run(cmd, ctx.sizes.dp_timeout, env)
+    rc, stdout, stderr = _run(cmd, ctx.sizes.dp_timeout, env)
     res = _read_json(out)
     if res is None:
-        return {"launcher": "torchrun --nproc-per-node 1", "exit_code": rc, "error": text.splitlines()[-10:]}
+        return {"launcher": "torchrun --nproc-per-node 1", "exit_code": rc,
+                "error": (stdout + "\n" + stderr).strip().splitlines()[-10:]}
     return {"launcher": "torchrun --nproc-per-node 1", "exit_code": rc, **res}
 
 
@@ -618,7 +628,8 @@ def markdown(report: dict) -> str:
     ]
     for name, rec in report["steps"].items():
         cap = f" ({rec['cap_seconds']})" if rec.get("cap_seconds") else ""
-        lines.append(f"| {name} | {rec['status']} | {_fmt(rec.get('seconds'))}{cap} | {step_figures(name, rec)} |")
+        figures = step_figures(name, rec) if rec.get("result") else ""
+        lines.append(f"| {name} | {rec['status']} | {_fmt(rec.get('seconds'))}{cap} | {figures} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in report["targets"]:
         met = "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")

@@ -2,10 +2,11 @@
 # The GPU check: one unattended run on a CUDA machine that writes OUT/gpu_check.json,
 # OUT/gpu_check.md (the tables for bench/RESULTS.md) and OUT/gpu_check.log.
 #
-#   bash bench/gpu_check.sh [OUT] [--tiny]
+#   bash bench/gpu_check.sh [OUT] [--tiny] [--steps kernels,train,...]
 #
 # OUT defaults to $OUT. Without a CUDA GPU it prints one line and exits 0 (CI, laptops).
 # --tiny runs every step on the CPU at tiny sizes (the dry run tests/test_gpu_check.py does).
+# --steps runs only those steps (a second run after one failed); the others read "not run".
 #
 # Needs only what the GPU machine has (python3 with torch, triton, pytest): this checkout
 # runs from PYTHONPATH, nothing is installed into that python. SAELens and sparsify come as
@@ -20,16 +21,19 @@
 #
 #   step      expected  cap  what
 #   peers          15    30  unpack the peer wheels (pip --target, no index, no deps)
-#   info           10    40  GPU, driver, versions; SAELens and sparsify import check
-#   kernels        60   100  pytest -m gpu: Triton kernels vs torch at d 768/2304, n 16k/64k, k 32/64, fp32/bf16
-#   train          90   120  saes.train TopK/BatchTopK/Matryoshka/MP, bf16 GEMM floor, sparsify, SAELens
-#                            (d 2304, n 65536, k 64, batch 4096; 7 processes of about 10 s each)
-#   mp             40    60  MP encode vs SAELens at d 2304, n 65536, k 64, 4096 rows (4 processes)
-#   harvest        25    50  GPT-2-medium-shaped model, 131k tokens x 3, store writes vs plain writes
-#   steer          15    35  batch 32, 64 new tokens, with and without a steering vector
-#   dp             15    35  torchrun --nproc-per-node 1 with NCCL: data-parallel steps vs plain ones
+#   info           10    35  GPU, driver, versions; SAELens and sparsify import check
+#   kernels        65   100  pytest -m gpu: Triton kernels vs torch at d 768/2304, n 16k/64k, k 32/64,
+#                            fp32/bf16, fwd+bwd (about 20 compiles, 70 tests), plus the kernel module's
+#                            awkward shapes on the device
+#   train          70   110  TopK step, bf16 GEMM floor, sparsify, SAELens, then BatchTopK, Matryoshka, MP
+#                            (d 2304, n 65536, k 64, batch 4096; 7 processes of 6-15 s each)
+#   mp             45    75  MP encode vs SAELens at d 2304, n 65536, k 64, 4096 rows (4 processes;
+#                            SAELens's 64 dense fp32 score products about 1.5 s an encode)
+#   harvest        25    50  GPT-2-medium-shaped model (bf16), 131k tokens x 2, 1 GiB of store writes a run
+#   steer          10    30  batch 32, 64 new tokens, with and without a steering vector
+#   dp             20    45  torchrun --nproc-per-node 1 with NCCL: data-parallel steps vs plain ones
 #   report          2    10  merge into gpu_check.json and gpu_check.md
-#   total        ~270   480  (run it with the device tool's timeout_s at 560 or more)
+#   total        ~260   485  (give the device tool's run timeout_s 560 or more)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -37,13 +41,17 @@ PY=${GPU_CHECK_PYTHON:-python3}
 
 out=${OUT:-}
 tiny=""
-for arg in "$@"; do
-    case "$arg" in
+only=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --tiny) tiny="--tiny" ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
-        -*) echo "gpu_check: unknown option $arg (use: bash bench/gpu_check.sh [OUT] [--tiny])" >&2; exit 2 ;;
-        *) out=$arg ;;
+        --steps) only=",${2:-},"; shift ;;
+        --steps=*) only=",${1#--steps=},"; ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
+        -*) echo "gpu_check: unknown option $1 (use: bash bench/gpu_check.sh [OUT] [--tiny] [--steps a,b])" >&2; exit 2 ;;
+        *) out=$1 ;;
     esac
+    shift
 done
 
 if [ -z "$tiny" ]; then
@@ -98,9 +106,13 @@ elif [ -e "${wheels[0]}" ]; then
     fi
 fi
 
-run info 40 "$PY" bench/gpu_check.py info --work "$work" $tiny ${peers[@]+"${peers[@]}"}
-for step in kernels:100 train:120 mp:60 harvest:50 steer:35 dp:35; do
-    run "${step%%:*}" "${step##*:}" "$PY" bench/gpu_check.py step "${step%%:*}" --work "$work" $tiny
+run info 35 "$PY" bench/gpu_check.py info --work "$work" $tiny ${peers[@]+"${peers[@]}"}
+for step in kernels:100 train:110 mp:75 harvest:50 steer:30 dp:45; do
+    name=${step%%:*}
+    if [ -n "$only" ] && [ "${only#*,"$name",}" = "$only" ]; then
+        continue
+    fi
+    run "$name" "${step##*:}" "$PY" bench/gpu_check.py step "$name" --work "$work" $tiny
 done
 timeout -k 5 10 "$PY" bench/gpu_check.py report --work "$work" --out "$out" | tee -a "$log"
 echo "gpu_check: $(( $(date +%s) - started ))s; results in $out/gpu_check.json and $out/gpu_check.md" | tee -a "$log"
