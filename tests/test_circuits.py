@@ -54,7 +54,7 @@ def _transcoders(model, kinds: tuple[str, ...]) -> dict[int, saes.SAE]:
         if kind == "topk_skip":
             tc = saes.TopKSAE(d, 96, k=5, d_out=d, skip=True, metadata=_meta(layer))
         elif kind == "jumprelu":
-            tc = registry.get("jumprelu")(d, 96, d_out=d, init_threshold=0.3, metadata=_meta(layer))
+            tc = registry.get("jumprelu")(d, 96, d_out=d, init_threshold=0.8, metadata=_meta(layer))
         elif kind == "gated":
             tc = registry.get("gated")(d, 96, d_out=d, metadata=_meta(layer))
         else:
@@ -63,7 +63,7 @@ def _transcoders(model, kinds: tuple[str, ...]) -> dict[int, saes.SAE]:
     return out
 
 
-@pytest.fixture(scope="module", params=[("gpt2", ("topk_skip", "jumprelu", "none")),
+@pytest.fixture(scope="module", params=[("gpt2", ("topk_skip", "none", "jumprelu")),
                                         ("llama", ("batchtopk", "gated", "topk_skip"))],
                 ids=["gpt2", "llama"])
 def case(request):
@@ -74,7 +74,7 @@ def case(request):
         _, cache = model.run_with_cache(PROMPT, names=["blocks.0.hook_resid_mid"])
         tcs[0].calibrate_threshold(cache["blocks.0.hook_resid_mid"][0])
     rm = ReplacementModel(model, tcs, PROMPT)
-    graph = attribute(model, rm, batch_size=16)
+    graph = attribute(model, rm, batch_size=32)
     return model, tcs, rm, graph
 
 
@@ -197,3 +197,108 @@ def test_bad_transcoders_are_refused_by_name():
 def test_a_directory_that_is_no_transcoder_set_is_refused(tmp_path):
     with pytest.raises(InterpError, match="neither a circuit-tracer set"):
         ReplacementModel(tiny_model("gpt2"), tmp_path, PROMPT)
+
+
+# ---------------------------------------------------------------- the viewers' JSON
+
+
+def test_graph_json_lists_the_pruned_nodes_and_edges_in_circuit_tracers_layout(case, tmp_path):
+    from interp.circuits.export import cantor, graph_json, write_graph_files
+
+    *_, graph = case
+    pruned = graph.prune(0.8, 0.98)
+    data = graph_json(graph, "tiny-graph", pruned=pruned)
+    assert set(data) == {"metadata", "qParams", "nodes", "links"}
+    assert data["metadata"]["prompt_tokens"] == graph.token_strings and data["metadata"]["node_threshold"] == 0.8
+    ids = {n["node_id"]: n for n in data["nodes"]}
+    assert len(ids) == len(data["nodes"])
+    # Every link joins two listed nodes and carries the adjacency entry of the pair.
+    index = {}
+    for i in pruned.node_mask.nonzero().squeeze(1).tolist():
+        n = graph.node(i)
+        key = {"feature": f"{n.get('layer')}_{n.get('feature')}_{n['pos']}", "error": f"0_{n.get('layer')}_{n['pos']}",
+               "token": f"E_{n.get('token')}_{n['pos']}", "logit": f"{graph.n_layers + 1}_{n.get('token')}_{n['pos']}"}
+        index[key[n["kind"]]] = i
+    assert len(data["links"]) == int(pruned.edge_mask.sum())
+    for link in data["links"]:
+        t, s = index[link["target"]], index[link["source"]]
+        assert link["weight"] == pytest.approx(float(graph.adjacency[t, s]))
+    feats = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert feats and all(n["feature"] == cantor(int(n["layer"]), int(n["node_id"].split("_")[1])) for n in feats)
+    assert sum(n["feature_type"] == "embedding" for n in data["nodes"]) == graph.n_pos
+    logits = [n for n in data["nodes"] if n["feature_type"] == "logit"]
+    assert len(logits) == graph.n_logits and logits[0]["is_target_logit"] and logits[0]["layer"] == str(graph.n_layers + 1)
+    path = write_graph_files(graph, tmp_path, "tiny-graph", pruned=pruned)
+    write_graph_files(graph, tmp_path, "second", pruned=pruned)
+    write_graph_files(graph, tmp_path, "tiny-graph", pruned=pruned)   # replaced, not listed twice
+    import json
+    listing = json.loads((tmp_path / "graph-metadata.json").read_text())
+    assert [g["slug"] for g in listing["graphs"]] == ["second", "tiny-graph"]
+    assert json.loads(path.read_text())["links"] == data["links"]
+    with pytest.raises(InterpError, match="slug"):
+        graph_json(graph, "../escape")
+
+
+# ---------------------------------------------------------------- interventions
+
+
+def test_interventions_that_change_nothing_leave_the_logits(case):
+    from interp.circuits.interventions import FeatureEdit, intervene, patch_features
+
+    model, _, rm, _ = case
+    last = rm.feature_pos == rm.n_pos - 1
+    layer, feature = int(rm.feature_layer[last][0]), int(rm.feature_index[last][0])
+    for edit in (FeatureEdit(layer, feature, [-1], scale=1.0),
+                 FeatureEdit(layer, feature, [-1], value=float(rm.activations[last][0]))):
+        result = intervene(model, rm, edits=[edit])
+        assert torch.allclose(result.logits, result.clean_logits, atol=1e-4)
+    same = intervene(model, rm, edits=patch_features(rm, rm, range(rm.n_layers), range(rm.n_pos)))
+    assert torch.allclose(same.logits, same.clean_logits, atol=1e-4)
+
+
+def test_zeroing_a_last_layer_feature_moves_the_logits_exactly_as_its_decoder_row_says(case):
+    """A feature of the last transcoder at the last position feeds only the final norm there."""
+    from interp.circuits.interventions import FeatureEdit, intervene
+
+    model, tcs, rm, _ = case
+    layer = max(tcs)
+    sel = ((rm.feature_layer == layer) & (rm.feature_pos == rm.n_pos - 1)).nonzero().squeeze(1)
+    assert len(sel)
+    i = int(sel[0])
+    result = intervene(model, rm, edits=[FeatureEdit(layer, int(rm.feature_index[i]), [-1], value=0.0)])
+    _, cache = model.run_with_cache(rm.tokens[None], names=[f"blocks.{model.n_layers - 1}.hook_resid_post"])
+    resid = cache[f"blocks.{model.n_layers - 1}.hook_resid_post"][0, -1] - rm.activations[i] * rm.decoder[i]
+    hf = model.hf_model
+    with torch.no_grad():
+        expected = hf.get_output_embeddings()(
+            hf.get_submodule("model.norm" if hasattr(hf, "model") else "transformer.ln_f")(resid))
+    assert torch.allclose(result.logits[-1], expected, atol=1e-4 * float(expected.abs().max()))
+    assert float((result.logits[-1] - result.clean_logits[-1]).abs().max()) > 1e-3
+
+
+def test_frozen_attention_differs_from_free_attention(case):
+    """An edit at an early position reaches the last one through attention: freezing the
+    patterns changes how (the graph's assumption), and the report says what moved."""
+    from interp.circuits.interventions import FeatureEdit, intervene
+
+    model, _, rm, _ = case
+    first = int(rm.feature_pos.min())
+    sel = (rm.feature_pos == first).nonzero().squeeze(1)
+    edits = [FeatureEdit(int(rm.feature_layer[i]), int(rm.feature_index[i]), [first], scale=5.0) for i in sel]
+    frozen = intervene(model, rm, edits=edits, freeze_attention=True)
+    free = intervene(model, rm, edits=edits, freeze_attention=False)
+    assert not torch.allclose(frozen.logits[-1], free.logits[-1], atol=1e-4)
+    assert torch.allclose(frozen.logits[:first], frozen.clean_logits[:first], atol=1e-4)  # causal
+    assert len(frozen.top_changes(3)) == 3 and frozen.logit_change([0, 1]).shape == (2,)
+
+
+def test_bad_feature_edits_are_refused(case):
+    from interp.circuits.interventions import FeatureEdit, intervene
+
+    model, tcs, rm, _ = case
+    with pytest.raises(InterpError, match="exactly one of value"):
+        FeatureEdit(0, 1)
+    with pytest.raises(InterpError, match="outside layer"):
+        intervene(model, rm, edits=[FeatureEdit(min(tcs), 10**6, value=0.0)])
+    with pytest.raises(InterpError, match="outside the prompt"):
+        intervene(model, rm, edits=[FeatureEdit(min(tcs), 0, [99], value=0.0)])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +31,29 @@ from tqdm.auto import tqdm
 from interp.circuits.graph import AttributionGraph
 from interp.circuits.replacement import ReplacementModel, Run, Transcoders
 from interp.errors import InterpError
+
+
+@dataclass
+class CircuitConfig:
+    """The settings of an attribution graph (the command line's options come from here)."""
+
+    # metadata: the help of the command line's options (interp/cli/options.py).
+    max_n_logits: int = field(default=10, metadata={
+        "help": "at most this many logit nodes (the most probable next tokens)", "flag": "--max-logits",
+        "positive": True, "maximum": 1000})
+    desired_logit_prob: float = field(default=0.95, metadata={
+        "help": "add logit nodes until their probabilities sum to this", "flag": "--logit-prob",
+        "minimum": 0.0, "maximum": 1.0})
+    batch_size: int = field(default=64, metadata={
+        "help": "targets per backward pass (memory grows with it)", "positive": True, "maximum": 1 << 16})
+    exclude_bos: bool = field(default=True, metadata={
+        "help": "features and errors at a leading BOS are no nodes", "off_help": "make BOS's features and errors nodes too",
+        "flag": "--keep-bos"})
+    node_threshold: float = field(default=0.8, metadata={
+        "help": "pruning keeps the nodes carrying this share of the influence on the logits",
+        "minimum": 0.0, "maximum": 1.0})
+    edge_threshold: float = field(default=0.98, metadata={
+        "help": "pruning keeps the edges carrying this share of the edge influence", "minimum": 0.0, "maximum": 1.0})
 
 
 def logit_targets(rm: ReplacementModel, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
@@ -99,11 +123,11 @@ def attribute(
     transcoders: Transcoders | ReplacementModel,
     prompt: str | torch.Tensor | Sequence[int] | None = None,
     *,
-    max_n_logits: int = 10,
-    desired_logit_prob: float = 0.95,
+    max_n_logits: int = CircuitConfig.max_n_logits,
+    desired_logit_prob: float = CircuitConfig.desired_logit_prob,
     logit_tokens: Sequence[int] | None = None,
-    batch_size: int = 64,
-    exclude_bos: bool = True,
+    batch_size: int = CircuitConfig.batch_size,
+    exclude_bos: bool = CircuitConfig.exclude_bos,
     progress: bool = False,
 ) -> AttributionGraph:
     """The attribution graph of ``prompt`` (unpruned: every active feature, every edge).
