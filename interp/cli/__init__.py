@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "interp.cli.harvest",
     "interp.cli.train",
     "interp.cli.transcoders",
+    "interp.cli.circuits",
     "interp.cli.eval_suite",
     "interp.cli.interventions",
     "interp.cli.dashboard",
