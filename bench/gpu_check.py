@@ -33,6 +33,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -158,13 +160,32 @@ def load_context(work: Path, tiny: bool) -> Context:
 # ------------------------------------------------------------------ info
 
 
+def run_group(cmd: list[str], timeout: float | None, **kw: Any) -> tuple[int | None, str, str]:
+    """Run ``cmd`` in a process group of its own: ``(exit code, stdout, stderr)``, exit code
+    None when it ran out of time, and then the whole group is killed (a launcher's workers
+    or a test's children too, none left holding the GPU for the next step)."""
+    proc = subprocess.Popen(cmd, start_new_session=True, text=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        return None, out or "", err or ""
+    return proc.returncode, out or "", err or ""
+
+
 def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str, str]:
     """``(exit code, stdout, stderr)``; exit code -1 when it could not start or ran out of time."""
     try:
-        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return -1, "", str(err)
-    return p.returncode, p.stdout.strip(), p.stderr.strip()
+        rc, out, err = run_group(cmd, timeout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        return -1, "", str(e)
+    if rc is None:
+        return -1, out.strip(), (err.strip() + f"\nstopped after {timeout:.0f} s").strip()
+    return rc, out.strip(), err.strip()
 
 
 def check_peers(python: str | None, path: str | None, skipped: str | None, timeout: float = 60.0) -> Peers:
@@ -258,18 +279,49 @@ def kernel_selection(tiny: bool) -> list[str]:
     return ["-m", "not slow", "-k", "test_kernels_triton or gpu"]
 
 
+VERBOSE_RESULT = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+
+
+def parse_verbose(text: str) -> dict:
+    """Counts from ``pytest -v`` lines, for a run stopped before it wrote its JUnit report."""
+    outcome: dict[str, str] = {}
+    for line in text.splitlines():
+        m = VERBOSE_RESULT.match(line)
+        if m:
+            outcome[m.group(1)] = m.group(2)
+    failed = [t for t, o in outcome.items() if o in ("FAILED", "ERROR")]
+    skipped = sum(o in ("SKIPPED", "XFAIL") for o in outcome.values())
+    return {"tests": len(outcome), "passed": len(outcome) - len(failed) - skipped, "failed": len(failed),
+            "skipped": skipped, "failures": [{"test": t, "message": ""} for t in failed[:20]]}
+
+
+def seconds_left(margin: float = 10.0) -> float | None:
+    """Seconds until the shell script's cap for this step (``GPU_CHECK_DEADLINE``, epoch
+    seconds) less ``margin``, so a step can stop its own child and still write what it has;
+    None when no cap was set."""
+    deadline = float(os.environ.get("GPU_CHECK_DEADLINE") or 0)
+    return max(5.0, deadline - time.time() - margin) if deadline else None
+
+
 def step_kernels(ctx: Context) -> dict:
     files = gpu_test_files()
-    xml = ctx.work / "kernels.xml"
-    cmd = [sys.executable, "-m", "pytest", *kernel_selection(ctx.tiny), "-q", "-p", "no:cacheprovider",
+    xml, log = ctx.work / "kernels.xml", ctx.work / "kernels.out"
+    cmd = [sys.executable, "-m", "pytest", *kernel_selection(ctx.tiny), "-v", "-p", "no:cacheprovider",
            f"--junitxml={xml}", *files]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-    if not xml.exists():
-        return {"files": files, "selection": kernel_selection(ctx.tiny), "exit_code": proc.returncode, "error": tail}
-    return {"files": files, "selection": kernel_selection(ctx.tiny), "exit_code": proc.returncode, **parse_junit(xml),
-            "output_tail": tail[-3:]}
+    rec: dict[str, Any] = {"files": files, "selection": kernel_selection(ctx.tiny)}
+    with open(log, "w") as out:
+        rec["exit_code"] = run_group(cmd, seconds_left(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)[0]
+    if rec["exit_code"] is None:
+        rec["stopped"] = "stopped before the step's cap; counts are of the tests that finished"
+    text = log.read_text(errors="replace")
+    rec["output_tail"] = text.strip().splitlines()[-3:]
+    if rec["exit_code"] is not None and xml.exists():
+        return {**rec, **parse_junit(xml)}
+    counts = parse_verbose(text)
+    if not counts["tests"]:
+        return {**rec, "error": text.strip().splitlines()[-15:]}
+    return {**rec, **counts}
 
 
 # ------------------------------------------------------------------ train and mp

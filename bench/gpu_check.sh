@@ -84,7 +84,7 @@ run() {
     shift 2
     t0=$(date +%s)
     echo "== $name (cap ${cap}s) $(date -u +%H:%M:%S)" | tee -a "$log"
-    timeout -k 5 "$cap" "$@" >"$work/$name.log" 2>&1
+    GPU_CHECK_DEADLINE=$(( t0 + cap )) timeout -k 5 "$cap" "$@" >"$work/$name.log" 2>&1
     rc=$?
     echo "$rc $(( $(date +%s) - t0 )) $cap" >"$work/$name.status"
     cat "$work/$name.log" >>"$log"

@@ -164,3 +164,13 @@ def test_the_script_end_to_end_on_the_cpu(tmp_path):
         codes = report["steps"]["mp"]["result"]["runners"]["saes"]["codes_vs_saelens"]
         assert codes["tokens_same_atoms"] == 1.0
     assert "== dp: exit 0" in (out / "gpu_check.log").read_text()
+
+
+def test_a_stopped_test_run_is_counted_from_its_verbose_lines():
+    text = ("tests/test_kernels_triton.py::test_a[d768-n16384-k32-fp32] PASSED [ 1%]\n"
+            "tests/test_kernels_triton.py::test_a[d768-n16384-k32-bf16] FAILED [ 2%]\n"
+            "tests/test_saes_training.py::test_b SKIPPED (needs a CUDA device) [ 3%]\n"
+            "some other line PASSED\n")
+    counts = gpu_check.parse_verbose(text)
+    assert (counts["tests"], counts["passed"], counts["failed"], counts["skipped"]) == (3, 1, 1, 1)
+    assert counts["failures"][0]["test"].endswith("bf16]")
