@@ -97,12 +97,13 @@ wheels=("$ROOT"/bench/gpu_wheels/*.whl)
 if [ -n "${GPU_CHECK_PEERS_PYTHON:-}" ]; then
     peers=(--peers-python "$GPU_CHECK_PEERS_PYTHON")
 elif [ -e "${wheels[0]}" ]; then
-    run peers 30 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --disable-pip-version-check --target "$work/peers" "${wheels[@]}"
+    PIP_ROOT_USER_ACTION=ignore run peers 30 "$PY" -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --disable-pip-version-check --target "$work/peers" "${wheels[@]}"
     if [ "$(cut -d' ' -f1 "$work/peers.status")" = 0 ]; then
         peers=(--peers-python "$PY" --peers-path "$work/peers")
     else
-        peers=(--peers-skip "the peer wheels did not install: $(tail -n 1 "$work/peers.log")")
+        why=$(grep -m 1 -i "error" "$work/peers.log" || tail -n 1 "$work/peers.log")
+        peers=(--peers-skip "the peer wheels did not install: $why")
     fi
 fi
 
