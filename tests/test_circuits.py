@@ -302,3 +302,138 @@ def test_bad_feature_edits_are_refused(case):
         intervene(model, rm, edits=[FeatureEdit(min(tcs), 10**6, value=0.0)])
     with pytest.raises(InterpError, match="outside the prompt"):
         intervene(model, rm, edits=[FeatureEdit(min(tcs), 0, [99], value=0.0)])
+
+
+# ---------------------------------------------------------------- the command line and the HTML view
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_gpt2_dir, tmp_path_factory):
+    """`interp circuit` on a saved tiny GPT-2 with saved transcoders and a store of their inputs."""
+    import contextlib
+    import io
+
+    from interp.activations.harvest import harvest
+    from interp.cli import main
+    from interp.model.loading import load
+
+    work = tmp_path_factory.mktemp("circuit-cli")
+    model = load(str(tiny_gpt2_dir))
+    for layer in range(model.n_layers):
+        tc = saes.TopKSAE(model.d_model, 64, k=4, d_out=model.d_model, metadata={**_meta(layer), "model_name": model.name})
+        _randomise(tc, layer).save(work / "tcs" / f"layer_{layer}")
+    texts = ["the cat sat on the mat and the dog ran", "a bird flew over the big tree", "the sky was blue and sad"] * 4
+    harvest(model, texts, [f"blocks.{layer}.hook_resid_mid" for layer in range(model.n_layers)], work / "store",
+            context_length=8, progress=False)
+    out = io.StringIO()
+    argv = ["circuit", "--model", str(tiny_gpt2_dir), "--transcoders", str(work / "tcs"), "--prompt", PROMPT,
+            "--out", str(work / "graphs"), "--store", str(work / "store"), "--intervene", "1:3@-1=2",
+            "--intervene", "0:5*0", "--no-progress", "--save-graph"]
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue(), work
+
+
+def test_cli_writes_the_graph_json_and_html_and_reports_the_edits(cli_run):
+    import json
+
+    code, printed, work = cli_run
+    assert code == 0, printed
+    slug = "the-cat-sat-on-the-mat-and-the-dog-ran"
+    data = json.loads((work / "graphs" / f"{slug}.json").read_text())
+    assert data["metadata"]["slug"] == slug and data["metadata"]["scan"] == "tcs" and data["links"]
+    page = (work / "graphs" / f"{slug}.html").read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    graph = AttributionGraph.load(work / "graphs" / f"{slug}.graph")
+    assert graph.input_residual() < 1e-5
+    embedded = json.loads(page.split('id="graph-data">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
+    kept_features = {n["key"] for n in embedded["nodes"] if n["kind"] == "feature"}
+    assert kept_features and kept_features <= set(embedded["examples"])   # every kept feature has examples
+    for needle in ("replacement score", "completeness", "next token after", "largest logit changes"):
+        assert needle in printed
+
+
+def test_cli_errors_name_the_flag(tiny_gpt2_dir, tmp_path, capsys):
+    from interp.cli import main
+
+    assert main(["circuit", "--model", str(tiny_gpt2_dir), "--transcoders", str(tmp_path), "--prompt", "the cat",
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "layer_<L>/" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["circuit", "--transcoders", "x", "--prompt", "p", "--out", "o", "--node-threshold", "2"])
+    from interp.cli.circuits import parse_edit
+    with pytest.raises(InterpError, match="LAYER:FEATURE"):
+        parse_edit("1-42=0")
+
+
+def _browser() -> tuple[str, str] | None:
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (chromium, driver) if chromium and driver else None
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium with chromedriver on this machine: .ci/run installs "
+                                               "them (apt-get install chromium chromium-driver)")
+def test_html_view_renders_and_clicks_in_headless_chromium(cli_run):
+    """Every node and edge is drawn without a script error; clicking a feature shows its
+    examples and its incoming edges, clicking an input moves to that node; at 1280 and 800
+    px the page does not scroll sideways and the panel stays on screen."""
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e .[test]")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    *_, work = cli_run
+    page = next((work / "graphs").glob("*.html"))
+    data = json.loads(page.read_text().split('id="graph-data">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
+    chromium, chromedriver = _browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    shots = work / "screenshots"
+    shots.mkdir(exist_ok=True)
+    errors = []
+    feature = next(n for n in data["nodes"] if n["kind"] == "feature")
+    inputs = [link for link in data["links"] if link["t"] == feature["id"]]
+    try:
+        for width in (1280, 800):
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                   {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+            driver.get(page.as_uri())
+            WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.rendered"))
+            drawn = driver.execute_script(
+                "return [document.querySelectorAll('svg .node').length, document.querySelectorAll('svg path.link').length,"
+                " +document.getElementById('panel').dataset.node]")
+            assert drawn[:2] == [len(data["nodes"]), len(data["links"])]
+            assert drawn[2] == next(n["id"] for n in data["nodes"] if n["kind"] == "logit")
+            driver.execute_script("document.querySelector('.node[data-id=\"' + arguments[0] + '\"]').dispatchEvent("
+                                  "new MouseEvent('click', {bubbles: true}))", feature["id"])
+            panel = driver.execute_script(
+                "var p = document.getElementById('panel'); return [+p.dataset.node, p.querySelectorAll('.example').length,"
+                " p.textContent, p.getBoundingClientRect().right, document.documentElement.scrollWidth - innerWidth]")
+            assert panel[0] == feature["id"] and panel[1] > 0
+            assert f"Inputs ({len(inputs)})" in panel[2]
+            assert panel[3] <= width + 1 and panel[4] <= 0, (width, panel[3:])
+            driver.save_screenshot(str(shots / f"circuit-{width}.png"))
+            if inputs:
+                driver.execute_script("document.querySelector('#panel a[data-go]').click()")
+                moved = driver.execute_script("return +document.getElementById('panel').dataset.node")
+                assert moved != feature["id"] and moved in {link["s"] for link in inputs}
+            errors += [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    finally:
+        driver.quit()
+    extra = os.environ.get("INTERP_TEST_ARTEFACTS")
+    if extra:
+        Path(extra, "circuits").mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy(png, Path(extra, "circuits", png.name))
+    assert errors == []
