@@ -94,3 +94,18 @@ def test_options_no_reselect_and_untied():
     assert "W_enc" not in dict(saes.MPSAE(16, 48, k=4).named_parameters())  # tied: W_enc is W_dec.T
     tied = saes.MPSAE(16, 48, k=4)
     assert torch.equal(tied.W_enc, tied.W_dec.T)
+
+
+def test_pursuit_under_bf16_autocast_gives_the_float32_codes(monkeypatch) -> None:
+    """The pursuit runs in float32 whatever autocast says (under CPU bf16 autocast the torch
+    path once failed with an index_select dtype error: bf16 scores, a float32 Gram matrix)."""
+    monkeypatch.setenv("SAES_KERNELS", "torch")
+    torch.manual_seed(0)
+    sae = saes.MPSAE(32, 128, k=4)
+    x = torch.randn(64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v, i = sae.encode_sparse(x)
+        out = sae.training_forward(x, x.var(0).sum())
+    v32, i32 = sae.encode_sparse(x)
+    assert v.dtype == torch.float32 and torch.equal(i, i32) and torch.equal(v, v32)
+    assert torch.isfinite(sum(out.losses.values()))

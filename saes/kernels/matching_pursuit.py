@@ -106,8 +106,20 @@ def _select(
     """No-grad pursuit: ``(values, indices, active, residual, norms)``.
 
     ``active [N, S]`` marks the steps each token really took (None: all of them);
-    ``residual`` is None when it was not tracked (the caller decodes it).
+    ``residual`` is None when it was not tracked (the caller decodes it). Always float32:
+    under bf16 autocast the score products would come out in bf16 beside a float32 Gram
+    matrix (an index_select dtype error), and rounding would pile up over the steps.
     """
+    with torch.autocast(device_type=r0.device.type, enabled=False):
+        return _select_fp32(r0, E, D, steps, signed=signed, reselect=reselect, threshold=threshold,
+                            stop_on_duplicate_support=stop_on_duplicate_support, record_norms=record_norms,
+                            gram=gram, ops=ops)
+
+
+def _select_fp32(
+    r0: torch.Tensor, E: torch.Tensor, D: torch.Tensor, steps: int, *, signed: bool, reselect: bool,
+    threshold: float | None, stop_on_duplicate_support: bool, record_norms: bool, gram: bool, ops: ModuleType,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     N, d = r0.shape
     n = D.shape[0]
     r0f, Ef, Df = r0.float(), E.float(), D.float()
