@@ -338,3 +338,51 @@ def test_train_hook_out_and_eval_sae_from_the_command_line(tmp_path, tiny_gpt2_d
     assert main(["train", "--model", str(tiny_gpt2_dir), "--hook", IN0, "--data", str(corpus), "--skip", "--d-sae",
                  "64", "--k", "4", "--tokens", "64", "--out", "x"]) == 1
     assert "--hook-out" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ data-parallel
+
+
+def _dp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        models = _dp_sweep()
+        saes.train(models, planted(n=1024), _dp_config(), progress=False)
+        save_file({f"{i}.{k}": v.contiguous() for i, m in enumerate(models) for k, v in m.state_dict().items()},
+                  f"{out}/rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def _dp_sweep() -> list[saes.SAE]:
+    torch.manual_seed(0)
+    return [saes.TopKSAE(16, 64, k=4, d_out=12, skip=True), saes.BatchTopKSAE(16, 64, k=4, d_out=12),
+            saes.MatryoshkaSAE(16, [16, 48], k=4, d_out=12, skip=True)]
+
+
+def _dp_config() -> saes.TrainConfig:
+    return saes.TrainConfig(batch_size=96, total_tokens=96 * 10, lr=3e-3, dead_tokens=200, normalize_input=True,
+                            seed=1, init_rows=256)
+
+
+def test_two_processes_train_transcoders_as_one_does(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    models = _dp_sweep()
+    saes.train(models, planted(n=1024), _dp_config(), progress=False)
+    one = {f"{i}.{k}": v for i, m in enumerate(models) for k, v in m.state_dict().items()}
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in one)
+    assert max(float((one[k] - ranks[0][k]).abs().max()) for k in one) < 1e-4
+    assert any("W_skip" in k for k in one)

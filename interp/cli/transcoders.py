@@ -81,7 +81,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--layers", default="all", help="layers whose MLP to replace, comma-separated, or all (default)")
     p.add_argument("--arch", choices=TRANSCODER_ARCHS, default="batchtopk",
                    help="architecture (default batchtopk: a JumpReLU at inference, which circuit-tracer runs)")
-    p.add_argument("--d-sae", type=positive(int, MAX_LATENTS), required=True, help="latents per transcoder")
+    p.add_argument("--d-sae", type=positive(int, MAX_LATENTS), default=None,
+                   help="latents per transcoder (needed unless --eval-only)")
     p.add_argument("--k", type=positive(int, MAX_LATENTS), default=None, help="active latents per token")
     p.add_argument("--groups", default=None, help="matryoshka group sizes, comma-separated, summing to --d-sae")
     p.add_argument("--per-token-topk", action="store_true", help="matryoshka: per-token TopK codes")
@@ -152,8 +153,8 @@ def _build(args: argparse.Namespace, d_in: int, d_out: int) -> Any:
     """The transcoder the options describe: ``interp train``'s SAE for them, rebuilt with ``d_out``."""
     if args.arch not in TRANSCODER_ARCHS:
         raise InterpError(f"--arch {args.arch} cannot train as a transcoder yet; use one of {', '.join(TRANSCODER_ARCHS)}")
-    if args.k is None:
-        raise InterpError(f"--arch {args.arch} needs --k (active latents per token)")
+    if args.k is None or args.d_sae is None:
+        raise InterpError(f"--arch {args.arch} needs --d-sae (latents) and --k (active latents per token)")
     sae = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk)
     return type(sae)(**sae.arch_config(), d_out=d_out, skip=bool(args.skip))
 
@@ -324,15 +325,17 @@ def _export(out: Path, transcoders: list[Any], layers: list[int]) -> str | None:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Per layer CE / KL recovered, FVU and L0, then the replacement model (Markdown)."""
-    rows = ["| layer | hooks | CE recovered | KL recovered | FVU (MLP out) | L0 |", "|---|---|---|---|---|---|"]
+    """Per layer CE (spliced, MLP zeroed), CE / KL recovered, FVU, L0 and the share of latents
+    silent on the evaluation text, then the replacement model (Markdown)."""
+    rows = [("| layer | MLP input -> output | CE spliced | CE, MLP zeroed | CE recovered | KL recovered | FVU (MLP out) "
+            "| L0 | silent latents |"), "|---|---|---|---|---|---|---|---|---|"]
     for layer, r in results["layers"].items():
         rows.append(f"| {layer} | {r['hook_in'].split('.', 2)[-1]} -> {r['hook_out'].split('.', 2)[-1]} | "
-                    f"{r['ce_loss_recovered']:.3f} | {r['kl_recovered']:.3f} | {r['fvu']:.3f} | {r['l0']:.1f} |")
+                    f"{r['ce_spliced']:.4f} | {r['ce_zero_ablation']:.4f} | {r['ce_loss_recovered']:.3f} | "
+                    f"{r['kl_recovered']:.3f} | {r['fvu']:.3f} | {r['l0']:.1f} | {r['dead_fraction']:.3f} |")
     rep = results["replacement"]
-    rows.append(f"| all ({len(results['layers'])} MLPs replaced) | | {rep['ce_loss_recovered']:.3f} | "
-                f"{rep['kl_recovered']:.3f} | | |")
+    rows.append(f"| all {len(results['layers'])} | replacement model | {rep['ce_replacement']:.4f} | "
+                f"{rep['ce_zero_ablation']:.4f} | {rep['ce_loss_recovered']:.3f} | {rep['kl_recovered']:.3f} | | | |")
     rows.append("")
-    rows.append(f"CE clean {rep['ce_clean']:.4f}, replacement model {rep['ce_replacement']:.4f}, every replaced MLP "
-                f"zeroed {rep['ce_zero_ablation']:.4f} (nats per token, {rep['tokens']} tokens)")
+    rows.append(f"CE of the clean model {rep['ce_clean']:.4f} nats per token, on {rep['tokens']} evaluated tokens.")
     return "\n".join(rows)
