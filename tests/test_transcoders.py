@@ -386,3 +386,27 @@ def test_two_processes_train_transcoders_as_one_does(tmp_path):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in one)
     assert max(float((one[k] - ranks[0][k]).abs().max()) for k in one) < 1e-4
     assert any("W_skip" in k for k in one)
+
+
+def test_interp_transcoders_trains_every_mlp_and_reports_each_and_the_replacement(tmp_path, tiny_gpt2_dir, capsys,
+                                                                                   monkeypatch):
+    from interp.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--d-sae", "64", "--k", "4",
+                 "--tokens", "512", "--batch-size", "64", "--init-rows", "128", "--context-length", "16",
+                 "--eval-tokens", "200", "--out", "tcs", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "tcs" / "results.json").read_text())
+    assert sorted(report["layers"]) == ["0", "1"] and len(report["replacement"]["layers"]) == 2
+    assert report["circuit_tracer"].endswith("circuit-tracer") and (tmp_path / "tcs" / "circuit-tracer" / "layer_1.safetensors").exists()
+    assert all(t["tokens"] == 512 for t in report["training"].values())
+    assert "replacement model" in out and saes.load(tmp_path / "tcs" / "layer_1").metadata["hook_name_out"] == \
+        "blocks.1.hook_mlp_out"
+    assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--eval-only", "--tokens", "1",
+                 "--eval-tokens", "100", "--out", "tcs"]) == 0
+    assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--layers", "5", "--tokens", "1",
+                 "--out", "x"]) == 1
+    assert "layers 0 to 1" in capsys.readouterr().err

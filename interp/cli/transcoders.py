@@ -47,9 +47,9 @@ TRANSCODER_ARCHS = tuple(a for a in ARCHS if registry.for_cli(a).trains_as_trans
 
 EPILOG = """examples:
   interp transcoders --model world --data corpus.txt --arch batchtopk --d-sae 512 --k 16 \\
-      --tokens 8000 --batch-size 512 --eval-tokens 2000 --out runs/world-transcoders
+      --tokens 4096 --batch-size 512 --eval-tokens 1000 --out runs/world-transcoders
   interp transcoders --model world --layers 1,2 --skip --data corpus.txt --arch topk --d-sae 256 --k 8 \\
-      --tokens 4000 --batch-size 512 --eval-tokens 1000 --eval-data heldout.txt --out runs/world-skip-transcoders
+      --tokens 2048 --batch-size 256 --eval-tokens 500 --eval-data heldout.txt --out runs/world-skip-transcoders
 
   One forward pass per batch gives every layer's MLP input (ln2.hook_normalized, or
   hook_resid_mid where the model has no such hook) and output (hook_mlp_out), so all
