@@ -160,3 +160,18 @@ def test_scale_means_the_same_strength_for_every_source(model):
     assert spec.source["decoder_norm"] == pytest.approx(float(sae.W_dec[5].norm()))
     from interp.interventions.steering import typical_norm
     assert typical_norm(model, HOOK, PROMPTS[:2]) > 0
+
+
+def test_the_placed_steer_follows_a_changed_scale_vector_and_dtype() -> None:
+    """apply() moves scale * vector to the activations' device once and reuses it; a new
+    scale, vector or dtype must never reuse a stale copy."""
+    from interp.interventions.steering import Steering
+
+    s = Steering.from_direction(torch.tensor([3.0, 4.0]), "blocks.0.hook_resid_post", scale=1.0)
+    x = torch.zeros(1, 2, 2)
+    assert torch.allclose(s.apply(x, None)[0, 0], torch.tensor([0.6, 0.8]))
+    s.scale = 2.0
+    assert torch.allclose(s.apply(x, None)[0, 0], torch.tensor([1.2, 1.6]))
+    s.vector = torch.tensor([0.0, 1.0])
+    assert torch.allclose(s.apply(x, None)[0, 0], torch.tensor([0.0, 2.0]))
+    assert s.apply(x.double(), None).dtype == torch.float64

@@ -140,6 +140,17 @@ class Steering:
     def __post_init__(self) -> None:
         self.positions = Positions.parse(self.positions)
         self.vector = torch.as_tensor(self.vector).detach().float()
+        self._placed: tuple[torch.Tensor, float, torch.Tensor] | None = None  # (vector, scale, the product placed)
+
+    def _delta(self, like: torch.Tensor) -> torch.Tensor:
+        """``scale * vector`` on ``like``'s device and dtype, moved once: generation applies
+        the steer at every decoding step, and a host-to-GPU copy each time would add up."""
+        placed = self._placed
+        if (placed is None or placed[0] is not self.vector or placed[1] != self.scale
+                or placed[2].device != like.device or placed[2].dtype != like.dtype):
+            placed = (self.vector, self.scale, (self.scale * self.vector).to(like.device, like.dtype))
+            self._placed = placed
+        return placed[2]
 
     # -- constructors for the usual sources ----------------------------------------------
     @classmethod
@@ -185,7 +196,7 @@ class Steering:
         if tuple(self.vector.shape) != tuple(x.shape[2:]):
             raise ValueError(f"steering vector has shape {tuple(self.vector.shape)} but {self.hook} carries "
                              f"{tuple(x.shape[2:])} per token")
-        delta = self.scale * self.vector.to(x.device, x.dtype)
+        delta = self._delta(x)
         if where is None:
             return x + delta
         gate = where.reshape(*where.shape, *([1] * (x.ndim - 2))).to(x.dtype)
