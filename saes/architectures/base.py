@@ -3,7 +3,9 @@
 Notation (shapes in jaxtyping style): ``x [batch, d_in]`` activations, ``h [batch, d_sae]``
 pre-activations ``h = (x - b_dec) @ W_enc + b_enc``, codes as ``values/indices [batch, k]``
 (the sparse form used end to end) or dense ``z [batch, d_sae]``, reconstruction
-``x_hat = z @ W_dec + b_dec``.
+``x_hat = z @ W_dec + b_dec``. A transcoder (built with ``d_out``, see
+:attr:`SAE.is_transcoder`) reconstructs another hook's ``y [batch, d_out]`` instead:
+``h = x @ W_enc + b_enc``, ``y_hat = z @ W_dec + b_dec (+ x @ W_skip.T)``.
 
 An architecture supplies only:
 
@@ -44,7 +46,8 @@ class StepOutput:
     """What an architecture hands the trainer for one training batch.
 
     Attributes:
-        x_hat: ``[batch, d_in]`` full reconstruction (decoded with ``b_dec``).
+        x_hat: ``[batch, d_out]`` full reconstruction (decoded with ``b_dec``; ``d_out = d_in``
+            for an SAE; a skip-transcoder's skip path included).
         values, indices: ``[batch, k']`` codes; padding entries have value 0.
         pre_acts: ``[batch, d_sae]`` pre-activations for AuxK, or None where the
             architecture has none (matching pursuit), which switches AuxK off. May be
