@@ -31,8 +31,9 @@ def _resolve(x: str) -> tuple[str, str]:
     try:
         exists = path.exists()
     except OSError as err:  # a name the file system cannot even look up (too long, ...)
-        raise ModelLoadError(f"{x[:80]!r}{'...' if len(x) > 80 else ''} ({len(x)} characters) is neither a model "
-                             f"directory nor a hub name: {err.strerror}; give a hub name like 'gpt2' or a path") from None
+        raise ModelLoadError(f"{x[:80]!r}{'...' if len(x) > 80 else ''} ({len(x)} characters) cannot be looked up as "
+                             f"a model directory ({err.strerror}); choose a shorter name: a hub name like 'gpt2' "
+                             "or a path") from None
     if exists:
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{path} exists but holds no config.json; point at a directory saved with save_pretrained()")
