@@ -410,3 +410,23 @@ def test_interp_transcoders_trains_every_mlp_and_reports_each_and_the_replacemen
     assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--layers", "5", "--tokens", "1",
                  "--out", "x"]) == 1
     assert "layers 0 to 1" in capsys.readouterr().err
+
+
+def test_interp_transcoders_trains_the_penalised_families_with_their_own_settings(tmp_path, tiny_gpt2_dir, capsys,
+                                                                                  monkeypatch):
+    from interp.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    monkeypatch.chdir(tmp_path)
+    common = ["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--layers", "1", "--d-sae", "64",
+              "--tokens", "256", "--batch-size", "64", "--init-rows", "128", "--context-length", "16",
+              "--eval-tokens", "100", "--no-progress"]
+    assert main([*common, "--arch", "l1", "--l1-coefficient", "0.25", "--out", "l1"]) == 0
+    tc = saes.load(tmp_path / "l1" / "layer_1")
+    assert isinstance(tc, saes.ReLUSAE) and tc.is_transcoder and tc.l1_coefficient == 0.25
+    capsys.readouterr()
+    assert main([*common, "--arch", "l1", "--k", "4", "--out", "x"]) == 1
+    assert "--arch l1 takes no --k" in capsys.readouterr().err
+    assert main([*common, "--arch", "topk", "--k", "4", "--l1-coefficient", "1", "--out", "y"]) == 1
+    assert "--l1-coefficient is a setting of --arch l1 / gated, not of --arch topk" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def register(subparsers: Any) -> None:
                    help="matryoshka group sizes, comma-separated, summing to --d-sae (default: doubling prefixes)")
     t.add_argument("--per-token-topk", action="store_true",
                    help="matryoshka: per-token TopK codes instead of BatchTopK")
-    _add_family_options(t)
+    add_family_options(t)
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     add_config_options(t, TrainConfig, required=["total_tokens"], overrides={
@@ -163,7 +163,7 @@ def register(subparsers: Any) -> None:
 # --------------------------------------------------------------------------- train
 
 
-def _add_family_options(parser: argparse.ArgumentParser) -> None:
+def add_family_options(parser: argparse.ArgumentParser) -> None:
     """The flags of :data:`FAMILY_FLAGS`, each help naming the families that take it and their defaults."""
     for name, (text, kind) in FAMILY_FLAGS.items():
         defaults = {a: p.default for a in ARCHS if (p := registry.settings_of(registry.for_cli(a)).get(name))}

@@ -34,10 +34,11 @@ from interp.cli.options import (
     also_names,
     check_context,
     config_values,
+    flag_name,
     positive,
     to_flags,
 )
-from interp.cli.train import ARCHS, build_sae
+from interp.cli.train import ARCHS, FAMILY_FLAGS, add_family_options, build_sae, family_settings
 from interp.errors import InterpError
 from saes.architectures import registry
 from saes.training.config import TrainConfig
@@ -83,10 +84,13 @@ def register(subparsers: Any) -> None:
                    help="architecture (default batchtopk: a JumpReLU at inference, which circuit-tracer runs)")
     p.add_argument("--d-sae", type=positive(int, MAX_LATENTS), default=None,
                    help="latents per transcoder (needed unless --eval-only)")
-    p.add_argument("--k", type=positive(int, MAX_LATENTS), default=None, help="active latents per token")
+    p.add_argument("--k", type=positive(int, MAX_LATENTS), default=None,
+                   help="active latents per token; needed by topk, batchtopk and matryoshka, not taken by the "
+                        "penalised families (l1, jumprelu, gated)")
     p.add_argument("--groups", default=None, help="matryoshka group sizes, comma-separated, summing to --d-sae")
     p.add_argument("--per-token-topk", action="store_true", help="matryoshka: per-token TopK codes")
     p.add_argument("--skip", action="store_true", help="skip-transcoders: add a linear skip path (Paulo et al. 2025)")
+    add_family_options(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the checkpoints in --out")
     p.add_argument("--eval-only", action="store_true", help="evaluate the transcoders already in --out")
@@ -105,7 +109,7 @@ def register(subparsers: Any) -> None:
         "exclude_bos": {"off_help": "also train and evaluate on position 0 (BOS)"}})
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     also_names(p, {"d_sae": "--d-sae", "k": "--k", "group_sizes": "--groups", "checkpoint_dir": "--out",
-                   "max_tokens": "--eval-tokens"})
+                   "max_tokens": "--eval-tokens", **{n: flag_name(n) for n in FAMILY_FLAGS}})
     p.set_defaults(func=run_transcoders)
 
 
@@ -153,9 +157,12 @@ def _build(args: argparse.Namespace, d_in: int, d_out: int) -> Any:
     """The transcoder the options describe: ``interp train``'s SAE for them, rebuilt with ``d_out``."""
     if args.arch not in TRANSCODER_ARCHS:
         raise InterpError(f"--arch {args.arch} cannot train as a transcoder yet; use one of {', '.join(TRANSCODER_ARCHS)}")
-    if args.k is None or args.d_sae is None:
-        raise InterpError(f"--arch {args.arch} needs --d-sae (latents) and --k (active latents per token)")
-    sae = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk)
+    if args.d_sae is None:
+        raise InterpError(f"--arch {args.arch} needs --d-sae (latents per transcoder)")
+    # --k where the family needs one, its penalty settings where it has them (a flag the
+    # family does not take is an error, as in interp train).
+    settings = family_settings(args)
+    sae = build_sae(args.arch, d_in, args.d_sae, args.k, args.groups, not args.per_token_topk, settings)
     return type(sae)(**sae.arch_config(), d_out=d_out, skip=bool(args.skip))
 
 
