@@ -266,6 +266,12 @@ class Clamp:
     hook: str = ""
 
     def __post_init__(self) -> None:
+        if getattr(self.sae, "is_transcoder", False):
+            # Its codes come from one hook and its decoder writes another: one hook's edit
+            # cannot clamp it. interp.circuits intervenes on transcoder features.
+            raise InterpError("a transcoder cannot be clamped at one hook (it reads "
+                              f"{self.sae.metadata.get('hook_name')} and writes {self.sae.metadata.get('hook_name_out')}); "
+                              "use interp.circuits feature interventions, or steer along its decoder row")
         self.positions = Positions.parse(self.positions)
         self.hook = self.hook or _sae_hook(self.sae)
 
@@ -284,7 +290,15 @@ class Clamp:
 
 
 def _sae_hook(sae: Any) -> str:
-    hook = (getattr(sae, "metadata", None) or {}).get("hook_name")
+    """Where the SAE's decoder rows live: its hook, or a transcoder's output hook."""
+    meta = getattr(sae, "metadata", None) or {}
+    if getattr(sae, "is_transcoder", False):
+        hook = meta.get("hook_name_out")
+        if not hook:
+            raise InterpError("this transcoder does not record its output hook (hook_name_out), where its decoder "
+                              "rows live; pass hook='blocks.L.hook_mlp_out' (--hook on the command line)")
+        return hook
+    hook = meta.get("hook_name")
     if not hook:
         raise InterpError("this SAE does not record its hook; pass hook='blocks.L.hook_resid_post' "
                           "(--hook on the command line)")
