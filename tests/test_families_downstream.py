@@ -15,7 +15,7 @@ from interp.interventions.steering import Clamp, Steering
 from interp.model.tiny import tiny_model
 
 HOOK, OUT = "blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out"
-WORDS = "the cat sat on the mat and a dog ran under the big tree".split()
+WORDS = ["the", "cat", "sat", "on", "the", "mat", "and", "a", "dog", "ran", "under", "the", "big", "tree"]
 
 
 @pytest.fixture(scope="module")
