@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("interp.evaluation",),
     ("interp.interventions",),
     ("interp.dashboards",),
+    ("interp.circuits",),
     ("interp.cli",),
     ("interp",),
 ]
