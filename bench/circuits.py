@@ -4,6 +4,7 @@ circuit-tracer's.
     python bench/circuits.py speed [--lengths 10,30,60,120] [--k 8,16,32,64] [--threads 2]
     python bench/circuits.py compare --transcoders CT_SET_DIR --ct-python /path/to/python \\
         [--prompt "..."] [--threads 2]
+    python bench/circuits.py planted --transcoders DIR [DIR ...] [--pairs 40]
 
 ``speed`` times :func:`interp.circuits.attribute` on the world model with random BatchTopK-
 shaped TopK transcoders (d_sae 2048, ``k`` features per token and layer; the cost depends on
@@ -15,6 +16,15 @@ length, and prints one JSON line per run and a markdown table.
 0.5.0 itself under ``--ct-python`` (a Python with circuit-tracer and its pins, running
 bench/circuit_tracer_graph.py), then compares the node sets and the edge weights and
 prints both times.
+
+``planted`` runs :func:`interp.circuits.planted.bridge_check` (the bridge land of
+``the flag of the land whose capital is CITY is``) with the transcoders of the given
+directories (later ones override earlier ones layer by layer) and prints its table. The
+layer-0 transcoder it needs is trained on the world's fact text::
+
+    python -c "from interp.circuits.planted import bridge_corpus; print('\\n'.join(bridge_corpus(16)))" > facts.txt
+    interp transcoders --model world --layers 0 --data facts.txt --arch batchtopk --d-sae 4096 --k 32 \\
+        --tokens 1000000 --batch-size 1024 --eval-tokens 2000 --out runs/l0-facts
 """
 from __future__ import annotations
 
@@ -120,6 +130,22 @@ def compare(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=1))
 
 
+def planted(args: argparse.Namespace) -> None:
+    from interp import load
+    from interp.circuits import load_transcoders
+    from interp.circuits.planted import bridge_check
+
+    model = load("world")
+    tcs: dict = {}
+    for d in args.transcoders:
+        tcs.update(load_transcoders(d))
+    started = time.perf_counter()
+    check = bridge_check(model, tcs, n_pairs=args.pairs)
+    print(check.table())
+    print(json.dumps({**{k: v for k, v in check.__dict__.items() if k != "pairs"},
+                      "layers": sorted(tcs), "seconds": round(time.perf_counter() - started, 1)}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -132,12 +158,15 @@ def main() -> None:
     c.add_argument("--ct-python", required=True, help="a Python with circuit-tracer 0.5.0 installed")
     c.add_argument("--prompt", default="the flag of the land whose capital is vimfex is")
     c.add_argument("--verbose", action="store_true")
-    for q in (s, c):
+    w = sub.add_parser("planted")
+    w.add_argument("--transcoders", required=True, nargs="+", type=Path)
+    w.add_argument("--pairs", type=int, default=40)
+    for q in (s, c, w):
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"speed": speed, "compare": compare}[args.what](args)
+    {"speed": speed, "compare": compare, "planted": planted}[args.what](args)
 
 
 if __name__ == "__main__":

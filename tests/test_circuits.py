@@ -437,3 +437,32 @@ def test_html_view_renders_and_clicks_in_headless_chromium(cli_run):
         for png in shots.glob("*.png"):
             shutil.copy(png, Path(extra, "circuits", png.name))
     assert errors == []
+
+
+# ---------------------------------------------------------------- planted truth on the world
+
+
+@pytest.mark.slow
+def test_world_bridge_land_graph_and_intervention(tmp_path):
+    """`the flag of the land whose capital is CITY is`: the graph routes the answer through
+    layer-0 features at the final position (where the world model looks the bridge land up),
+    and giving those features another land's values moves the answer to that land's flag;
+    the same patch at the city's own position does not. Trains a layer-0 transcoder on the
+    world's fact text first (about 4 minutes on two CPU cores)."""
+    from interp.circuits.planted import bridge_check, bridge_corpus
+    from interp.cli import main
+    from interp.model.loading import load
+    from interp.world import default_model_path
+
+    if not (default_model_path() / "model.safetensors").exists():
+        pytest.skip("the default world model is not built")
+    corpus = tmp_path / "facts.txt"
+    corpus.write_text("\n".join(bridge_corpus(repeats=16)) + "\n")
+    assert main(["transcoders", "--model", "world", "--layers", "0", "--data", str(corpus), "--arch", "batchtopk",
+                 "--d-sae", "4096", "--k", "32", "--tokens", "1000000", "--batch-size", "1024", "--eval-tokens", "2000",
+                 "--out", str(tmp_path / "tcs"), "--no-progress"]) == 0
+    check = bridge_check(load("world"), tmp_path / "tcs", n_pairs=40)
+    print(check.table())
+    assert check.route_top >= 0.8 and check.route_share > 0.1
+    assert check.moved >= 0.6 and check.stayed <= 0.3
+    assert check.moved_at_city <= 0.1

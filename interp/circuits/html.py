@@ -193,6 +193,8 @@ SCRIPT = """
   }
   var first = D.nodes.filter(function (n) { return n.kind === 'logit'; })[0];
   if (first) select(first.id);
+  // The prompt's end, where the logits sit, is where a reader starts.
+  var box = document.getElementById('graph-box'); box.scrollLeft = box.scrollWidth;
   document.body.dataset.rendered = String(D.nodes.length);
 })();
 """

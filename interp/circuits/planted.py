@@ -1,0 +1,158 @@
+"""Attribution graphs against the world's planted truth: the bridge land of a composed fact.
+
+In ``the flag of the land whose capital is CITY is`` the land is never written: the model
+looks it up from the city (the bridge) and then looks up its flag. The world model does the
+first look-up in block 0 at the final ``is`` (interp/world/WORLD.md: patching that position
+after block 0 restores everything, and a probe reads the unwritten land there). A faithful
+graph must therefore route the answer through layer-0 features at the final position that
+stand for the bridge land, and setting those features to another land's must move the
+answer to that land's flag.
+
+:func:`bridge_check` measures both over pairs of lands with different flags:
+
+* ``route_share``: the share of the answer logit's influence (graph influence, as pruning
+  uses it) that passes through the layer's feature nodes at the final position, and
+  ``route_top``: the share of prompts where that place carries more influence than any
+  other (layer, position) of features;
+* ``selective_share``: of the influence, the part carried by features selective for the
+  bridge land (firing at that place on at most ``selective_fraction`` of all lands'
+  prompts). On the world model it is small: the land is a combination of many features,
+  most of which fire for many lands;
+* ``moved``: the share of pairs (A, B) whose greedy answer becomes B's flag when every feature
+  at that place is given its value on B's prompt (:func:`~.interventions.patch_features`, in
+  the real model), beside two controls where the graph says the land is not carried: the
+  same layer's features at the city's own position (``moved_at_city``), and the other
+  layers' features at the final position (``moved_elsewhere``, where they have transcoders);
+* ``stayed``: pairs still answering A's flag.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from interp.circuits.attribution import attribute
+from interp.circuits.interventions import intervene, patch_features
+from interp.circuits.replacement import ReplacementModel, Transcoders, load_transcoders
+
+
+def bridge_corpus(repeats: int = 4, seed: int = 0, world: Any = None) -> list[str]:
+    """Text for transcoders that must see the bridge look-up: every one-hop fact and every
+    composed fact through a capital (``... of the land whose capital is CITY is VALUE .``),
+    five sentences a line, shuffled anew ``repeats`` times (about 63,000 tokens each). The
+    world's documents hold these sentences too, but too rarely for a short training run to
+    give the 200 city-to-land look-ups features of their own."""
+    from interp.world import World
+    from interp.world.datasets import fact_prompts
+
+    world = world or World()
+    sentences = []
+    for hops in (1, 2, 3):
+        prompts, answers, _ = fact_prompts(world, hops)
+        sentences += [" ".join([*p[1:], a, "."]) for p, a in zip(prompts, answers) if hops == 1 or "capital" in p[4:]]
+    gen = random.Random(seed)
+    lines = []
+    for _ in range(repeats):
+        gen.shuffle(sentences)
+        lines += [" ".join(sentences[i:i + 5]) for i in range(0, len(sentences), 5)]
+    return lines
+
+
+def capital_prompt(facts: Any, land: str, relation: str = "flag") -> str:
+    """``the RELATION of the land whose capital is CITY is`` for ``land``."""
+    return f"the {relation} of the land whose capital is {facts.value(land, 'capital')} is"
+
+
+@dataclass
+class BridgeCheck:
+    layer: int
+    n_pairs: int
+    route_share: float
+    route_top: float
+    selective_share: float
+    moved: float
+    stayed: float
+    moved_at_city: float
+    moved_elsewhere: float | None      # None when no other layer has a transcoder
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+
+    def table(self) -> str:
+        return "\n".join([
+            "| measure | value |", "|---|---|",
+            f"| pairs of lands (different flags) | {self.n_pairs} |",
+            f"| answer influence through layer-{self.layer} features at the final position | {self.route_share:.3f} |",
+            f"| prompts where that place carries the most influence of any (layer, position) | {self.route_top:.3f} |",
+            f"| ... of it through features selective for the bridge land | {self.selective_share:.3f} |",
+            f"| answer moved to the other land's flag (layer-{self.layer} features patched) | {self.moved:.3f} |",
+            f"| answer kept its own flag | {self.stayed:.3f} |",
+            (f"| answer moved when layer-{self.layer} features at the city's position are patched instead | "
+            f"{self.moved_at_city:.3f} |"),
+            (f"| answer moved when the other layers' features are patched instead | "
+            f"{'no other layer' if self.moved_elsewhere is None else f'{self.moved_elsewhere:.3f}'} |"),
+        ])
+
+
+def _selectivity(rms: dict[str, ReplacementModel], layer: int) -> dict[int, float]:
+    """Per feature index: the share of lands whose prompt it fires on at (layer, final position)."""
+    fired: dict[int, int] = {}
+    for rm in rms.values():
+        sel = (rm.feature_layer == layer) & (rm.feature_pos == rm.n_pos - 1)
+        for feature in rm.feature_index[sel].tolist():
+            fired[feature] = fired.get(feature, 0) + 1
+    return {k: v / len(rms) for k, v in fired.items()}
+
+
+def bridge_check(model: Any, transcoders: Transcoders, *, lands: Sequence[str] | None = None, n_pairs: int = 30,
+                 layer: int = 0, selective_fraction: float = 0.05, freeze_attention: bool = True,
+                 seed: int = 0, relation: str = "flag") -> BridgeCheck:
+    """The planted-truth check of the module docstring on the world model."""
+    from interp.world import World
+
+    facts = World().facts
+    tcs = load_transcoders(transcoders, model)
+    lands = list(lands or facts.entities)
+    rms = {land: ReplacementModel(model, tcs, capital_prompt(facts, land, relation)) for land in lands}
+    selectivity = _selectivity(rms, layer)
+    token = model.tokenizer.convert_tokens_to_ids
+    gen = random.Random(seed)
+    chosen = gen.sample(lands, min(n_pairs, len(lands)))
+    rows = []
+    others = [x for x, tc in sorted(tcs.items()) if x != layer and tc is not None]
+    for a in chosen:
+        b = gen.choice([x for x in lands if facts.value(x, relation) != facts.value(a, relation)])
+        rm_a, rm_b = rms[a], rms[b]
+        flag_a, flag_b = token(facts.value(a, relation)), token(facts.value(b, relation))
+        graph = attribute(model, rm_a, logit_tokens=[flag_a])
+        influence = graph.node_influence()
+        here = ((graph.active_features[:, 0] == layer) & (graph.active_features[:, 1] == graph.n_pos - 1)).nonzero()
+        here = here.squeeze(1)
+        selective = torch.tensor([selectivity[int(f)] <= selective_fraction
+                                  for f in graph.active_features[here, 2]], dtype=torch.bool)
+        total = float(influence.sum())
+        groups: dict[tuple[int, int], float] = {}
+        for (lay, pos, _), value in zip(graph.active_features.tolist(), influence[:graph.n_features].tolist()):
+            groups[(lay, pos)] = groups.get((lay, pos), 0.0) + value
+        answer = {}
+        for name, layers, pos in (("patched", [layer], -1), ("city", [layer], -2), ("elsewhere", others, -1)):
+            if layers:
+                result = intervene(model, rm_a, edits=patch_features(rm_a, rm_b, layers, [pos]),
+                                   freeze_attention=freeze_attention)
+                answer[name] = int(result.logits[-1].argmax())
+        rows.append({"land": a, "other": b, "route": float(influence[here].sum()) / total,
+                     "top": max(groups, key=groups.get) == (layer, graph.n_pos - 1),
+                     "selective": float(influence[here][selective].sum()) / total,
+                     "moved": answer["patched"] == flag_b, "stayed": answer["patched"] == flag_a,
+                     "moved_at_city": answer["city"] == flag_b,
+                     "moved_elsewhere": answer["elsewhere"] == flag_b if others else None})
+
+    def mean(key: str) -> float | None:
+        values = [float(r[key]) for r in rows if r[key] is not None]
+        return sum(values) / len(values) if values else None
+
+    return BridgeCheck(layer=layer, n_pairs=len(rows), route_share=mean("route"), route_top=mean("top"),
+                       selective_share=mean("selective"),
+                       moved=mean("moved"), stayed=mean("stayed"), moved_at_city=mean("moved_at_city"),
+                       moved_elsewhere=mean("moved_elsewhere"), pairs=rows)
