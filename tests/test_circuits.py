@@ -171,6 +171,31 @@ def test_influence_and_scores_on_a_hand_built_graph():
     assert result.node_mask.tolist() == [True, False, True, True, True, True]
 
 
+def test_transcoders_reading_the_normalised_mlp_input():
+    """Llama-style transcoders read the MLP's own input, after the norm (TransformerLens's
+    ln2.hook_normalized, circuit-tracer's mlp.hook_in), which HF models have no hook for:
+    the MLP module's input is read instead, and the frozen norm keeps the system linear."""
+    model = _scaled_model("llama")
+    tcs = {}
+    for layer, name in enumerate(("ln2.hook_normalized", "mlp.hook_in", "ln2.hook_normalized")):
+        meta = {"hook_name": f"blocks.{layer}.{name}", "hook_name_out": f"blocks.{layer}.hook_mlp_out"}
+        tcs[layer] = _randomise(saes.TopKSAE(model.d_model, 64, k=4, d_out=model.d_model, skip=True, metadata=meta),
+                                layer)
+    rm = ReplacementModel(model, tcs, PROMPT)
+    _, cache = model.run_with_cache(PROMPT, names=["blocks.1.hook_resid_mid"])
+    norm = model.hf_model.model.layers[1].post_attention_layernorm
+    with torch.no_grad():
+        assert torch.allclose(rm.x_in[1], norm(cache["blocks.1.hook_resid_mid"])[0], atol=1e-5)
+    assert torch.allclose(rm.run().logits[0], rm.logits, atol=1e-4 * float(rm.logits.abs().max()))
+    graph = attribute(model, rm)
+    assert graph.input_residual() < 1e-5
+    ref = reference_adjacency(rm, torch.tensor(graph.logit_tokens))
+    assert float((ref - graph.adjacency).abs().max() / ref.abs().max()) < 1e-5
+    with pytest.raises(InterpError, match="unknown hook"):
+        ReplacementModel(model, {0: saes.TopKSAE(model.d_model, 32, k=2, d_out=model.d_model, metadata={
+            "hook_name": "blocks.0.ln9.hook_normalized", "hook_name_out": "blocks.0.hook_mlp_out"})}, PROMPT)
+
+
 def test_graph_saves_and_loads(case, tmp_path):
     *_, graph = case
     graph.save(tmp_path / "g")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from interp.circuits.replacement import ReplacementModel, Transcoders
+from interp.circuits.replacement import ReplacementModel, Transcoders, model_hooks
 from interp.errors import InterpError
 
 
@@ -127,7 +127,7 @@ def intervene(model: Any, transcoders: Transcoders | ReplacementModel, prompt: A
         lt = rm.layers[layer]
         hooks += [(lt.hook_in, _bound(read, layer)), (lt.hook_out, _bound(write, layer))]
     frozen = rm.freezer.frozen(norms=False) if freeze_attention else contextlib.nullcontext()
-    with torch.no_grad(), model.hooks(hooks), frozen:
+    with torch.no_grad(), model_hooks(model, hooks), frozen:
         logits = model(rm.tokens[None])[0]
     return InterventionResult(rm.tokens.tolist(), rm.logits.detach(), logits.detach(), model.tokenizer)
 

@@ -35,7 +35,7 @@ import torch
 from interp.circuits.freeze import Freezer
 from interp.errors import InterpError
 from interp.evaluation.transcoders import mlp_hooks
-from interp.model.hooks import StopForward
+from interp.model.hooks import HookPoint, HookSet, StopForward
 
 Transcoders = Mapping[int, Any] | Sequence[Any] | str | os.PathLike
 _LAYER_DIR = re.compile(r"^layer_(\d+)$")
@@ -76,6 +76,33 @@ def _load_directory(d: Path) -> dict[int, Any]:
     return {layer: saes.load(p) for layer, p in sorted(layers.items())}
 
 
+def mlp_input_names(layer: int) -> tuple[str, ...]:
+    """Names for the MLP's own (normalised) input that HF models have no hook point for:
+    TransformerLens's ``ln2.hook_normalized`` and circuit-tracer's ``mlp.hook_in``. A
+    transcoder recorded at either reads the MLP module's input (Llama-style transcoders do)."""
+    return (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.mlp.hook_in")
+
+
+def _mlp_input_point(model: Any, name: str, layer: int) -> HookPoint:
+    from interp.model.families import TABLES
+
+    table = TABLES[model.hf_model.config.model_type]
+    path = table.block_hooks["mlp.hook_post"].path.rsplit(".", 1)[0]
+    block = model.hf_model.get_submodule(table.blocks)[layer]
+    return HookPoint(name, block.get_submodule(path), "input", layer, (layer, 0))
+
+
+@contextlib.contextmanager
+def model_hooks(model: Any, pairs: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """``model.hooks(pairs)``, where a name may also be an MLP's own input (:func:`mlp_input_names`)."""
+    named = [(n, fn) for n, fn in pairs if n in model.points]
+    extra = [(n, fn) for n, fn in pairs if n not in model.points]
+    with model.hooks(named), HookSet() as hook_set:
+        for name, fn in extra:
+            hook_set.add(_mlp_input_point(model, name, int(name.split(".")[1])), fn)
+        yield
+
+
 @dataclass
 class _Layer:
     """One layer's transcoder and the hooks it reads and writes."""
@@ -102,8 +129,10 @@ def _layers(model: Any, transcoders: dict[int, Any]) -> list[_Layer]:
         if hook_out != default_out:
             raise InterpError(f"the transcoder for layer {layer} writes {hook_out}, not {default_out}: a replacement "
                               f"model replaces each MLP's output; pass it under the layer it replaces")
-        model.check_hooks(hook_in)
-        if model.points[hook_in].order >= model.points[hook_out].order or model.points[hook_in].layer_index != layer:
+        if hook_in not in model.points and hook_in not in mlp_input_names(layer):
+            model.check_hooks(hook_in)  # raises, naming the closest hooks
+        if hook_in in model.points and (model.points[hook_in].order >= model.points[hook_out].order
+                                        or model.points[hook_in].layer_index != layer):
             raise InterpError(f"the transcoder for layer {layer} reads {hook_in}, which is not before {hook_out} in "
                               f"block {layer}; it must read its MLP's input (e.g. {default_in})")
         if sae.d_in != model.d_model or sae.d_out != model.d_model:
@@ -283,7 +312,7 @@ class ReplacementModel:
         for lt in self.layers:
             hooks += [(lt.hook_in, _bind(on_in, lt.layer)), (lt.hook_out, _bind(on_out, lt.layer))]
         logits = None
-        with self.model.hooks(hooks):
+        with model_hooks(self.model, hooks):
             try:
                 logits = self.model(tokens)
             except StopForward:
