@@ -99,7 +99,8 @@ def test_notebooks_are_built_from_their_sources_without_outputs():
     result = subprocess.run([sys.executable, str(NOTEBOOKS / "build.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     names = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    assert names == ["01_explore_features", "02_train_saes", "03_steer_generations", "04_knowledge_subspace"]
+    assert names == ["01_explore_features", "02_train_saes", "03_steer_generations", "04_knowledge_subspace",
+                     "05_attribution_graphs"]
     for name in names:
         nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -181,3 +182,17 @@ def test_04_knowledge_subspace_is_trained_and_read_at_one_layer(tmp_path, monkey
     assert set(summary["separation"]) == {"rank 2", "rank 1"}
     shares = [v for values in summary["pk_share_by_type"].values() for v in values]
     assert shares and all(0 <= v <= 1 for v in shares)
+
+
+@needs_world_model
+@pytest.mark.slow  # trains a layer-0 transcoder on a million tokens of the world's fact text: minutes
+def test_05_attribution_graph_routes_through_the_bridge_and_the_intervention_moves_the_answer(tmp_path, monkeypatch):
+    summary = run_notebook("05_attribution_graphs", tmp_path, monkeypatch)
+    assert summary["answer"] == summary["flag"]  # the model knows the composed fact
+    assert summary["input_residual"] < 1e-4  # edges into each node add up to its input
+    assert 0 < summary["replacement"] <= 1 and 0 < summary["completeness"] <= 1
+    # The graph names layer-0 features at the final position, where the world looks the bridge up ...
+    assert summary["top_place"] == [0, summary["n_pos"] - 1]
+    # ... and giving them another land's values moves the answer there; the city's position does not.
+    assert summary["moved"] >= 0.5 and summary["moved_at_city"] <= 0.1, summary
+    assert Path(summary["html"]).read_text().startswith("<!DOCTYPE html>")
