@@ -24,7 +24,9 @@ from interp.world import default_model_path
 needs_world = pytest.mark.skipif(not default_model_path().exists(), reason="the default world model is not built")
 
 # Commands whose examples take minutes on a laptop CPU.
-SLOW = ("quickstart", "steer-eval", "pkck", "world eval", "world train", "eval-saes", "transcoders")
+# `interp circuit` reads the transcoders its own examples name, which the (slow) `interp
+# transcoders` example trains, so it runs with them.
+SLOW = ("quickstart", "steer-eval", "pkck", "world eval", "world train", "eval-saes", "transcoders", "circuit")
 # `interp world eval` reports the bars: exit status 1 when one is missed (its help says so).
 EXIT_CODES = {"world eval": (0, 1)}
 
