@@ -167,6 +167,7 @@ def test_03_steering_raises_the_topic_rate_at_matched_kl(tmp_path, monkeypatch):
     assert best["sae latent"] > unsteered + 0.2, summary["rows"]
 
 
+@pytest.mark.slow  # ~24 s; PK/CK subspaces are tested by default in tests/test_world_methods.py and test_subspace.py
 @needs_world_model
 def test_04_knowledge_subspace_is_trained_and_read_at_one_layer(tmp_path, monkeypatch):
     summary = run_notebook("04_knowledge_subspace", tmp_path, monkeypatch)

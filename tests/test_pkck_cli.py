@@ -12,6 +12,7 @@ from interp.world import default_model_path
 needs_model = pytest.mark.skipif(not default_model_path().exists(), reason="the default world model is not built")
 
 
+@pytest.mark.slow  # ~45 s: the whole PK/CK pipeline on the world model (the library parts run by default)
 @needs_model
 def test_pkck_command_writes_report_figures_and_subspaces(tmp_path, capsys):
     from probes.pkck import PKCKSubspace
