@@ -86,7 +86,15 @@ class _Pass:
         self.run: Run = rm.run(grad=True, stop=True, activations=rm.activations.expand(batch, -1))
         # Source vectors: a feature's decoder row times its code; errors; embeddings.
         self.scaled_decoder = rm.decoder * rm.activations[:, None]
-        self.by_layer = [(rm.feature_layer == lt.layer).nonzero().squeeze(1) for lt in rm.layers]
+        # Features are sorted by (layer, position): per layer, the runs of one position, so each
+        # run's edges are one small matrix product instead of a gather of [batch, n, d_model].
+        self.runs: list[list[tuple[int, int, int]]] = [[] for _ in rm.layers]
+        for i, (layer, pos) in enumerate(zip(rm.feature_layer.tolist(), rm.feature_pos.tolist())):
+            runs = self.runs[layer]
+            if runs and runs[-1][0] == pos:
+                runs[-1] = (pos, runs[-1][1], i + 1)
+            else:
+                runs.append((pos, i, i + 1))
         self.n_cols = rm.n_features + (rm.n_layers + 1) * rm.n_pos
 
     def rows(self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -106,11 +114,11 @@ class _Pass:
         got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True)
         row = vectors.new_zeros(self.batch, self.n_cols)
         err0 = rm.n_features
-        for lt, g, sel in zip(rm.layers, got[:-1], self.by_layer):
+        for lt, g, runs in zip(rm.layers, got[:-1], self.runs):
             if g is None:
                 continue
-            if len(sel):
-                row[:, sel] = torch.einsum("bnd,nd->bn", g[:, rm.feature_pos[sel]], self.scaled_decoder[sel])
+            for pos, a, b in runs:
+                row[:, a:b] = g[:, pos] @ self.scaled_decoder[a:b].T
             start = err0 + lt.layer * rm.n_pos
             row[:, start:start + rm.n_pos] = torch.einsum("bpd,pd->bp", g, rm.errors[lt.layer])
         if got[-1] is not None:
