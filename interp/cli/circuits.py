@@ -27,23 +27,19 @@ from interp.cli.options import (
 )
 from interp.errors import InterpError
 
-EPILOG = """examples:
-  interp transcoders --model world --data corpus.txt --arch batchtopk --d-sae 512 --k 16 \\
-      --tokens 8000 --batch-size 512 --eval-tokens 2000 --out runs/world-transcoders
+EPILOG = """examples (runs/world-transcoders: the first example of `interp transcoders --help`):
   interp circuit --model world --transcoders runs/world-transcoders \\
       --prompt "the flag of the land whose capital is vimfex is" --out runs/graphs
-  interp harvest --model world --hook blocks.0.hook_resid_mid --hook blocks.1.hook_resid_mid \\
-      --hook blocks.2.hook_resid_mid --hook blocks.3.hook_resid_mid --data corpus.txt --tokens 4000 \\
-      --out runs/mlp-inputs
   interp circuit --model world --transcoders runs/world-transcoders --prompt "the flag of grexdra is" \\
-      --out runs/graphs --store runs/mlp-inputs --intervene 3:42@-1=0 --intervene 2:7@-1*2
+      --out runs/graphs --intervene 3:42@-1=5 --intervene 2:7@-1*2
 
   --transcoders takes the --out of `interp transcoders` (layer_<L>/) or a circuit-tracer set
-  (config.yaml + layer_<i>.safetensors). --store (holding each layer's transcoder input hook,
-  e.g. interp harvest --hook blocks.0.hook_resid_mid --hook blocks.1.hook_resid_mid ...) puts
-  each feature's top activating examples in the HTML view. --intervene LAYER:FEATURE[@POS,...]
-  =VALUE sets a feature (0 zeroes it), *SCALE multiplies it, in the real model with attention
-  frozen (--free-attention lets it respond); the logit changes are printed.
+  (config.yaml + layer_<i>.safetensors). --store DIR puts each feature's top activating
+  examples in the HTML view: one store of the transcoders' input hooks, from `interp harvest
+  --hook blocks.0.hook_resid_mid ... --hook blocks.3.hook_resid_mid --out DIR`.
+  --intervene LAYER:FEATURE[@POS,...]=VALUE sets a feature (0 zeroes it) and *SCALE multiplies
+  it, in the real model with attention frozen (--free-attention lets it respond); the logit
+  changes are printed.
 """
 
 _EDIT = re.compile(r"^(\d+):(\d+)(?:@(-?\d+(?:,-?\d+)*))?(?:=(.+)|\*(.+))$")
