@@ -8,7 +8,8 @@
   scores;
 * :mod:`.interventions`: feature edits in the real model (:func:`intervene`);
 * :mod:`.export`: the JSON circuit-tracer's and Neuronpedia's viewers read;
-* :mod:`.html`: a single-file offline view.
+* :mod:`.html`: a single-file offline view;
+* :mod:`.planted`: the world's bridge-land check (graph routing and an intervention).
 """
 from interp.circuits.attribution import CircuitConfig, attribute, logit_targets
 from interp.circuits.graph import AttributionGraph, GraphScores, PruneResult
