@@ -144,6 +144,13 @@ def planted(args: argparse.Namespace) -> None:
     print(check.table())
     print(json.dumps({**{k: v for k, v in check.__dict__.items() if k != "pairs"},
                       "layers": sorted(tcs), "seconds": round(time.perf_counter() - started, 1)}))
+    if args.renderings:
+        from interp.circuits.planted import rendering_check
+
+        started = time.perf_counter()
+        renderings = rendering_check(model, tcs, n_items=args.renderings)
+        print(renderings.table())
+        print(json.dumps({**renderings.renderings, "seconds": round(time.perf_counter() - started, 1)}))
 
 
 def main() -> None:
@@ -161,6 +168,7 @@ def main() -> None:
     w = sub.add_parser("planted")
     w.add_argument("--transcoders", required=True, nargs="+", type=Path)
     w.add_argument("--pairs", type=int, default=40)
+    w.add_argument("--renderings", type=int, default=0, help="also the PK/CK renderings check on this many QA items")
     for q in (s, c, w):
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("--threads", type=int, default=2)

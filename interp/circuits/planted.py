@@ -156,3 +156,64 @@ def bridge_check(model: Any, transcoders: Transcoders, *, lands: Sequence[str] |
                        selective_share=mean("selective"),
                        moved=mean("moved"), stayed=mean("stayed"), moved_at_city=mean("moved_at_city"),
                        moved_elsewhere=mean("moved_elsewhere"), pairs=rows)
+
+
+@dataclass
+class RenderingCheck:
+    """Per rendering (ignore / consider / use the context): how often the graph's top feature
+    place is the final position, and how often patching it from the same item about another
+    land moves the answer to that land's remembered value (``moved``) or leaves it (``kept``)."""
+
+    n_items: int
+    renderings: dict[str, dict[str, float]]
+
+    def table(self) -> str:
+        rows = [("| rendering | prompts the model answers | top place at the final position | moved to the other "
+                "land's remembered value | answer kept |"), "|---|---|---|---|---|"]
+        for name, r in self.renderings.items():
+            rows.append(f"| {name} | {r['n']:.0f} | {r['top_last']:.3f} | {r['moved']:.3f} | {r['kept']:.3f} |")
+        return "\n".join(rows)
+
+
+def rendering_check(model: Any, transcoders: Transcoders, *, n_items: int = 10, seed: int = 3,
+                    renderings: Sequence[str] = ("ignore", "consider", "use")) -> RenderingCheck:
+    """The bridge check's question on the PK/CK renderings of QA items whose context does not
+    state the asked fact (``irrelevant`` and ``noise`` items): the asked land is written, the
+    value must come from memory when the instruction allows it (``ignore``, ``consider``) and is
+    ``unknown`` when only the context may be used (``use``). For each item the graph of the
+    model's own answer picks the (layer, position) whose features carry the most influence;
+    those features get their values on the same prompt with another land asked. A faithful
+    graph moves a remembered answer to the other land's value and leaves ``unknown`` alone."""
+    from interp.world import World, pkck_items
+
+    facts = World().facts
+    tcs = load_transcoders(transcoders, model)
+    token = model.tokenizer.convert_tokens_to_ids
+    gen = random.Random(seed)
+    items = [it for it in pkck_items(20 * n_items, seed=seed) if it.item_type in ("irrelevant", "noise")
+             and it.subject in facts.entities][:n_items]
+    out: dict[str, dict[str, float]] = {}
+    for name in renderings:
+        counts = {"n": 0.0, "top_last": 0.0, "moved": 0.0, "kept": 0.0}
+        for it in items:
+            other = gen.choice([x for x in facts.entities if facts.value(x, it.relation) != facts.value(it.subject, it.relation)])
+            words = it.prompts[name][1:]
+            rm_a = ReplacementModel(model, tcs, " ".join(words))
+            rm_b = ReplacementModel(model, tcs, " ".join(other if w == it.subject else w for w in words))
+            answer = int(rm_a.logits[-1].argmax())
+            if answer != token(it.answers[name]):
+                continue
+            graph = attribute(model, rm_a, logit_tokens=[answer])
+            influence = graph.node_influence()[:graph.n_features]
+            places: dict[tuple[int, int], float] = {}
+            for (lay, pos, _), value in zip(graph.active_features.tolist(), influence.tolist()):
+                places[(lay, pos)] = places.get((lay, pos), 0.0) + value
+            layer, pos = max(places, key=places.get)
+            after = int(intervene(model, rm_a, edits=patch_features(rm_a, rm_b, [layer], [pos])).logits[-1].argmax())
+            counts["n"] += 1
+            counts["top_last"] += pos == graph.n_pos - 1
+            counts["moved"] += after == token(facts.value(other, it.relation))
+            counts["kept"] += after == answer
+        n = max(counts["n"], 1.0)
+        out[name] = {"n": counts["n"], **{k: counts[k] / n for k in ("top_last", "moved", "kept")}}
+    return RenderingCheck(n_items=len(items), renderings=out)
