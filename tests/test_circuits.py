@@ -215,7 +215,7 @@ def test_bad_transcoders_are_refused_by_name():
         ReplacementModel(model, {0: wrong}, PROMPT)
     with pytest.raises(InterpError, match="layers \\[5\\]"):
         ReplacementModel(model, {5: saes.TopKSAE(d, 32, k=2, d_out=d)}, PROMPT)
-    with pytest.raises(InterpError, match="directory does not exist"):
+    with pytest.raises(InterpError, match="it does not exist"):
         ReplacementModel(model, "/nonexistent-dir-for-test", PROMPT)
 
 

@@ -83,6 +83,21 @@ def _positions(edit: FeatureEdit, n_pos: int) -> torch.Tensor:
     return pos % n_pos
 
 
+def check_edits(rm: ReplacementModel, edits: Sequence[FeatureEdit]) -> list[torch.Tensor]:
+    """Each edit's positions ``[k]``, once its layer, feature and positions are checked against
+    the replacement model (an InterpError naming the edit otherwise)."""
+    out = []
+    for edit in edits:
+        if not 0 <= edit.layer < rm.n_layers or rm.layers[edit.layer].sae is None:
+            raise InterpError(f"FeatureEdit layer {edit.layer} has no transcoder (layers with one: "
+                              f"{[lt.layer for lt in rm.layers if lt.sae is not None]})")
+        d_sae = rm.layers[edit.layer].sae.d_sae
+        if not 0 <= edit.feature < d_sae:
+            raise InterpError(f"FeatureEdit feature {edit.feature} is outside layer {edit.layer}'s {d_sae} features")
+        out.append(_positions(edit, rm.n_pos))
+    return out
+
+
 def intervene(model: Any, transcoders: Transcoders | ReplacementModel, prompt: Any = None,
               edits: Sequence[FeatureEdit] = (), *, freeze_attention: bool = True) -> InterventionResult:
     """Run the real model with ``edits`` applied (see the module docstring).
@@ -97,16 +112,9 @@ def intervene(model: Any, transcoders: Transcoders | ReplacementModel, prompt: A
             assumes) or let them respond (False).
     """
     rm = transcoders if isinstance(transcoders, ReplacementModel) else ReplacementModel(model, transcoders, prompt)
-    n_pos = rm.n_pos
     by_layer: dict[int, list[tuple[FeatureEdit, torch.Tensor]]] = {}
-    for edit in edits:
-        if not 0 <= edit.layer < rm.n_layers or rm.layers[edit.layer].sae is None:
-            raise InterpError(f"FeatureEdit layer {edit.layer} has no transcoder (layers with one: "
-                              f"{[lt.layer for lt in rm.layers if lt.sae is not None]})")
-        d_sae = rm.layers[edit.layer].sae.d_sae
-        if not 0 <= edit.feature < d_sae:
-            raise InterpError(f"FeatureEdit feature {edit.feature} is outside layer {edit.layer}'s {d_sae} features")
-        by_layer.setdefault(edit.layer, []).append((edit, _positions(edit, n_pos).to(rm.device)))
+    for edit, positions in zip(edits, check_edits(rm, edits)):
+        by_layer.setdefault(edit.layer, []).append((edit, positions.to(rm.device)))
     x_in: dict[int, torch.Tensor] = {}
 
     def read(t: torch.Tensor, hook: Any, layer: int) -> None:

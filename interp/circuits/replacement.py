@@ -66,7 +66,8 @@ def _load_directory(d: Path) -> dict[int, Any]:
     from saes.formats.circuit_tracer import CONFIG_FILE, load_circuit_tracer
 
     if not d.is_dir():
-        raise InterpError(f"no transcoders at {d}: the directory does not exist (train them with `interp transcoders`)")
+        what = "is not a directory" if d.exists() else "does not exist"
+        raise InterpError(f"no transcoders at {d}: it {what}; give the directory `interp transcoders --out` wrote")
     if (d / CONFIG_FILE).is_file():
         return dict(enumerate(load_circuit_tracer(d)))
     layers = {int(m.group(1)): p for p in d.iterdir() if (m := _LAYER_DIR.match(p.name)) and p.is_dir()}

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from interp.circuits import ReplacementModel, attribute
     from interp.circuits.export import write_graph_files
     from interp.circuits.html import feature_examples, save_html
+    from interp.circuits.interventions import check_edits
     from interp.model.loading import load
 
     cfg = config_values(CircuitConfig, args)
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = load(args.model, device=args.device)
     rm = ReplacementModel(model, args.transcoders, args.prompt, exclude_bos=cfg["exclude_bos"])
+    check_edits(rm, edits)  # before the graph is built, not after
     graph = attribute(model, rm, max_n_logits=cfg["max_n_logits"], desired_logit_prob=cfg["desired_logit_prob"],
                       batch_size=cfg["batch_size"], progress=not args.no_progress)
     graph.scan = args.scan or Path(args.transcoders).resolve().name
