@@ -50,8 +50,19 @@ from interp.evaluation.losses import next_token_nll, token_kl
 Hooks = str | tuple[str, str]
 
 
+class NumbersTable:
+    """``to_dict`` and a two-column ``table`` for a dataclass of evaluation numbers."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def table(self) -> str:
+        """The numbers as an aligned two-column text table."""
+        return two_column_table(self.to_dict())
+
+
 @dataclass
-class SAEEvaluation:
+class SAEEvaluation(NumbersTable):
     """What :func:`evaluate_sae` measures (all averages over the evaluated tokens)."""
 
     hook: str
@@ -68,12 +79,6 @@ class SAEEvaluation:
     l0: float
     dead_fraction: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def table(self) -> str:
-        """The numbers as an aligned two-column text table."""
-        return two_column_table(self.to_dict())
 
 
 def two_column_table(numbers: dict[str, Any]) -> str:

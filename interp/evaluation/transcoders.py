@@ -33,11 +33,12 @@ alone, CE is averaged over real next-token predictions, KL over real positions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from interp.errors import InterpError
 from interp.evaluation.splice import (
+    NumbersTable,
     Hooks,
     Splice,
     evaluate_splices,
@@ -66,7 +67,7 @@ def mlp_hooks(model: Any, layer: int) -> tuple[str, str]:
 
 
 @dataclass
-class TranscoderEvaluation:
+class TranscoderEvaluation(NumbersTable):
     """What :func:`evaluate_transcoder` measures (averages over the evaluated tokens)."""
 
     hook_in: str
@@ -85,16 +86,9 @@ class TranscoderEvaluation:
     l0: float
     dead_fraction: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def table(self) -> str:
-        """The numbers as an aligned two-column text table."""
-        return two_column_table(self.to_dict())
-
 
 @dataclass
-class ReplacementEvaluation:
+class ReplacementEvaluation(NumbersTable):
     """What :func:`evaluate_replacement` measures: the model with every given MLP replaced.
 
     Attributes:
@@ -114,9 +108,6 @@ class ReplacementEvaluation:
     kl_zero_ablation: float
     kl_recovered: float
     layers: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def table(self) -> str:
         """The model's numbers, then one line per replaced MLP."""
