@@ -146,6 +146,39 @@ def test_pruning_keeps_the_stated_share_of_influence(case):
     assert int(tight.edge_mask.sum()) <= int(loose.edge_mask.sum())
 
 
+def test_max_feature_nodes_attributes_the_most_influential_features_exactly(case):
+    """circuit-tracer's ``max_feature_nodes``: logit rows first, then features in order of
+    their influence through the rows computed so far. The kept rows are the full graph's
+    rows (restricted to kept sources), and the kept features carry far more of the full
+    graph's influence than as many features chosen at random."""
+    model, _, rm, full = case
+    n_f = full.n_features
+    influence = full.node_influence()[:n_f]
+    m = int((influence > 0).sum()) // 2       # many features (a last layer's at early positions) have none
+    part = attribute(model, rm, batch_size=4, max_feature_nodes=m, update_interval=1)
+    assert part.n_features == m and part.meta["active_features"] == n_f
+    kept = torch.tensor([full.feature_node(*map(int, f)) for f in part.active_features])
+    assert bool((kept[1:] > kept[:-1]).all())                        # node order as in the full graph
+    cols = torch.cat([kept, torch.arange(n_f, full.logit_start)])
+    rows = torch.cat([kept, torch.arange(n_f, full.n_nodes)])
+    assert torch.allclose(part.adjacency[:, :len(cols)], full.adjacency[rows][:, cols], atol=1e-6)
+    assert torch.equal(part.node_inputs, full.node_inputs[rows]) and part.logit_tokens == full.logit_tokens
+    # The left-out features' edges are missing, and input_residual says so.
+    assert part.input_residual() > 1e-3 > full.input_residual()
+    top = influence.sort(descending=True).values[:m].sum()
+    random_share = max(float(influence[torch.randperm(n_f, generator=torch.Generator().manual_seed(s))[:m]].sum())
+                       for s in range(5))
+    share = float(influence[kept].sum())
+    assert share >= 0.8 * float(top) and share > random_share, (share, float(top), random_share)
+    # Everything kept: the full graph, bit for bit; a left-out feature is named as such.
+    assert torch.equal(attribute(model, rm, batch_size=32, max_feature_nodes=10 * n_f).adjacency, full.adjacency)
+    left_out = next(f for f in full.active_features.tolist() if f not in part.active_features.tolist())
+    with pytest.raises(InterpError, match="max_feature_nodes kept the most influential"):
+        part.feature_node(*left_out)
+    with pytest.raises(InterpError, match="max_feature_nodes must be at least 1"):
+        attribute(model, rm, max_feature_nodes=0)
+
+
 def test_influence_and_scores_on_a_hand_built_graph():
     """Two tokens, one feature, one error, one logit (1 layer, 2 positions)."""
     g = AttributionGraph(

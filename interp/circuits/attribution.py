@@ -54,6 +54,12 @@ class CircuitConfig:
         "minimum": 0.0, "maximum": 1.0})
     edge_threshold: float = field(default=0.98, metadata={
         "help": "pruning keeps the edges carrying this share of the edge influence", "minimum": 0.0, "maximum": 1.0})
+    max_feature_nodes: int | None = field(default=None, metadata={
+        "help": "attribute only this many features, the most influential first (long prompts)",
+        "default_text": "every active feature", "positive": True})
+    update_interval: int = field(default=4, metadata={
+        "help": "with --max-feature-nodes: batches between re-rankings of the features by influence",
+        "positive": True, "maximum": 1 << 16})
 
 
 def logit_targets(rm: ReplacementModel, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
@@ -136,6 +142,8 @@ def attribute(
     logit_tokens: Sequence[int] | None = None,
     batch_size: int = CircuitConfig.batch_size,
     exclude_bos: bool = CircuitConfig.exclude_bos,
+    max_feature_nodes: int | None = CircuitConfig.max_feature_nodes,
+    update_interval: int = CircuitConfig.update_interval,
     progress: bool = False,
 ) -> AttributionGraph:
     """The attribution graph of ``prompt`` (unpruned: every active feature, every edge).
@@ -150,6 +158,13 @@ def attribute(
         logit_tokens: these token ids as the logit nodes instead.
         batch_size: targets per backward pass (memory grows with it; time falls).
         exclude_bos: features and errors at a leading BOS are no nodes (circuit-tracer's rule).
+        max_feature_nodes: keep only this many feature nodes (None: all). As circuit-tracer
+            does, the logit rows come first; then, every ``update_interval`` batches, the
+            unvisited features are ranked by their influence on the logits through the rows
+            computed so far, and the most influential are attributed next. The graph holds the
+            visited features only (in node order); the edges from the others are dropped, so
+            :meth:`AttributionGraph.input_residual` then measures what they carried.
+        update_interval: batches between those re-rankings.
         progress: show a progress bar.
     """
     started = time.perf_counter()
@@ -163,26 +178,76 @@ def attribute(
         rm = ReplacementModel(model, transcoders, prompt, exclude_bos=exclude_bos)
     ids, probs, vecs = logit_targets(rm, max_n_logits, desired_logit_prob, logit_tokens)
     n_f, n_l = rm.n_features, len(ids)
-    n_nodes = n_f + (rm.n_layers + 1) * rm.n_pos + n_l
-    adjacency = torch.zeros(n_nodes, n_nodes)
+    if max_feature_nodes is not None and max_feature_nodes < 1:
+        raise InterpError(f"max_feature_nodes must be at least 1 (or None for every feature), got {max_feature_nodes}")
+    if update_interval < 1:
+        raise InterpError(f"update_interval must be at least 1, got {update_interval}")
+    n_keep = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
     batch = max(1, min(batch_size, max(n_f, n_l)))
-    # Targets by layer, so a batch's backward pass stops at the lowest layer it needs.
-    targets = [(torch.full((n_l,), rm.n_layers), torch.full((n_l,), rm.n_pos - 1), vecs, n_nodes - n_l + torch.arange(n_l))]
     encoders = _encoder_vectors(rm)
-    order = torch.arange(n_f)
-    targets.append((rm.feature_layer.cpu(), rm.feature_pos.cpu(), encoders, order))
+    f_layers, f_pos = rm.feature_layer.to(rm.device), rm.feature_pos.to(rm.device)
     with rm.no_param_grads():
         readout = _Pass(rm, batch)
-        bar = tqdm(total=n_f + n_l, desc="attribution", disable=not progress, leave=False)
-        for layers, positions, vectors, rows in targets:
-            for i in range(0, len(rows), batch):
-                part = slice(i, i + batch)
-                got = readout.rows(layers[part].to(rm.device), positions[part].to(rm.device), vectors[part])
-                adjacency[rows[part], :readout.n_cols] = got.detach().float().cpu()
-                bar.update(len(rows[part]))
+        n_cols = readout.n_cols
+        # Rows in the order computed: logits first, then features as they are visited.
+        edges = torch.zeros(n_l + n_keep, n_cols)
+        row_node = torch.zeros(n_l + n_keep, dtype=torch.long)
+        bar = tqdm(total=n_keep + n_l, desc="attribution", disable=not progress, leave=False)
+        for i in range(0, n_l, batch):
+            part = slice(i, min(i + batch, n_l))
+            k = part.stop - part.start
+            edges[part] = readout.rows(torch.full((k,), rm.n_layers, device=rm.device),
+                                       torch.full((k,), rm.n_pos - 1, device=rm.device), vecs[part]).detach().float().cpu()
+            row_node[part] = n_cols + torch.arange(part.start, part.stop)
+            bar.update(k)
+        visited = torch.zeros(n_f, dtype=torch.bool)
+        done = n_l
+        while done < n_l + n_keep:
+            if n_keep == n_f:
+                pending = torch.arange(n_f)
+            else:
+                influence = _partial_influence(edges[:done], row_node[:done], probs.detach().float().cpu(), n_cols)
+                rank = torch.argsort(influence[:n_f], descending=True)
+                pending = rank[~visited[rank]][:min(update_interval * batch, n_l + n_keep - done)]
+            for i in range(0, len(pending), batch):
+                idx = pending[i:i + batch]
+                on = idx.to(rm.device)
+                edges[done:done + len(idx)] = readout.rows(f_layers[on], f_pos[on], encoders[on]).detach().float().cpu()
+                row_node[done:done + len(idx)] = idx
+                visited[idx] = True
+                done += len(idx)
+                bar.update(len(idx))
         bar.close()
         del readout
-    return AttributionGraph.from_replacement(rm, adjacency, ids, probs, seconds=time.perf_counter() - started)
+    selected = visited.nonzero().squeeze(1)
+    cols = torch.cat([selected, torch.arange(n_f, n_cols)])
+    n_nodes = len(cols) + n_l
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    feature_rows = edges[n_l:][torch.argsort(row_node[n_l:])]
+    adjacency[:len(selected), :len(cols)] = feature_rows[:, cols]
+    adjacency[len(cols):, :len(cols)] = edges[:n_l][:, cols]
+    return AttributionGraph.from_replacement(rm, adjacency, ids, probs, seconds=time.perf_counter() - started,
+                                             features=None if n_keep == n_f else selected)
+
+
+def _partial_influence(rows: torch.Tensor, row_node: torch.Tensor, logit_probs: torch.Tensor, n_cols: int,
+                       max_iter: int = 1000) -> torch.Tensor:
+    """``[n_cols]`` each source's influence on the logits through the rows computed so far
+    (``rows[i]`` is node ``row_node[i]``'s; logit nodes are numbered from ``n_cols``):
+    circuit-tracer's ``compute_partial_influences``, the ranking that picks the next features."""
+    normalized = rows.abs()
+    normalized /= normalized.sum(1, keepdim=True).clamp(min=1e-10)
+    weight = torch.zeros(n_cols + len(logit_probs))
+    weight[n_cols:] = logit_probs
+    influence = torch.zeros(n_cols)
+    for _ in range(max_iter):
+        current = weight[row_node] @ normalized
+        if not current.any():
+            return influence
+        influence += current
+        weight = torch.zeros_like(weight)
+        weight[:n_cols] = current
+    raise RuntimeError(f"influence did not converge after {max_iter} steps: the rows are not a DAG's")
 
 
 def _encoder_vectors(rm: ReplacementModel) -> torch.Tensor:

@@ -101,18 +101,20 @@ class AttributionGraph:
     # ------------------------------------------------------------------ building
     @classmethod
     def from_replacement(cls, rm: Any, adjacency: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor,
-                         seconds: float = 0.0) -> AttributionGraph:
+                         seconds: float = 0.0, features: torch.Tensor | None = None) -> AttributionGraph:
         """Package the rows :func:`~interp.circuits.attribution.attribute` computed, with each
-        node's input and constant part measured on the frozen system."""
+        node's input and constant part measured on the frozen system. ``features``: the indices
+        of the active features that are nodes (None: all of them)."""
         vecs = rm.unembedding()[ids] - rm.unembedding().mean(0, keepdim=True)
         with torch.no_grad():
             own = rm.run(stop=True)
             zero = rm.run(torch.zeros_like(rm.activations), torch.zeros_like(rm.errors),
                           torch.zeros_like(rm.embed), stop=True)
-        n_f, n = rm.n_features, adjacency.shape[0]
+        keep = torch.arange(rm.n_features) if features is None else features.cpu()
+        n_f, n = len(keep), adjacency.shape[0]
         inputs, constants = torch.zeros(n), torch.zeros(n)
         for out, run in ((inputs, own), (constants, zero)):
-            out[:n_f] = rm.feature_inputs(run.x_in)[0].detach().float().cpu()
+            out[:n_f] = rm.feature_inputs(run.x_in)[0].detach().float().cpu()[keep]
             out[n - len(ids):] = (run.final[0, -1] @ vecs.T).detach().float().cpu()
         tok = rm.model.tokenizer
         tokens = rm.tokens.tolist()
@@ -120,13 +122,14 @@ class AttributionGraph:
             prompt=tok.decode(tokens) if tok is not None else "", tokens=tokens,
             token_strings=[tok.decode([t]) for t in tokens] if tok is not None else [str(t) for t in tokens],
             n_layers=rm.n_layers,
-            active_features=torch.stack([rm.feature_layer, rm.feature_pos, rm.feature_index], 1).cpu(),
-            activations=rm.activations.detach().float().cpu(),
+            active_features=torch.stack([rm.feature_layer, rm.feature_pos, rm.feature_index], 1).cpu()[keep],
+            activations=rm.activations.detach().float().cpu()[keep],
             logit_tokens=ids.tolist(),
             logit_strings=[tok.decode([t]) for t in ids.tolist()] if tok is not None else [str(t) for t in ids.tolist()],
             logit_probabilities=probs.detach().float().cpu(),
             adjacency=adjacency, node_inputs=inputs, constants=constants,
             model_name=getattr(rm.model, "name", ""), seconds=seconds,
+            meta={} if features is None else {"active_features": rm.n_features},
         )
 
     # ------------------------------------------------------------------ nodes
@@ -180,6 +183,10 @@ class AttributionGraph:
         """The node index of an active feature (an InterpError if it is not active there)."""
         hit = ((self.active_features == torch.tensor([layer, pos, feature])).all(1)).nonzero()
         if not len(hit):
+            if "active_features" in self.meta:
+                raise InterpError(f"feature {feature} of layer {layer} at position {pos} is not among this graph's "
+                                  f"{self.n_features} feature nodes (max_feature_nodes kept the most influential of "
+                                  f"{self.meta['active_features']} active features; raise it to keep more)")
             raise InterpError(f"feature {feature} of layer {layer} is not active at position {pos} of this prompt")
         return int(hit[0, 0])
 

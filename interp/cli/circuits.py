@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     rm = ReplacementModel(model, args.transcoders, args.prompt, exclude_bos=cfg["exclude_bos"])
     check_edits(rm, edits)  # before the graph is built, not after
     graph = attribute(model, rm, max_n_logits=cfg["max_n_logits"], desired_logit_prob=cfg["desired_logit_prob"],
-                      batch_size=cfg["batch_size"], progress=not args.no_progress)
+                      batch_size=cfg["batch_size"], max_feature_nodes=cfg["max_feature_nodes"],
+                      update_interval=cfg["update_interval"], progress=not args.no_progress)
     graph.scan = args.scan or Path(args.transcoders).resolve().name
     pruned = graph.prune(cfg["node_threshold"], cfg["edge_threshold"])
     thresholds = {"node_threshold": cfg["node_threshold"], "edge_threshold": cfg["edge_threshold"]}
