@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--max-n-logits", type=int, default=10)
     p.add_argument("--desired-logit-prob", type=float, default=0.95)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--max-feature-nodes", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,10 +93,10 @@ def main() -> None:
     built = time.perf_counter()
     tokens = torch.tensor([int(t) for t in args.tokens.split(",")])
     graph = attribute(tokens, model, max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes)
     done = time.perf_counter()
     graph = attribute(tokens, model, max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes)
     again = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     save_file({"adjacency_matrix": graph.adjacency_matrix.contiguous(),

@@ -98,22 +98,30 @@ def compare(args: argparse.Namespace) -> None:
     model = load("world")
     tokens = model.to_tokens(args.prompt)[0]
     rm = ReplacementModel(model, args.transcoders, tokens)
-    attribute(model, rm, batch_size=args.batch_size)       # warm-up, as circuit-tracer's second run below
+    limit = {"max_feature_nodes": args.max_feature_nodes}
+    attribute(model, rm, batch_size=args.batch_size, **limit)       # warm-up, as circuit-tracer's second run below
     started = time.perf_counter()
     rm = ReplacementModel(model, args.transcoders, tokens)
-    ours = attribute(model, rm, batch_size=args.batch_size)
+    ours = attribute(model, rm, batch_size=args.batch_size, **limit)
     ours_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [args.ct_python, str(HERE / "circuit_tracer_graph.py"), "--model", str(default_model_path()),
                "--transcoders", str(args.transcoders), "--tokens", ",".join(map(str, tokens.tolist())),
                "--out", tmp, "--batch-size", str(args.batch_size), "--threads", str(torch.get_num_threads())]
+        if args.max_feature_nodes:
+            cmd += ["--max-feature-nodes", str(args.max_feature_nodes)]
         subprocess.run(cmd, check=True, capture_output=not args.verbose)
         theirs = load_file(str(Path(tmp) / "graph.safetensors"))
         timing = json.loads((Path(tmp) / "graph.json").read_text())
-    same_features = torch.equal(theirs["active_features"].long(), ours.active_features.long())
+    # Their active_features lists every active feature; the graph's nodes are the selected ones.
+    their_nodes = theirs["active_features"].long()[theirs["selected_features"].long()]
+    ours_set, theirs_set = set(map(tuple, ours.active_features.tolist())), set(map(tuple, their_nodes.tolist()))
+    same_features = torch.equal(their_nodes, ours.active_features.long())
     same_logits = theirs["logit_tokens"].tolist() == ours.logit_tokens
     report = {"prompt": args.prompt, "tokens": int(tokens.numel()), "features_ours": ours.n_features,
-              "features_circuit_tracer": int(theirs["active_features"].shape[0]), "same_feature_nodes": same_features,
+              "features_circuit_tracer": len(their_nodes), "active_features": int(theirs["active_features"].shape[0]),
+              "max_feature_nodes": args.max_feature_nodes, "same_feature_nodes": same_features,
+              "shared_feature_nodes": len(ours_set & theirs_set) / max(len(theirs_set), 1),
               "same_logit_nodes": same_logits, "seconds_ours": round(ours_seconds, 3),
               "seconds_circuit_tracer": round(timing["attribute_seconds"], 3), "threads": torch.get_num_threads()}
     if same_features and same_logits:
@@ -121,7 +129,7 @@ def compare(args: argparse.Namespace) -> None:
         scale = float(b.abs().max())
         report.update({"max_abs_edge_difference": float((a - b).abs().max()), "largest_edge": scale,
                        "relative_difference": float((a - b).abs().max()) / scale,
-                       "activation_difference": float((ours.activations - theirs["activation_values"]).abs().max())})
+                       "activation_difference": float((ours.activations - theirs["activation_values"][theirs["selected_features"].long()]).abs().max())})
         ours_pruned = ours.prune()
         from interp.circuits.graph import AttributionGraph
 
@@ -164,6 +172,8 @@ def main() -> None:
     c.add_argument("--transcoders", required=True, type=Path, help="a circuit-tracer transcoder set")
     c.add_argument("--ct-python", required=True, help="a Python with circuit-tracer 0.5.0 installed")
     c.add_argument("--prompt", default="the flag of the land whose capital is vimfex is")
+    c.add_argument("--max-feature-nodes", type=int, default=None,
+                   help="both attribute only this many features, the most influential first")
     c.add_argument("--verbose", action="store_true")
     w = sub.add_parser("planted")
     w.add_argument("--transcoders", required=True, nargs="+", type=Path)
