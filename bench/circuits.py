@@ -159,6 +159,13 @@ def planted(args: argparse.Namespace) -> None:
         renderings = rendering_check(model, tcs, n_items=args.renderings)
         print(renderings.table())
         print(json.dumps({**renderings.renderings, "seconds": round(time.perf_counter() - started, 1)}))
+    if args.instructions:
+        from interp.circuits.planted import instruction_check
+
+        started = time.perf_counter()
+        gate = instruction_check(model, tcs, n_items=args.instructions)
+        print(gate.table())
+        print(json.dumps({**gate.directions, "seconds": round(time.perf_counter() - started, 1)}))
 
 
 def main() -> None:
@@ -179,6 +186,8 @@ def main() -> None:
     w.add_argument("--transcoders", required=True, nargs="+", type=Path)
     w.add_argument("--pairs", type=int, default=40)
     w.add_argument("--renderings", type=int, default=0, help="also the PK/CK renderings check on this many QA items")
+    w.add_argument("--instructions", type=int, default=0,
+                   help="also the instruction's gate (instruction_check) on this many conflicting QA items")
     for q in (s, c, w):
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("--threads", type=int, default=2)

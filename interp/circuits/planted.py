@@ -24,6 +24,10 @@ answer to that land's flag.
   same layer's features at the city's own position (``moved_at_city``), and the other
   layers' features at the final position (``moved_elsewhere``, where they have transcoders);
 * ``stayed``: pairs still answering A's flag.
+
+:func:`rendering_check` asks the bridge question on the PK/CK renderings, and
+:func:`instruction_check` whether the instruction's features gate memory against context
+(transcoders for it train on :func:`pkck_corpus`).
 """
 from __future__ import annotations
 
@@ -59,6 +63,16 @@ def bridge_corpus(repeats: int = 4, seed: int = 0, world: Any = None) -> list[st
         gen.shuffle(sentences)
         lines += [" ".join(sentences[i:i + 5]) for i in range(0, len(sentences), 5)]
     return lines
+
+
+def pkck_corpus(n_items: int = 6000, seed: int = 11, world: Any = None) -> list[str]:
+    """Text for transcoders that must see the PK/CK renderings: ``n_items`` QA documents in
+    each of the three renderings (about 100 tokens per item), one a line. Transcoders trained
+    on ordinary world text rarely see an instruction, so their features at the final ``:``
+    do not carry which source the instruction asks for (patching them moves nothing)."""
+    from interp.world import pkck_items
+
+    return [" ".join(words[1:-1]) for it in pkck_items(n_items, seed=seed, world=world) for words in it.full.values()]
 
 
 def capital_prompt(facts: Any, land: str, relation: str = "flag") -> str:
@@ -217,3 +231,83 @@ def rendering_check(model: Any, transcoders: Transcoders, *, n_items: int = 10, 
         n = max(counts["n"], 1.0)
         out[name] = {"n": counts["n"], **{k: counts[k] / n for k in ("top_last", "moved", "kept")}}
     return RenderingCheck(n_items=len(items), renderings=out)
+
+
+@dataclass
+class InstructionCheck:
+    """Does the instruction gate memory against context? On conflicting QA items (the context
+    states a value that differs from the remembered one), per direction (``ignore->use``: the
+    "ignore the context" prompt, answered from memory, gets features from the "use only the
+    context" prompt, answered from the context; ``use->ignore`` the other way):
+
+    * ``n``: items the model answers as both renderings demand;
+    * ``instruction_share``: the share of the answer's graph influence at the instruction's
+      positions (their token embeddings, features and errors), and ``instruction_feature_share``
+      the part of it on features;
+    * ``flipped_free`` / ``flipped_frozen``: the share of items whose answer becomes the other
+      rendering's when layer ``layer``'s features at the final position take their values on
+      the other rendering, attention free to respond / frozen at the clean run's;
+    * ``flipped_instruction``: the same patch at the instruction's own positions, every layer
+      with a transcoder, attention free.
+    """
+
+    n_items: int
+    layer: int
+    directions: dict[str, dict[str, float]]
+
+    def table(self) -> str:
+        rows = [("| direction | items answered | influence at the instruction (features) | flipped, attention free "
+                 "| flipped, attention frozen | flipped by the instruction's own features |"), "|---|---|---|---|---|---|"]
+        for name, r in self.directions.items():
+            rows.append(f"| {name} | {r['n']:.0f} | {r['instruction_share']:.3f} ({r['instruction_feature_share']:.3f}) "
+                        f"| {r['flipped_free']:.3f} | {r['flipped_frozen']:.3f} | {r['flipped_instruction']:.3f} |")
+        return "\n".join(rows)
+
+
+def instruction_check(model: Any, transcoders: Transcoders, *, n_items: int = 16, seed: int = 3,
+                      layer: int = 0) -> InstructionCheck:
+    """The PK/CK renderings' gate, read off graphs and tested by patching (see
+    :class:`InstructionCheck`). The renderings of one item differ only in the instruction's
+    words, so positions line up. On the world model the instruction is read into layer 0 at
+    the final ``:``, and what it decides acts through the later layers' attention: patched
+    there with attention free the answer switches sources, with attention frozen (the graph's
+    own linear system, in which attention patterns are constants) it does not."""
+    from interp.world import pkck_items
+
+    tcs = load_transcoders(transcoders, model)
+    if layer not in tcs:
+        raise ValueError(f"instruction_check patches layer {layer}'s features, but the transcoders cover "
+                         f"layers {sorted(tcs)}")
+    token = model.tokenizer.convert_tokens_to_ids
+    items = [it for it in pkck_items(40 * n_items, seed=seed, item_types=["conflicting"])
+             if it.answers["ignore"] != it.answers["use"]][:n_items]
+    out: dict[str, dict[str, float]] = {}
+    for base, source in (("ignore", "use"), ("use", "ignore")):
+        sums = dict.fromkeys(("n", "instruction_share", "instruction_feature_share", "flipped_free", "flipped_frozen",
+                              "flipped_instruction"), 0.0)
+        for it in items:
+            rm_a = ReplacementModel(model, tcs, " ".join(it.prompts[base][1:]))
+            rm_b = ReplacementModel(model, tcs, " ".join(it.prompts[source][1:]))
+            mine, theirs = token(it.answers[base]), token(it.answers[source])
+            if int(rm_a.logits[-1].argmax()) != mine or int(rm_b.logits[-1].argmax()) != theirs:
+                continue
+            instruction = (rm_a.tokens != rm_b.tokens).nonzero().squeeze(1).tolist()
+            graph = attribute(model, rm_a, logit_tokens=[mine])
+            influence = graph.node_influence()
+            features = sum(float(influence[i]) for i, pos in enumerate(graph.active_features[:, 1].tolist())
+                           if pos in instruction)
+            errors = sum(float(influence[graph.error_start + lay * graph.n_pos + pos])
+                         for lay in range(graph.n_layers) for pos in instruction)
+            tokens = float(influence[[graph.token_start + pos for pos in instruction]].sum())
+            total = float(influence[:graph.logit_start].sum())
+            sums["n"] += 1
+            sums["instruction_share"] += (features + errors + tokens) / total
+            sums["instruction_feature_share"] += features / total
+            for key, layers, positions, freeze in (("flipped_free", [layer], [-1], False),
+                                                   ("flipped_frozen", [layer], [-1], True),
+                                                   ("flipped_instruction", sorted(tcs), instruction, False)):
+                edits = patch_features(rm_a, rm_b, layers, positions)
+                sums[key] += int(intervene(model, rm_a, edits=edits, freeze_attention=freeze).logits[-1].argmax()) == theirs
+        n = max(sums["n"], 1.0)
+        out[f"{base}->{source}"] = {"n": sums["n"], **{k: v / n for k, v in sums.items() if k != "n"}}
+    return InstructionCheck(n_items=len(items), layer=layer, directions=out)
