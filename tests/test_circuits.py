@@ -535,7 +535,12 @@ def test_world_instruction_gates_memory_against_context(tmp_path):
     other rendering with attention free, the answer switches source; with attention frozen
     (the graph's own assumption) it mostly does not. Trains a layer-0 transcoder on QA and fact
     text first (about 5 minutes on two CPU cores)."""
-    from interp.circuits.planted import bridge_corpus, instruction_check, pkck_corpus
+    from interp.circuits.planted import (
+        bridge_corpus,
+        instruction_check,
+        pkck_corpus,
+        rendering_check,
+    )
     from interp.cli import main
     from interp.model.loading import load
     from interp.world import default_model_path
@@ -557,3 +562,10 @@ def test_world_instruction_gates_memory_against_context(tmp_path):
     # measured with a four-layer set: 1.00 / 0.20 (to memory), 0.53 / 0.00 (to context)
     assert to_memory["flipped_free"] >= 0.7 and to_memory["flipped_frozen"] <= to_memory["flipped_free"] - 0.4
     assert to_context["flipped_free"] >= 0.25 and to_context["flipped_frozen"] <= 0.1
+    # The renderings' bridge question with the same transcoder: another land's features at the
+    # final `:` give that land's remembered value where memory may answer, and leave
+    # "unknown" where only the context may (measured 8/8, 6/8 moved; 7/8 kept).
+    renderings = rendering_check(load("world"), tmp_path / "tcs", n_items=8).renderings
+    assert all(r["n"] >= 6 and r["top_last"] >= 0.75 for r in renderings.values())
+    assert renderings["ignore"]["moved"] >= 0.75 and renderings["consider"]["moved"] >= 0.5
+    assert renderings["use"]["kept"] >= 0.6
