@@ -405,8 +405,11 @@ def test_interp_transcoders_trains_every_mlp_and_reports_each_and_the_replacemen
     assert all(t["tokens"] == 512 for t in report["training"].values())
     assert "replacement model" in out and saes.load(tmp_path / "tcs" / "layer_1").metadata["hook_name_out"] == \
         "blocks.1.hook_mlp_out"
-    assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--eval-only", "--tokens", "1",
-                 "--eval-tokens", "100", "--out", "tcs"]) == 0
+    assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--eval-only",
+                 "--eval-tokens", "100", "--out", "tcs"]) == 0            # no --tokens: nothing trains
+    assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--d-sae", "64", "--k", "4",
+                 "--out", "x"]) == 1
+    assert "training needs --tokens" in capsys.readouterr().err
     assert main(["transcoders", "--model", str(tiny_gpt2_dir), "--data", str(corpus), "--layers", "5", "--tokens", "1",
                  "--out", "x"]) == 1
     assert "layers 0 to 1" in capsys.readouterr().err

@@ -97,8 +97,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-tokens", type=positive(int, MAX_TOKENS), default=20_000,
                    help="tokens to evaluate on (default 20000)")
     p.add_argument("--eval-data", default=None, help="text to evaluate on (default: --data)")
-    add_config_options(p, TrainConfig, required=["total_tokens"], overrides={
-        "total_tokens": {"maximum": MAX_TOKENS}, "batch_size": {"maximum": MAX_BATCH},
+    add_config_options(p, TrainConfig, overrides={
+        "total_tokens": {"maximum": MAX_TOKENS, "cli_default": None, "default_text": "needed unless --eval-only"},
+        "batch_size": {"maximum": MAX_BATCH},
         "init_rows": {"maximum": MAX_BATCH}, "k_aux": {"maximum": MAX_LATENTS}})
     add_config_options(p, LiveConfig, ["model_batch_size", "buffer_tokens"], overrides={
         "model_batch_size": {"help": "windows per forward pass", "positive": True, "maximum": MAX_WINDOWS},
@@ -159,6 +160,9 @@ def _build(args: argparse.Namespace, d_in: int, d_out: int) -> Any:
         raise InterpError(f"--arch {args.arch} cannot train as a transcoder yet; use one of {', '.join(TRANSCODER_ARCHS)}")
     if args.d_sae is None:
         raise InterpError(f"--arch {args.arch} needs --d-sae (latents per transcoder)")
+    if args.total_tokens is None:
+        raise InterpError("training needs --tokens (tokens to train on); --eval-only evaluates the transcoders "
+                          "already in --out instead")
     # --k where the family needs one, its penalty settings where it has them (a flag the
     # family does not take is an error, as in interp train).
     settings = family_settings(args)
