@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interp.circuits.graph import AttributionGraph
+from interp.circuits.graph import AttributionGraph, normalize_matrix
 from interp.circuits.replacement import ReplacementModel, Run, Transcoders
 from interp.errors import InterpError
 
@@ -235,8 +235,7 @@ def _partial_influence(rows: torch.Tensor, row_node: torch.Tensor, logit_probs: 
     """``[n_cols]`` each source's influence on the logits through the rows computed so far
     (``rows[i]`` is node ``row_node[i]``'s; logit nodes are numbered from ``n_cols``):
     circuit-tracer's ``compute_partial_influences``, the ranking that picks the next features."""
-    normalized = rows.abs()
-    normalized /= normalized.sum(1, keepdim=True).clamp(min=1e-10)
+    normalized = normalize_matrix(rows)
     weight = torch.zeros(n_cols + len(logit_probs))
     weight[n_cols:] = logit_probs
     influence = torch.zeros(n_cols)

@@ -41,6 +41,7 @@ import torch
 from interp.circuits.attribution import attribute
 from interp.circuits.interventions import intervene, patch_features
 from interp.circuits.replacement import ReplacementModel, Transcoders, load_transcoders
+from interp.errors import InterpError
 
 
 def bridge_corpus(repeats: int = 4, seed: int = 0, world: Any = None) -> list[str]:
@@ -80,6 +81,12 @@ def capital_prompt(facts: Any, land: str, relation: str = "flag") -> str:
     return f"the {relation} of the land whose capital is {facts.value(land, 'capital')} is"
 
 
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table: the header, its rule, one line per row."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
+
+
 @dataclass
 class BridgeCheck:
     layer: int
@@ -94,18 +101,17 @@ class BridgeCheck:
     pairs: list[dict[str, Any]] = field(default_factory=list)
 
     def table(self) -> str:
-        return "\n".join([
-            "| measure | value |", "|---|---|",
-            f"| pairs of lands (different flags) | {self.n_pairs} |",
-            f"| answer influence through layer-{self.layer} features at the final position | {self.route_share:.3f} |",
-            f"| prompts where that place carries the most influence of any (layer, position) | {self.route_top:.3f} |",
-            f"| ... of it through features selective for the bridge land | {self.selective_share:.3f} |",
-            f"| answer moved to the other land's flag (layer-{self.layer} features patched) | {self.moved:.3f} |",
-            f"| answer kept its own flag | {self.stayed:.3f} |",
-            (f"| answer moved when layer-{self.layer} features at the city's position are patched instead | "
-            f"{self.moved_at_city:.3f} |"),
-            (f"| answer moved when the other layers' features are patched instead | "
-            f"{'no other layer' if self.moved_elsewhere is None else f'{self.moved_elsewhere:.3f}'} |"),
+        elsewhere = "no other layer" if self.moved_elsewhere is None else f"{self.moved_elsewhere:.3f}"
+        return _markdown_table(("measure", "value"), [
+            ("pairs of lands (different flags)", self.n_pairs),
+            (f"answer influence through layer-{self.layer} features at the final position", f"{self.route_share:.3f}"),
+            ("prompts where that place carries the most influence of any (layer, position)", f"{self.route_top:.3f}"),
+            ("... of it through features selective for the bridge land", f"{self.selective_share:.3f}"),
+            (f"answer moved to the other land's flag (layer-{self.layer} features patched)", f"{self.moved:.3f}"),
+            ("answer kept its own flag", f"{self.stayed:.3f}"),
+            (f"answer moved when layer-{self.layer} features at the city's position are patched instead",
+             f"{self.moved_at_city:.3f}"),
+            ("answer moved when the other layers' features are patched instead", elsewhere),
         ])
 
 
@@ -182,11 +188,11 @@ class RenderingCheck:
     renderings: dict[str, dict[str, float]]
 
     def table(self) -> str:
-        rows = [("| rendering | prompts the model answers | top place at the final position | moved to the other "
-                "land's remembered value | answer kept |"), "|---|---|---|---|---|"]
-        for name, r in self.renderings.items():
-            rows.append(f"| {name} | {r['n']:.0f} | {r['top_last']:.3f} | {r['moved']:.3f} | {r['kept']:.3f} |")
-        return "\n".join(rows)
+        return _markdown_table(
+            ("rendering", "prompts the model answers", "top place at the final position",
+             "moved to the other land's remembered value", "answer kept"),
+            [(name, f"{r['n']:.0f}", f"{r['top_last']:.3f}", f"{r['moved']:.3f}", f"{r['kept']:.3f}")
+             for name, r in self.renderings.items()])
 
 
 def rendering_check(model: Any, transcoders: Transcoders, *, n_items: int = 10, seed: int = 3,
@@ -256,12 +262,12 @@ class InstructionCheck:
     directions: dict[str, dict[str, float]]
 
     def table(self) -> str:
-        rows = [("| direction | items answered | influence at the instruction (features) | flipped, attention free "
-                 "| flipped, attention frozen | flipped by the instruction's own features |"), "|---|---|---|---|---|---|"]
-        for name, r in self.directions.items():
-            rows.append(f"| {name} | {r['n']:.0f} | {r['instruction_share']:.3f} ({r['instruction_feature_share']:.3f}) "
-                        f"| {r['flipped_free']:.3f} | {r['flipped_frozen']:.3f} | {r['flipped_instruction']:.3f} |")
-        return "\n".join(rows)
+        return _markdown_table(
+            ("direction", "items answered", "influence at the instruction (features)", "flipped, attention free",
+             "flipped, attention frozen", "flipped by the instruction's own features"),
+            [(name, f"{r['n']:.0f}", f"{r['instruction_share']:.3f} ({r['instruction_feature_share']:.3f})",
+              f"{r['flipped_free']:.3f}", f"{r['flipped_frozen']:.3f}", f"{r['flipped_instruction']:.3f}")
+             for name, r in self.directions.items()])
 
 
 def instruction_check(model: Any, transcoders: Transcoders, *, n_items: int = 16, seed: int = 3,
@@ -276,38 +282,38 @@ def instruction_check(model: Any, transcoders: Transcoders, *, n_items: int = 16
 
     tcs = load_transcoders(transcoders, model)
     if layer not in tcs:
-        raise ValueError(f"instruction_check patches layer {layer}'s features, but the transcoders cover "
+        raise InterpError(f"instruction_check patches layer {layer}'s features, but the transcoders cover "
                          f"layers {sorted(tcs)}")
     token = model.tokenizer.convert_tokens_to_ids
     items = [it for it in pkck_items(40 * n_items, seed=seed, item_types=["conflicting"])
              if it.answers["ignore"] != it.answers["use"]][:n_items]
-    out: dict[str, dict[str, float]] = {}
-    for base, source in (("ignore", "use"), ("use", "ignore")):
-        sums = dict.fromkeys(("n", "instruction_share", "instruction_feature_share", "flipped_free", "flipped_frozen",
-                              "flipped_instruction"), 0.0)
-        for it in items:
-            rm_a = ReplacementModel(model, tcs, " ".join(it.prompts[base][1:]))
-            rm_b = ReplacementModel(model, tcs, " ".join(it.prompts[source][1:]))
-            mine, theirs = token(it.answers[base]), token(it.answers[source])
-            if int(rm_a.logits[-1].argmax()) != mine or int(rm_b.logits[-1].argmax()) != theirs:
-                continue
-            instruction = (rm_a.tokens != rm_b.tokens).nonzero().squeeze(1).tolist()
-            graph = attribute(model, rm_a, logit_tokens=[mine])
+    keys = ("instruction_share", "instruction_feature_share", "flipped_free", "flipped_frozen", "flipped_instruction")
+    directions = (("ignore", "use"), ("use", "ignore"))
+    sums = {d: dict.fromkeys(("n", *keys), 0.0) for d in directions}
+    for it in items:
+        rms = {name: ReplacementModel(model, tcs, " ".join(it.prompts[name][1:])) for name in ("ignore", "use")}
+        answers = {name: token(it.answers[name]) for name in rms}
+        if any(int(rm.logits[-1].argmax()) != answers[name] for name, rm in rms.items()):
+            continue
+        instruction = (rms["ignore"].tokens != rms["use"].tokens).nonzero().squeeze(1)
+        for base, source in directions:
+            rm_a, rm_b, acc = rms[base], rms[source], sums[(base, source)]
+            graph = attribute(model, rm_a, logit_tokens=[answers[base]])
             influence = graph.node_influence()
-            features = sum(float(influence[i]) for i, pos in enumerate(graph.active_features[:, 1].tolist())
-                           if pos in instruction)
-            errors = sum(float(influence[graph.error_start + lay * graph.n_pos + pos])
-                         for lay in range(graph.n_layers) for pos in instruction)
-            tokens = float(influence[[graph.token_start + pos for pos in instruction]].sum())
             total = float(influence[:graph.logit_start].sum())
-            sums["n"] += 1
-            sums["instruction_share"] += (features + errors + tokens) / total
-            sums["instruction_feature_share"] += features / total
+            at_instruction = torch.isin(graph.active_features[:, 1], instruction)
+            features = float(influence[:graph.n_features][at_instruction].sum())
+            errors_and_tokens = (graph.error_start + torch.arange(graph.n_layers + 1)[:, None] * graph.n_pos
+                                 + instruction[None, :])  # the token nodes follow the errors as one more "layer"
+            acc["n"] += 1
+            acc["instruction_share"] += (features + float(influence[errors_and_tokens.flatten()].sum())) / total
+            acc["instruction_feature_share"] += features / total
             for key, layers, positions, freeze in (("flipped_free", [layer], [-1], False),
                                                    ("flipped_frozen", [layer], [-1], True),
-                                                   ("flipped_instruction", sorted(tcs), instruction, False)):
+                                                   ("flipped_instruction", sorted(tcs), instruction.tolist(), False)):
                 edits = patch_features(rm_a, rm_b, layers, positions)
-                sums[key] += int(intervene(model, rm_a, edits=edits, freeze_attention=freeze).logits[-1].argmax()) == theirs
-        n = max(sums["n"], 1.0)
-        out[f"{base}->{source}"] = {"n": sums["n"], **{k: v / n for k, v in sums.items() if k != "n"}}
+                after = int(intervene(model, rm_a, edits=edits, freeze_attention=freeze).logits[-1].argmax())
+                acc[key] += after == answers[source]
+    out = {f"{base}->{source}": {"n": acc["n"], **{k: acc[k] / max(acc["n"], 1.0) for k in keys}}
+           for (base, source), acc in sums.items()}
     return InstructionCheck(n_items=len(items), layer=layer, directions=out)
